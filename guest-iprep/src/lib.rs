@@ -1,0 +1,99 @@
+//! The IP-reputation guest: the WebAssembly counterpart of HAProxy's example
+//! agent. For every `check-client-ip` message it sets `sess.<prefix>.ip_score`
+//! to a random integer in `0..=100`, drawn from the host's randomness import.
+
+wit_bindgen::generate!({
+    world: "handler",
+    path: "../wit",
+});
+
+use spoa::agent::types::{SetVar, TypedData, VarScope};
+
+/// The message this guest answers; every other message gets no action.
+pub const CHECK_CLIENT_IP: &str = "check-client-ip";
+/// The variable set on the session.
+pub const IP_SCORE: &str = "ip_score";
+/// Highest score (inclusive).
+pub const MAX_SCORE: u64 = 100;
+
+/// Maps a uniform 64-bit random value onto `0..=MAX_SCORE`.
+///
+/// Multiply-shift instead of `%`: the bias is below 2^-57, and it needs no
+/// rejection loop (so no second call into the host).
+pub fn score_from_random(random: u64) -> i32 {
+    ((u128::from(random) * u128::from(MAX_SCORE + 1)) >> 64) as i32
+}
+
+/// The guest's whole policy, independent of the host so it can be unit-tested
+/// natively.
+pub fn actions_for(message: &Message, random: impl FnOnce() -> u64) -> Vec<Action> {
+    if message.name != CHECK_CLIENT_IP {
+        return Vec::new();
+    }
+    vec![Action::SetVar(SetVar {
+        scope: VarScope::Sess,
+        name: IP_SCORE.to_string(),
+        value: TypedData::Int32(score_from_random(random())),
+    })]
+}
+
+struct IpReputation;
+
+impl Guest for IpReputation {
+    fn handle_message(msg: Message) -> Result<Vec<Action>, String> {
+        Ok(actions_for(&msg, spoa::agent::random::get_random_u64))
+    }
+}
+
+export!(IpReputation);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spoa::agent::types::Arg;
+
+    fn check_client_ip() -> Message {
+        Message {
+            name: CHECK_CLIENT_IP.to_string(),
+            args: vec![Arg {
+                name: "ip".to_string(),
+                value: TypedData::Ipv4((127, 0, 0, 1)),
+            }],
+        }
+    }
+
+    #[test]
+    fn score_covers_the_whole_range_and_nothing_more() {
+        assert_eq!(score_from_random(0), 0);
+        assert_eq!(score_from_random(u64::MAX), 100);
+        assert_eq!(score_from_random(u64::MAX / 2), 50);
+        let step = u64::MAX / 1000;
+        for i in 0..=1000u64 {
+            let score = score_from_random(i.saturating_mul(step));
+            assert!((0..=100).contains(&score), "score {score}");
+        }
+    }
+
+    #[test]
+    fn check_client_ip_sets_session_score_from_host_randomness() {
+        let actions = actions_for(&check_client_ip(), || u64::MAX);
+        match actions.as_slice() {
+            [Action::SetVar(set)] => {
+                assert_eq!(set.name, IP_SCORE);
+                assert!(matches!(set.scope, VarScope::Sess));
+                assert!(matches!(set.value, TypedData::Int32(100)));
+            }
+            other => panic!("unexpected actions: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn other_messages_get_no_action_and_draw_no_randomness() {
+        let other = Message {
+            name: "log-request".to_string(),
+            args: Vec::new(),
+        };
+        let actions = actions_for(&other, || panic!("randomness drawn for another message"));
+        assert!(actions.is_empty());
+    }
+}
