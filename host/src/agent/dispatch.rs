@@ -1,0 +1,91 @@
+//! NOTIFY → guest calls → one ACK that fits the negotiated max-frame-size.
+
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use super::handler::Handler;
+use crate::metrics::Metrics;
+use crate::spop::codec::encode_frame;
+use crate::spop::{Ack, Action, Frame, FrameType, Notify, TypedData, VarScope};
+
+/// Policy for answering NOTIFY frames.
+pub struct Dispatcher<'a> {
+    pub metrics: &'a Metrics,
+    /// When set, a message whose guest call failed gets `set-var txn <name>`
+    /// = the failure kind (`timeout`, `trap`, …) instead of no action at all.
+    pub error_var: Option<&'a Bytes>,
+}
+
+impl Dispatcher<'_> {
+    /// Calls the handler once per message and appends the ACK to `out`.
+    ///
+    /// The ACK never exceeds `max_frame_size`: a message whose actions would
+    /// not fit gets none (logged and counted as `ack_too_big`); the messages
+    /// before it keep theirs. The ACK itself is always sent, so HAProxy is
+    /// never left waiting.
+    pub fn answer(&self, handler: &Handler, notify: Notify, max_frame_size: u32, out: &mut BytesMut) {
+        let budget = (max_frame_size as usize)
+            .saturating_sub(Ack::header_len(notify.stream_id, notify.frame_id));
+        let mut used = 0usize;
+        let mut actions: Vec<Action> = Vec::with_capacity(notify.messages.len());
+        for message in &notify.messages {
+            self.metrics.messages.inc();
+            self.metrics.guest_calls.inc();
+            let started = Instant::now();
+            let outcome = handler.handle(message);
+            self.metrics
+                .guest_call_seconds
+                .observe(started.elapsed().as_secs_f64());
+            let produced = match outcome {
+                Ok(produced) => produced,
+                Err(failure) => {
+                    tracing::warn!(
+                        module = handler.label(),
+                        message = %String::from_utf8_lossy(&message.name),
+                        stream_id = notify.stream_id,
+                        frame_id = notify.frame_id,
+                        "message answered without actions: {failure}"
+                    );
+                    self.metrics.guest_failure(failure.kind());
+                    self.error_actions(failure.kind())
+                }
+            };
+            let size: usize = produced.iter().map(Action::encoded_len).sum();
+            if used + size > budget {
+                tracing::warn!(
+                    module = handler.label(),
+                    message = %String::from_utf8_lossy(&message.name),
+                    size,
+                    max_frame_size,
+                    "actions do not fit in the ACK; dropped"
+                );
+                self.metrics.guest_failure("ack_too_big");
+                continue;
+            }
+            used += size;
+            actions.extend(produced);
+        }
+        self.metrics.actions.inc_by(actions.len() as u64);
+        self.metrics.frames_sent(FrameType::Ack, 1);
+        encode_frame(
+            &Frame::Ack(Ack {
+                stream_id: notify.stream_id,
+                frame_id: notify.frame_id,
+                actions,
+            }),
+            out,
+        );
+    }
+
+    fn error_actions(&self, kind: &'static str) -> Vec<Action> {
+        match self.error_var {
+            Some(name) => vec![Action::SetVar {
+                scope: VarScope::Txn,
+                name: name.clone(),
+                value: TypedData::String(Bytes::from_static(kind.as_bytes())),
+            }],
+            None => Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! A minimal HTTP/1.x endpoint for Prometheus scrapes: `GET /metrics`.
+//!
+//! Deliberately tiny (one request per connection, no keep-alive): a scrape
+//! endpoint does not justify an HTTP stack in the agent's dependency tree.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+const MAX_REQUEST: usize = 8192;
+
+pub async fn spawn(address: SocketAddr, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Result<()> {
+    let listener = TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding the metrics address {address}"))?;
+    tracing::info!(%address, "metrics at http://{address}/metrics");
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            if let Ok((stream, _)) = accepted {
+                let metrics = metrics.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), respond(stream, &metrics)).await;
+                });
+            }
+        }
+    });
+    Ok(())
+}
+
+async fn respond(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+    let mut request = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < MAX_REQUEST {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        request.extend_from_slice(&chunk[..n]);
+    }
+    let line = request.split(|&b| b == b'\r').next().unwrap_or_default();
+    let (status, content_type, body) = if line.starts_with(b"GET /metrics ") || line == b"GET /metrics" {
+        ("200 OK", "text/plain; version=0.0.4; charset=utf-8", metrics.render())
+    } else {
+        ("404 Not Found", "text/plain", "try /metrics\n".to_string())
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}

@@ -1,0 +1,108 @@
+//! The shared wasmtime engine: compilation settings, the epoch ticker that
+//! enforces per-call deadlines, and the linker holding the host's imports.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine};
+
+use super::bindings::Handler;
+use super::state::GuestState;
+
+/// How guest instances are kept between messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InstanceMode {
+    /// One instance per worker thread, reused for every message until it traps
+    /// or the module is replaced. Linear memory and globals survive between
+    /// messages (of any connection served by that thread).
+    Reuse,
+    /// A new instance for every message: nothing survives between messages.
+    Fresh,
+}
+
+/// Limits applied to every guest call.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Wall-clock budget of one `handle-message` call.
+    pub call_timeout: Duration,
+    /// Linear memory cap per instance, in bytes.
+    pub memory_cap: usize,
+    pub instance_mode: InstanceMode,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> SandboxConfig {
+        SandboxConfig {
+            call_timeout: Duration::from_millis(10),
+            memory_cap: 16 << 20,
+            instance_mode: InstanceMode::Reuse,
+        }
+    }
+}
+
+/// Everything needed to compile and run guests; cheap to clone.
+#[derive(Clone)]
+pub struct Sandbox {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Arc<Linker<GuestState>>,
+    pub(crate) config: Arc<SandboxConfig>,
+    /// Epoch ticks a call may run before it is interrupted.
+    pub(crate) deadline_ticks: u64,
+}
+
+impl Sandbox {
+    pub fn new(config: SandboxConfig) -> Result<Sandbox> {
+        let mut wasm_config = Config::new();
+        wasm_config.wasm_component_model(true);
+        // Deadlines by epoch: a counter bump from a ticker thread, checked at
+        // loop back-edges and function entries — far cheaper than fuel.
+        wasm_config.epoch_interruption(true);
+        let engine = Engine::new(&wasm_config)
+            .map_err(anyhow::Error::from)
+            .context("creating the wasmtime engine")?;
+
+        let tick = epoch_tick(config.call_timeout);
+        let deadline_ticks = config.call_timeout.as_nanos().div_ceil(tick.as_nanos()) as u64;
+        spawn_epoch_ticker(&engine, tick)?;
+
+        let mut linker = Linker::new(&engine);
+        Handler::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |state| state)
+            .map_err(anyhow::Error::from)
+            .context("linking host imports")?;
+        Ok(Sandbox {
+            engine,
+            linker: Arc::new(linker),
+            config: Arc::new(config),
+            deadline_ticks,
+        })
+    }
+
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+}
+
+/// A fifth of the deadline (at least 1 ms): a runaway call is cut between
+/// the deadline and 1.2 × the deadline, with few wake-ups when idle.
+fn epoch_tick(call_timeout: Duration) -> Duration {
+    (call_timeout / 5).max(Duration::from_millis(1))
+}
+
+fn spawn_epoch_ticker(engine: &Engine, tick: Duration) -> Result<()> {
+    // A weak handle lets the thread end once the engine is dropped (tests
+    // create many sandboxes in one process).
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("epoch-ticker".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(tick);
+            }
+        })
+        .context("starting the epoch ticker thread")?;
+    Ok(())
+}
