@@ -1,0 +1,61 @@
+# spoa-host — build, run, test, benchmark.
+#
+#   make run     build the guest and the host (release), start the agent on :12345
+#   make test    build everything the tests need, then run every test
+#   make bench   run the SPOP load generator against the agent (see BENCHMARKS.md)
+
+CARGO        ?= cargo
+WASM_TARGET  := wasm32-unknown-unknown
+WASM_OUT     := target/$(WASM_TARGET)/release
+COMPONENTIZE := target/release/componentize
+FIXTURES     := target/fixtures
+PORT         ?= 12345
+AGENT_ARGS   ?=
+
+.PHONY: all setup build guest fixtures host run test lint fmt bench fuzz clean
+
+all: build
+
+## Installs the wasm target the guests are built for, if it is missing.
+setup:
+	@rustup target list --installed | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
+
+$(COMPONENTIZE): componentize/src/main.rs componentize/Cargo.toml
+	$(CARGO) build --release -p componentize
+
+## The IP-reputation guest as a component: target/guest_iprep.wasm
+guest: setup $(COMPONENTIZE)
+	$(CARGO) build --release --target $(WASM_TARGET) -p guest-iprep
+	$(COMPONENTIZE) $(WASM_OUT)/guest_iprep.wasm target/guest_iprep.wasm
+
+## Test guests: the hostile guest, built as version A and version B.
+fixtures: setup $(COMPONENTIZE)
+	@mkdir -p $(FIXTURES)
+	SPOA_FIXTURE_VERSION=A $(CARGO) build --release --target $(WASM_TARGET) -p guest-hostile
+	$(COMPONENTIZE) $(WASM_OUT)/guest_hostile.wasm $(FIXTURES)/guest_hostile_a.wasm
+	SPOA_FIXTURE_VERSION=B $(CARGO) build --release --target $(WASM_TARGET) -p guest-hostile
+	$(COMPONENTIZE) $(WASM_OUT)/guest_hostile.wasm $(FIXTURES)/guest_hostile_b.wasm
+
+host:
+	$(CARGO) build --release -p spoa-host
+
+build: guest host
+
+## Starts the agent with the IP-reputation guest on port $(PORT).
+run: build
+	./target/release/spoa-host --module target/guest_iprep.wasm -p $(PORT) $(AGENT_ARGS)
+
+## Every test: codec and unit tests, guest logic (native), SPOP over TCP,
+## hostile peers and guests, hot reload, and end to end with a real HAProxy.
+test: guest fixtures host
+	$(CARGO) test --release --workspace --exclude guest-hostile
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets --workspace --exclude guest-hostile -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean

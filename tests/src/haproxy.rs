@@ -1,0 +1,155 @@
+//! A real `haproxy` process running one of the configurations in `examples/`.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::{free_port, wait_for_port, workspace_root};
+
+/// The `haproxy` binary, or a loud failure. Tests never skip silently: set
+/// `SPOA_SKIP_HAPROXY=1` to skip them explicitly (never done in CI).
+pub fn haproxy_binary() -> Option<PathBuf> {
+    let candidate = std::env::var("HAPROXY_BIN").unwrap_or_else(|_| "haproxy".into());
+    let found = Command::new(&candidate)
+        .arg("-v")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if found {
+        return Some(PathBuf::from(candidate));
+    }
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    if !in_ci && std::env::var("SPOA_SKIP_HAPROXY").is_ok_and(|v| v == "1") {
+        eprintln!("!!! SKIPPED: haproxy not found and SPOA_SKIP_HAPROXY=1");
+        return None;
+    }
+    panic!(
+        "haproxy not found (tried `{candidate}`): install it (apt-get install -y haproxy) \
+         or set HAPROXY_BIN; outside CI, SPOA_SKIP_HAPROXY=1 skips these tests explicitly"
+    );
+}
+
+/// `(major, minor)` of the installed HAProxy.
+pub fn haproxy_version(binary: &PathBuf) -> (u32, u32) {
+    let output = Command::new(binary).arg("-v").output().expect("haproxy -v");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let version = text
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or("0.0")
+        .to_string();
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// The examples directory matching the installed HAProxy.
+pub fn examples_dir(binary: &PathBuf) -> PathBuf {
+    let (major, minor) = haproxy_version(binary);
+    let name = if (major, minor) >= (3, 1) {
+        "haproxy-3.x"
+    } else {
+        "haproxy-2.6"
+    };
+    workspace_root().join("examples").join(name)
+}
+
+/// A running HAProxy; killed on drop.
+pub struct Haproxy {
+    child: Child,
+    pub http: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts `haproxy -db -f CONFIG` where CONFIG is the example configuration
+/// with `edit` applied (identity for most tests), the agents at
+/// `agent_addrs`, and the HTTP frontend on a free port.
+pub fn start(
+    binary: &PathBuf,
+    agent_addrs: &[SocketAddr],
+    threshold: u32,
+    edit: impl Fn(String) -> String,
+) -> Haproxy {
+    let examples = examples_dir(binary);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = std::fs::read_to_string(examples.join("haproxy.cfg")).expect("example haproxy.cfg");
+    let config_path = dir.path().join("haproxy.cfg");
+    std::fs::write(&config_path, edit(config)).expect("writing haproxy.cfg");
+    let spoe_conf = examples.join("spoe-iprep.conf");
+
+    for _attempt in 0..5 {
+        let http: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let mut command = Command::new(binary);
+        command
+            .args(["-db", "-f"])
+            .arg(&config_path)
+            .env("HTTP_BIND", http.to_string())
+            .env("SPOE_CONF", &spoe_conf)
+            .env("SCORE_THRESHOLD", threshold.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (index, addr) in agent_addrs.iter().enumerate() {
+            command.env(format!("AGENT{}_ADDR", index + 1), addr.to_string());
+        }
+        let mut child = command.spawn().expect("spawning haproxy");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for pipe in [
+            child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if std::env::var_os("SPOA_TEST_ECHO").is_some() {
+                        eprintln!("[haproxy] {line}");
+                    }
+                    log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                }
+            });
+        }
+        let mut haproxy = Haproxy {
+            child,
+            http,
+            log,
+            _dir: tempfile::tempdir().expect("temp dir"),
+        };
+        if wait_for_port(http, Duration::from_secs(10)) {
+            haproxy._dir = dir;
+            return haproxy;
+        }
+        if let Ok(Some(_)) = haproxy.child.try_wait()
+            && haproxy.log_text().contains("cannot bind")
+        {
+            continue;
+        }
+        panic!("haproxy did not start:\n{}", haproxy.log_text());
+    }
+    panic!("could not find a free port for haproxy");
+}
+
+impl Haproxy {
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn child_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,70 @@
+//! Test harness: real `spoa-host` and `haproxy` processes on free loopback
+//! ports, an SPOP client built on the host's own codec, and a plain HTTP
+//! client. Every process started here is killed when its guard drops.
+
+pub mod agent;
+pub mod haproxy;
+pub mod http;
+pub mod spop_client;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The workspace root (where `Makefile` and `target/` live).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// A built artifact under `target/`, or a clear failure telling how to build it.
+pub fn artifact(relative: &str) -> PathBuf {
+    let path = workspace_root().join("target").join(relative);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `make test`, which builds the guests and the host first",
+        path.display()
+    );
+    path
+}
+
+/// The IP-reputation guest component built by `make`.
+pub fn iprep_guest() -> PathBuf {
+    artifact("guest_iprep.wasm")
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral port")
+}
+
+/// Waits until something accepts TCP connections at `addr`.
+pub fn wait_for_port(addr: SocketAddr, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Polls `condition` until it holds or `limit` passes.
+pub fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
