@@ -21,6 +21,9 @@ fn main() -> Result<()> {
         .encode()
         .with_context(|| format!("{input}: encoding the component"))?;
     std::fs::write(output, &component).with_context(|| format!("writing {output}"))?;
-    eprintln!("componentize: {input} -> {output} ({} bytes)", component.len());
+    eprintln!(
+        "componentize: {input} -> {output} ({} bytes)",
+        component.len()
+    );
     Ok(())
 }

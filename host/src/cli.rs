@@ -168,7 +168,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => value / 1e3,
         "us" | "µs" => value / 1e6,
         "m" | "min" => value * 60.0,
-        other => return Err(format!("unknown duration unit `{other}` (use us, ms, s, m)")),
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` (use us, ms, s, m)"
+            ));
+        }
     };
     Duration::try_from_secs_f64(seconds).map_err(|err| format!("`{text}`: {err}"))
 }

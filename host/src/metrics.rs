@@ -111,7 +111,11 @@ impl Metrics {
         let sent = Family::<FrameLabels, Counter>::default();
         registry.register("frames_sent", "Frames sent, by type", sent.clone());
         let handles = |family: &Family<FrameLabels, Counter>| {
-            FRAME_TYPES.map(|t| family.get_or_create(&FrameLabels { r#type: t.name() }).clone())
+            FRAME_TYPES.map(|t| {
+                family
+                    .get_or_create(&FrameLabels { r#type: t.name() })
+                    .clone()
+            })
         };
 
         let messages = Counter::default();

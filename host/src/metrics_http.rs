@@ -16,7 +16,11 @@ use crate::metrics::Metrics;
 
 const MAX_REQUEST: usize = 8192;
 
-pub async fn spawn(address: SocketAddr, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Result<()> {
+pub async fn spawn(
+    address: SocketAddr,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let listener = TcpListener::bind(address)
         .await
         .with_context(|| format!("binding the metrics address {address}"))?;
@@ -30,7 +34,8 @@ pub async fn spawn(address: SocketAddr, metrics: Arc<Metrics>, shutdown: Cancell
             if let Ok((stream, _)) = accepted {
                 let metrics = metrics.clone();
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), respond(stream, &metrics)).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(5), respond(stream, &metrics))
+                        .await;
                 });
             }
         }
@@ -49,11 +54,16 @@ async fn respond(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()
         request.extend_from_slice(&chunk[..n]);
     }
     let line = request.split(|&b| b == b'\r').next().unwrap_or_default();
-    let (status, content_type, body) = if line.starts_with(b"GET /metrics ") || line == b"GET /metrics" {
-        ("200 OK", "text/plain; version=0.0.4; charset=utf-8", metrics.render())
-    } else {
-        ("404 Not Found", "text/plain", "try /metrics\n".to_string())
-    };
+    let (status, content_type, body) =
+        if line.starts_with(b"GET /metrics ") || line == b"GET /metrics" {
+            (
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics.render(),
+            )
+        } else {
+            ("404 Not Found", "text/plain", "try /metrics\n".to_string())
+        };
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()

@@ -15,8 +15,12 @@ pub fn host_binary() -> PathBuf {
     if let Ok(path) = std::env::var("SPOA_HOST_BIN") {
         return PathBuf::from(path);
     }
-    let candidates = ["release", "debug"]
-        .map(|profile| workspace_root().join("target").join(profile).join("spoa-host"));
+    let candidates = ["release", "debug"].map(|profile| {
+        workspace_root()
+            .join("target")
+            .join(profile)
+            .join("spoa-host")
+    });
     candidates
         .iter()
         .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p.clone())))
@@ -48,7 +52,10 @@ impl Agent {
             let mut child = Command::new(host_binary())
                 .args(args)
                 .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-                .env("RUST_LOG", std::env::var("SPOA_TEST_LOG").unwrap_or_else(|_| "info".into()))
+                .env(
+                    "RUST_LOG",
+                    std::env::var("SPOA_TEST_LOG").unwrap_or_else(|_| "info".into()),
+                )
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -92,7 +99,10 @@ impl Agent {
 
     /// Everything the agent logged so far.
     pub fn log_text(&self) -> String {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .join("\n")
     }
 
     /// Whether the process is still running.

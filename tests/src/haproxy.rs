@@ -36,11 +36,7 @@ pub fn haproxy_binary() -> Option<PathBuf> {
 pub fn haproxy_version(binary: &PathBuf) -> (u32, u32) {
     let output = Command::new(binary).arg("-v").output().expect("haproxy -v");
     let text = String::from_utf8_lossy(&output.stdout);
-    let version = text
-        .split_whitespace()
-        .nth(2)
-        .unwrap_or("0.0")
-        .to_string();
+    let version = text.split_whitespace().nth(2).unwrap_or("0.0").to_string();
     let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
@@ -75,7 +71,8 @@ pub fn start(
 ) -> Haproxy {
     let examples = examples_dir(binary);
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = std::fs::read_to_string(examples.join("haproxy.cfg")).expect("example haproxy.cfg");
+    let config =
+        std::fs::read_to_string(examples.join("haproxy.cfg")).expect("example haproxy.cfg");
     let config_path = dir.path().join("haproxy.cfg");
     std::fs::write(&config_path, edit(config)).expect("writing haproxy.cfg");
     let spoe_conf = examples.join("spoe-iprep.conf");
@@ -97,8 +94,14 @@ pub fn start(
         let mut child = command.spawn().expect("spawning haproxy");
         let log = Arc::new(Mutex::new(Vec::new()));
         for pipe in [
-            child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-            child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -135,7 +138,10 @@ pub fn start(
 
 impl Haproxy {
     pub fn log_text(&self) -> String {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .join("\n")
     }
 
     pub fn pid(&self) -> u32 {

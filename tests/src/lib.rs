@@ -68,3 +68,16 @@ pub fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The hostile guest fixture, version "A" or "B" (built by `make fixtures`).
+pub fn hostile_guest(version: char) -> PathBuf {
+    artifact(&format!(
+        "fixtures/guest_hostile_{}.wasm",
+        version.to_ascii_lowercase()
+    ))
+}
+
+/// A fixture file kept in the repository (`tests/fixtures/NAME`).
+pub fn source_fixture(name: &str) -> PathBuf {
+    workspace_root().join("tests").join("fixtures").join(name)
+}

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use spoa_host::spop::codec::{CodecError, encode_frame};
-use spoa_host::spop::{Ack, Action, Arg, Frame, KvList, Message, Notify, SpopCodec, TypedData, VarScope};
+use spoa_host::spop::{
+    Ack, Action, Arg, Frame, KvList, Message, Notify, SpopCodec, TypedData, VarScope,
+};
 use tokio_util::codec::Decoder;
 
 #[derive(Debug)]
@@ -132,7 +134,12 @@ pub fn encoded(frame: &Frame) -> Vec<u8> {
     out.to_vec()
 }
 
-pub fn hello_frame(versions: &str, max_frame_size: u32, capabilities: &str, healthcheck: bool) -> Frame {
+pub fn hello_frame(
+    versions: &str,
+    max_frame_size: u32,
+    capabilities: &str,
+    healthcheck: bool,
+) -> Frame {
     let mut kv = KvList::new()
         .with("supported-versions", string(versions))
         .with("max-frame-size", TypedData::Uint32(max_frame_size))

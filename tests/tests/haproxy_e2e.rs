@@ -52,7 +52,10 @@ fn haproxy_scores_real_requests_and_denies_low_scores() {
         scores.insert(score);
     }
     assert!(scores.len() >= 10, "scores should vary: {scores:?}");
-    assert!(allowed > 0 && denied > 0, "allowed {allowed}, denied {denied}");
+    assert!(
+        allowed > 0 && denied > 0,
+        "allowed {allowed}, denied {denied}"
+    );
     assert!(
         !proxy.log_text().contains("error"),
         "haproxy reported errors:\n{}",

@@ -98,8 +98,16 @@ fn sixty_four_pipelined_notifies_each_get_their_ack() {
     let mut scores = HashSet::new();
     for _ in 0..64 {
         let ack = client.recv_ack();
-        assert_eq!(ack.stream_id, 1000 + ack.frame_id - 1, "ids travel together");
-        assert!(seen.insert(ack.frame_id), "duplicate ACK for frame {}", ack.frame_id);
+        assert_eq!(
+            ack.stream_id,
+            1000 + ack.frame_id - 1,
+            "ids travel together"
+        );
+        assert!(
+            seen.insert(ack.frame_id),
+            "duplicate ACK for frame {}",
+            ack.frame_id
+        );
         let score = score_of(&ack).expect("ip_score set");
         assert!((0..=100).contains(&score), "score {score}");
         scores.insert(score);
@@ -118,7 +126,10 @@ fn all_messages_of_one_notify_share_one_ack_and_others_get_nothing() {
         7,
         vec![
             check_client_ip(Ipv4Addr::new(192, 0, 2, 1)),
-            message("log-request", vec![("path", TypedData::String("/x".into()))]),
+            message(
+                "log-request",
+                vec![("path", TypedData::String("/x".into()))],
+            ),
             message(
                 "check-client-ip",
                 vec![("ip", TypedData::Ipv6("2001:db8::1".parse().expect("addr")))],
@@ -127,7 +138,11 @@ fn all_messages_of_one_notify_share_one_ack_and_others_get_nothing() {
     ));
     let ack = client.recv_ack();
     assert_eq!((ack.stream_id, ack.frame_id), (300, 7));
-    assert_eq!(ack.actions.len(), 2, "one set-var per check-client-ip: {ack:?}");
+    assert_eq!(
+        ack.actions.len(),
+        2,
+        "one set-var per check-client-ip: {ack:?}"
+    );
 
     client.send(&notify_frame(301, 8, vec![message("other", vec![])]));
     let ack = client.recv_ack();
@@ -140,10 +155,9 @@ fn haproxy_disconnect_is_answered_with_status_0() {
     let agent = Agent::start(&iprep_guest(), &[]);
     let mut client = SpopClient::connect(agent.addr());
     client.hello("pipelining");
-    client.send(&Frame::HaproxyDisconnect(spoa_host::spop::KvList::disconnect(
-        spoa_host::spop::Status::Normal,
-        "bye",
-    )));
+    client.send(&Frame::HaproxyDisconnect(
+        spoa_host::spop::KvList::disconnect(spoa_host::spop::Status::Normal, "bye"),
+    ));
     let (status, _) = client.expect_disconnect();
     assert_eq!(status, 0);
     client.expect_closed();

@@ -43,7 +43,9 @@ pub struct AgentContext {
 enum End {
     /// EOF or reset from the peer: a normal end (HAProxy 3.1+ closes without
     /// DISCONNECT; health checks close right after AGENT-HELLO).
-    PeerClosed { unfinished_frame: bool },
+    PeerClosed {
+        unfinished_frame: bool,
+    },
     /// HAPROXY-DISCONNECT: answer with AGENT-DISCONNECT and close.
     PeerDisconnect(KvList),
     /// The agent ends the connection with this status.
@@ -61,6 +63,20 @@ const LINGER_TIME: Duration = Duration::from_millis(500);
 const LINGER_BYTES: usize = 256 * 1024;
 /// Keep at least this much free space when reading.
 const READ_RESERVE: usize = 4096;
+/// Guest calls run on the worker thread. After this much NOTIFY work the
+/// connection flushes and yields, so the worker polls I/O and other
+/// connections wait at most one guest call, never a whole pipelined batch.
+const WORK_BEFORE_YIELD: Duration = Duration::from_millis(1);
+
+/// What processing the read buffer left to do.
+enum Step {
+    /// Every whole frame was handled; wait for more bytes.
+    NeedInput,
+    /// Frames remain but this turn's budget is spent.
+    Yield,
+    /// The connection must end.
+    End(End),
+}
 
 /// Serves one accepted connection until it ends.
 pub async fn serve_connection(
@@ -115,7 +131,10 @@ impl Connection {
         };
         tracing::debug!(peer = %self.peer, ?negotiated, "HELLO negotiated");
         self.codec.set_max_frame_size(negotiated.max_frame_size);
-        encode_frame(&Frame::AgentHello(agent_hello(&negotiated)), &mut self.write_buf);
+        encode_frame(
+            &Frame::AgentHello(agent_hello(&negotiated)),
+            &mut self.write_buf,
+        );
         self.ctx
             .metrics
             .frames_sent(crate::spop::FrameType::AgentHello, 1);
@@ -158,14 +177,23 @@ impl Connection {
         }
     }
 
-    async fn serve_notifies(&mut self, negotiated: &Negotiated, shutdown: &CancellationToken) -> End {
+    async fn serve_notifies(
+        &mut self,
+        negotiated: &Negotiated,
+        shutdown: &CancellationToken,
+    ) -> End {
         loop {
-            let stop = self.process_buffered(negotiated);
+            let step = self.process_buffered(negotiated);
             if let Err(err) = self.flush().await {
                 return End::Io(err);
             }
-            if let Some(end) = stop {
-                return end;
+            match step {
+                Step::NeedInput => {}
+                Step::Yield => {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                Step::End(end) => return end,
             }
             let idle = self.ctx.settings.idle_timeout;
             tokio::select! {
@@ -173,19 +201,14 @@ impl Connection {
                 _ = shutdown.cancelled() => {
                     // Answer what the kernel already holds for us, then leave.
                     self.read_ready_without_waiting();
-                    let stop = self.process_buffered(negotiated);
-                    if let Err(err) = self.flush().await {
-                        return End::Io(err);
-                    }
-                    return stop.unwrap_or(End::Shutdown);
+                    return self.process_all(negotiated).await.unwrap_or(End::Shutdown);
                 }
                 outcome = read_with_idle_timeout(&mut self.stream, &mut self.read_buf, idle) => {
                     match outcome {
                         Some(ReadOutcome::Data) => {}
                         Some(ReadOutcome::Closed) => {
                             // Frames completed by the last read are still owed an answer.
-                            let stop = self.process_buffered(negotiated);
-                            let _ = self.flush().await;
+                            let stop = self.process_all(negotiated).await;
                             return stop.unwrap_or_else(|| self.closed_end());
                         }
                         Some(ReadOutcome::Failed(err)) => return End::Io(err),
@@ -196,9 +219,27 @@ impl Connection {
         }
     }
 
-    /// Handles every whole frame in the read buffer, appending answers to the
-    /// write buffer. Returns how the connection must end, if it must.
-    fn process_buffered(&mut self, negotiated: &Negotiated) -> Option<End> {
+    /// Handles and answers every whole frame in the read buffer, yielding
+    /// between turns. Returns how the connection must end, if it must.
+    async fn process_all(&mut self, negotiated: &Negotiated) -> Option<End> {
+        loop {
+            let step = self.process_buffered(negotiated);
+            if let Err(err) = self.flush().await {
+                return Some(End::Io(err));
+            }
+            match step {
+                Step::NeedInput => return None,
+                Step::Yield => tokio::task::yield_now().await,
+                Step::End(end) => return Some(end),
+            }
+        }
+    }
+
+    /// Handles whole frames from the read buffer, appending answers to the
+    /// write buffer, until the buffer holds no whole frame or the turn's
+    /// budget is spent.
+    fn process_buffered(&mut self, negotiated: &Negotiated) -> Step {
+        let started = std::time::Instant::now();
         let handler = self.ctx.handler.current();
         let dispatcher = Dispatcher {
             metrics: &self.ctx.metrics,
@@ -207,30 +248,35 @@ impl Connection {
         loop {
             let body = match self.codec.next_frame_bytes(&mut self.read_buf) {
                 Ok(Some(body)) => body,
-                Ok(None) => return None,
-                Err(err) => return Some(decode_end(err)),
+                Ok(None) => return Step::NeedInput,
+                Err(err) => return Step::End(decode_end(err)),
             };
             let frame = match Frame::decode(body.freeze()) {
                 Ok(frame) => frame,
-                Err(err) => return Some(decode_end(err)),
+                Err(err) => return Step::End(decode_end(err)),
             };
             self.ctx.metrics.frame_received(frame.frame_type());
             match frame {
-                Frame::Notify(notify) => dispatcher.answer(
-                    &handler,
-                    notify,
-                    negotiated.max_frame_size,
-                    &mut self.write_buf,
-                ),
-                Frame::HaproxyDisconnect(kv) => return Some(End::PeerDisconnect(kv)),
+                Frame::Notify(notify) => {
+                    dispatcher.answer(
+                        &handler,
+                        notify,
+                        negotiated.max_frame_size,
+                        &mut self.write_buf,
+                    );
+                    if started.elapsed() >= WORK_BEFORE_YIELD {
+                        return Step::Yield;
+                    }
+                }
+                Frame::HaproxyDisconnect(kv) => return Step::End(End::PeerDisconnect(kv)),
                 Frame::HaproxyHello(_) => {
-                    return Some(End::Disconnect(
+                    return Step::End(End::Disconnect(
                         Status::InvalidFrame,
                         "HAPROXY-HELLO after the handshake".into(),
                     ));
                 }
                 other => {
-                    return Some(End::Disconnect(
+                    return Step::End(End::Disconnect(
                         Status::InvalidFrame,
                         format!("{} frame sent to the agent", other.frame_type().name()),
                     ));
@@ -297,11 +343,13 @@ impl Connection {
                     .map(|m| String::from_utf8_lossy(m).into_owned())
                     .unwrap_or_default();
                 tracing::debug!(%peer, status, message, "HAPROXY-DISCONNECT received");
-                self.disconnect(Status::Normal, Status::Normal.message()).await;
+                self.disconnect(Status::Normal, Status::Normal.message())
+                    .await;
             }
             End::Shutdown => {
                 tracing::debug!(%peer, "closing for shutdown");
-                self.disconnect(Status::Normal, "agent is shutting down").await;
+                self.disconnect(Status::Normal, "agent is shutting down")
+                    .await;
             }
             End::Disconnect(status, reason) => {
                 if status == Status::Timeout {

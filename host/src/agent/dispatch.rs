@@ -24,7 +24,13 @@ impl Dispatcher<'_> {
     /// not fit gets none (logged and counted as `ack_too_big`); the messages
     /// before it keep theirs. The ACK itself is always sent, so HAProxy is
     /// never left waiting.
-    pub fn answer(&self, handler: &Handler, notify: Notify, max_frame_size: u32, out: &mut BytesMut) {
+    pub fn answer(
+        &self,
+        handler: &Handler,
+        notify: Notify,
+        max_frame_size: u32,
+        out: &mut BytesMut,
+    ) {
         let budget = (max_frame_size as usize)
             .saturating_sub(Ack::header_len(notify.stream_id, notify.frame_id));
         let mut used = 0usize;
@@ -42,7 +48,7 @@ impl Dispatcher<'_> {
                 Err(failure) => {
                     tracing::warn!(
                         module = handler.label(),
-                        message = %String::from_utf8_lossy(&message.name),
+                        spoe_message = %String::from_utf8_lossy(&message.name),
                         stream_id = notify.stream_id,
                         frame_id = notify.frame_id,
                         "message answered without actions: {failure}"
@@ -55,7 +61,7 @@ impl Dispatcher<'_> {
             if used + size > budget {
                 tracing::warn!(
                     module = handler.label(),
-                    message = %String::from_utf8_lossy(&message.name),
+                    spoe_message = %String::from_utf8_lossy(&message.name),
                     size,
                     max_frame_size,
                     "actions do not fit in the ACK; dropped"

@@ -33,7 +33,9 @@ fn comma_list(raw: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// whether or not async is enabled, so offering it would promise nothing.
 /// `fragmentation` is never offered; a fragmented frame gets status 10.
 pub fn negotiate(hello: &KvList, agent_max_frame_size: u32) -> Result<Negotiated, Status> {
-    let versions = hello.get_str("supported-versions").ok_or(Status::NoVersion)?;
+    let versions = hello
+        .get_str("supported-versions")
+        .ok_or(Status::NoVersion)?;
     if !comma_list(versions).any(|v| v == SPOP_VERSION.as_bytes()) {
         return Err(Status::UnsupportedVersion);
     }
@@ -44,7 +46,9 @@ pub fn negotiate(hello: &KvList, agent_max_frame_size: u32) -> Result<Negotiated
     if offered_size < u64::from(MIN_FRAME_SIZE) {
         return Err(Status::BadMaxFrameSize);
     }
-    let capabilities = hello.get_str("capabilities").ok_or(Status::NoCapabilities)?;
+    let capabilities = hello
+        .get_str("capabilities")
+        .ok_or(Status::NoCapabilities)?;
     let pipelining = comma_list(capabilities).any(|c| c == CAP_PIPELINING.as_bytes());
     let healthcheck = matches!(hello.get("healthcheck"), Some(TypedData::Bool(true)));
     Ok(Negotiated {
@@ -63,25 +67,44 @@ pub fn agent_hello(negotiated: &Negotiated) -> KvList {
         b""
     };
     KvList::new()
-        .with("version", TypedData::String(Bytes::from_static(SPOP_VERSION.as_bytes())))
-        .with("max-frame-size", TypedData::Uint32(negotiated.max_frame_size))
-        .with("capabilities", TypedData::String(Bytes::from_static(capabilities)))
+        .with(
+            "version",
+            TypedData::String(Bytes::from_static(SPOP_VERSION.as_bytes())),
+        )
+        .with(
+            "max-frame-size",
+            TypedData::Uint32(negotiated.max_frame_size),
+        )
+        .with(
+            "capabilities",
+            TypedData::String(Bytes::from_static(capabilities)),
+        )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn hello(versions: Option<&'static str>, size: Option<TypedData>, caps: Option<&'static str>) -> KvList {
+    fn hello(
+        versions: Option<&'static str>,
+        size: Option<TypedData>,
+        caps: Option<&'static str>,
+    ) -> KvList {
         let mut kv = KvList::new();
         if let Some(v) = versions {
-            kv = kv.with("supported-versions", TypedData::String(Bytes::from_static(v.as_bytes())));
+            kv = kv.with(
+                "supported-versions",
+                TypedData::String(Bytes::from_static(v.as_bytes())),
+            );
         }
         if let Some(s) = size {
             kv = kv.with("max-frame-size", s);
         }
         if let Some(c) = caps {
-            kv = kv.with("capabilities", TypedData::String(Bytes::from_static(c.as_bytes())));
+            kv = kv.with(
+                "capabilities",
+                TypedData::String(Bytes::from_static(c.as_bytes())),
+            );
         }
         kv
     }
@@ -89,7 +112,11 @@ mod tests {
     #[test]
     fn negotiates_the_smaller_size_and_pipelining() {
         let got = negotiate(
-            &hello(Some(" 1.0 , 2.0 "), Some(TypedData::Uint32(16380)), Some("async, pipelining ")),
+            &hello(
+                Some(" 1.0 , 2.0 "),
+                Some(TypedData::Uint32(16380)),
+                Some("async, pipelining "),
+            ),
             8192,
         )
         .expect("accepted");
@@ -103,8 +130,11 @@ mod tests {
 
     #[test]
     fn any_integer_type_carries_the_size() {
-        let got = negotiate(&hello(Some("2.0"), Some(TypedData::Int64(300)), Some("")), 16380)
-            .expect("accepted");
+        let got = negotiate(
+            &hello(Some("2.0"), Some(TypedData::Int64(300)), Some("")),
+            16380,
+        )
+        .expect("accepted");
         assert_eq!(got.max_frame_size, 300);
         assert!(!got.pipelining);
     }
@@ -112,16 +142,34 @@ mod tests {
     #[test]
     fn each_missing_or_bad_key_has_its_status() {
         let size = || Some(TypedData::Uint32(16380));
-        assert_eq!(negotiate(&hello(None, size(), Some("")), 16380), Err(Status::NoVersion));
-        assert_eq!(negotiate(&hello(Some("2.0"), None, Some("")), 16380), Err(Status::NoMaxFrameSize));
-        assert_eq!(negotiate(&hello(Some("2.0"), size(), None), 16380), Err(Status::NoCapabilities));
-        assert_eq!(negotiate(&hello(Some("1.0,3.0"), size(), Some("")), 16380), Err(Status::UnsupportedVersion));
         assert_eq!(
-            negotiate(&hello(Some("2.0"), Some(TypedData::Uint32(255)), Some("")), 16380),
+            negotiate(&hello(None, size(), Some("")), 16380),
+            Err(Status::NoVersion)
+        );
+        assert_eq!(
+            negotiate(&hello(Some("2.0"), None, Some("")), 16380),
+            Err(Status::NoMaxFrameSize)
+        );
+        assert_eq!(
+            negotiate(&hello(Some("2.0"), size(), None), 16380),
+            Err(Status::NoCapabilities)
+        );
+        assert_eq!(
+            negotiate(&hello(Some("1.0,3.0"), size(), Some("")), 16380),
+            Err(Status::UnsupportedVersion)
+        );
+        assert_eq!(
+            negotiate(
+                &hello(Some("2.0"), Some(TypedData::Uint32(255)), Some("")),
+                16380
+            ),
             Err(Status::BadMaxFrameSize)
         );
         assert_eq!(
-            negotiate(&hello(Some("2.0"), Some(TypedData::Int64(-1)), Some("")), 16380),
+            negotiate(
+                &hello(Some("2.0"), Some(TypedData::Int64(-1)), Some("")),
+                16380
+            ),
             Err(Status::NoMaxFrameSize)
         );
     }

@@ -6,7 +6,7 @@ mod dispatch;
 mod handler;
 mod hello;
 
+pub use connection::linger as linger_briefly;
 pub use connection::{AgentContext, ConnectionSettings, serve_connection};
 pub use handler::{Handler, HandlerSlot};
 pub use hello::{Negotiated, agent_hello, negotiate};
-pub use connection::linger as linger_briefly;

@@ -59,12 +59,17 @@ impl Sandbox {
         // Deadlines by epoch: a counter bump from a ticker thread, checked at
         // loop back-edges and function entries — far cheaper than fuel.
         wasm_config.epoch_interruption(true);
+        // A trap is reported by its code and the message it cost; symbolised
+        // backtraces would make every trap slower and every log line longer.
+        wasm_config.wasm_backtrace_max_frames(None);
         let engine = Engine::new(&wasm_config)
             .map_err(anyhow::Error::from)
             .context("creating the wasmtime engine")?;
 
         let tick = epoch_tick(config.call_timeout);
-        let deadline_ticks = config.call_timeout.as_nanos().div_ceil(tick.as_nanos()) as u64;
+        // One tick more than the budget: the first tick may come at once, and
+        // a guest must get at least its whole budget.
+        let deadline_ticks = config.call_timeout.as_nanos().div_ceil(tick.as_nanos()) as u64 + 1;
         spawn_epoch_ticker(&engine, tick)?;
 
         let mut linker = Linker::new(&engine);

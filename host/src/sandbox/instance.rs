@@ -97,7 +97,8 @@ impl GuestInstance {
         }
         match err.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => GuestFailure::Timeout,
-            _ => GuestFailure::Trap(truncate(format!("{err:#}"))),
+            Some(trap) => GuestFailure::Trap(trap.to_string()),
+            None => GuestFailure::Trap(truncate(format!("{err:#}"))),
         }
     }
 }

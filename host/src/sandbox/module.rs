@@ -119,7 +119,9 @@ impl LoadedModule {
         let mut instance = GuestInstance::new(self).context("instantiating the component")?;
         match instance.call(self, &sample) {
             Ok(_) | Err(GuestFailure::Returned(_)) | Err(GuestFailure::InvalidOutput(_)) => Ok(()),
-            Err(failure) => Err(anyhow!("smoke call with a sample message failed: {failure}")),
+            Err(failure) => Err(anyhow!(
+                "smoke call with a sample message failed: {failure}"
+            )),
         }
     }
 

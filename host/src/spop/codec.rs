@@ -138,7 +138,8 @@ mod tests {
     const NOTIFY_CHECK_CLIENT_IP: &str = "00 00 00 1e 03 00 00 00 01 14 01 0f 63 68 65 63 6b 2d 63 6c 69 65 6e 74 2d 69 70 01 00 06 7f 00 00 01";
     const NOTIFY_HOST_ORDER_FLAGS: &str = "00 00 00 1e 03 01 00 00 00 14 01 0f 63 68 65 63 6b 2d 63 6c 69 65 6e 74 2d 69 70 01 00 06 7f 00 00 01";
     const NOTIFY_TWO_MESSAGES: &str = "00 00 00 46 03 00 00 00 01 fc 03 07 0f 63 68 65 63 6b 2d 63 6c 69 65 6e 74 2d 69 70 01 02 69 70 06 c0 00 02 01 0f 63 68 65 63 6b 2d 63 6c 69 65 6e 74 2d 69 70 01 02 69 70 07 20 01 0d b8 00 00 00 00 00 00 00 00 00 00 00 01";
-    const ACK_SET_SCORE: &str = "00 00 00 16 67 00 00 00 01 fc 03 07 01 03 01 08 69 70 5f 73 63 6f 72 65 02 32";
+    const ACK_SET_SCORE: &str =
+        "00 00 00 16 67 00 00 00 01 fc 03 07 01 03 01 08 69 70 5f 73 63 6f 72 65 02 32";
     const ACK_EMPTY: &str = "00 00 00 07 67 00 00 00 01 14 01";
     const ACK_UNSET_FLAG: &str = "00 00 00 0f 67 00 00 00 01 01 01 02 02 02 04 66 6c 61 67";
     const DISCONNECT_NORMAL: &str = "00 00 00 25 66 00 00 00 01 00 00 0b 73 74 61 74 75 73 2d 63 6f 64 65 03 00 07 6d 65 73 73 61 67 65 08 06 6e 6f 72 6d 61 6c";
@@ -181,7 +182,10 @@ mod tests {
         let hello = KvList::new()
             .with("version", TypedData::String(Bytes::from_static(b"2.0")))
             .with("max-frame-size", TypedData::Uint32(16380))
-            .with("capabilities", TypedData::String(Bytes::from_static(b"pipelining")));
+            .with(
+                "capabilities",
+                TypedData::String(Bytes::from_static(b"pipelining")),
+            );
         let frame = Frame::AgentHello(hello);
         assert_eq!(encoded(&frame), hex(AGENT_HELLO));
         assert_eq!(decode_one(AGENT_HELLO).expect("decodes"), frame);
@@ -194,7 +198,10 @@ mod tests {
             frame_id: 1,
             messages: vec![check_client_ip(TypedData::Ipv4(Ipv4Addr::LOCALHOST), "")],
         });
-        assert_eq!(decode_one(NOTIFY_CHECK_CLIENT_IP).expect("decodes"), expected);
+        assert_eq!(
+            decode_one(NOTIFY_CHECK_CLIENT_IP).expect("decodes"),
+            expected
+        );
         assert_eq!(encoded(&expected), hex(NOTIFY_CHECK_CLIENT_IP));
     }
 
@@ -277,7 +284,10 @@ mod tests {
         let err = codec.decode(&mut http).expect_err("must refuse");
         assert!(matches!(
             err,
-            CodecError::Decode(DecodeError::FrameTooBig { len: 0x4745_5420, .. })
+            CodecError::Decode(DecodeError::FrameTooBig {
+                len: 0x4745_5420,
+                ..
+            })
         ));
         assert!(http.capacity() < 1024, "buffered the announced length");
     }

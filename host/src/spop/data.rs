@@ -175,7 +175,9 @@ fn take_array<const N: usize>(src: &mut Bytes) -> Result<[u8; N], DecodeError> {
 pub fn decode_bytes(src: &mut Bytes) -> Result<Bytes, DecodeError> {
     let len = varint::decode(src)?;
     if len > src.remaining() as u64 {
-        return Err(DecodeError::Invalid("string length past the end of the frame"));
+        return Err(DecodeError::Invalid(
+            "string length past the end of the frame",
+        ));
     }
     Ok(src.split_to(len as usize))
 }
@@ -230,7 +232,9 @@ pub(crate) mod tests {
 
     #[test]
     fn int32_is_sign_extended_both_ways() {
-        let minus_one: &[u8] = &[0x02, 0xff, 0xf0, 0xfe, 0xfe, 0xfe, 0xfe, 0xfe, 0xfe, 0xfe, 0x0e];
+        let minus_one: &[u8] = &[
+            0x02, 0xff, 0xf0, 0xfe, 0xfe, 0xfe, 0xfe, 0xfe, 0xfe, 0xfe, 0x0e,
+        ];
         assert_eq!(decode_all(minus_one), Ok(TypedData::Int32(-1)));
         let mut out = Vec::new();
         TypedData::Int32(-1).encode(&mut out);
@@ -247,7 +251,9 @@ pub(crate) mod tests {
     #[test]
     fn int64_minus_five_matches_the_reference() {
         assert_eq!(
-            decode_all(&[0x04, 0xfb, 0xf0, 0xfe, 0xfe, 0xfe, 0xfe, 0xfe, 0xfe, 0xfe, 0x0e]),
+            decode_all(&[
+                0x04, 0xfb, 0xf0, 0xfe, 0xfe, 0xfe, 0xfe, 0xfe, 0xfe, 0xfe, 0x0e
+            ]),
             Ok(TypedData::Int64(-5))
         );
     }

@@ -105,7 +105,10 @@ impl KvList {
     pub fn disconnect(status: Status, message: &str) -> KvList {
         KvList::new()
             .with("status-code", TypedData::Uint32(status.code()))
-            .with("message", TypedData::String(Bytes::copy_from_slice(message.as_bytes())))
+            .with(
+                "message",
+                TypedData::String(Bytes::copy_from_slice(message.as_bytes())),
+            )
     }
 }
 
@@ -299,8 +302,8 @@ impl Frame {
         if src.remaining() < 5 {
             return Err(DecodeError::Invalid("frame shorter than its header"));
         }
-        let frame_type = FrameType::from_code(src.get_u8())
-            .ok_or(DecodeError::Invalid("unknown frame type"))?;
+        let frame_type =
+            FrameType::from_code(src.get_u8()).ok_or(DecodeError::Invalid("unknown frame type"))?;
         let flags = src.get_u32();
         let stream_id = varint::decode(&mut src)?;
         let frame_id = varint::decode(&mut src)?;
@@ -408,20 +411,26 @@ mod tests {
             arb_kv().prop_map(Frame::HaproxyDisconnect),
             arb_kv().prop_map(Frame::AgentHello),
             arb_kv().prop_map(Frame::AgentDisconnect),
-            (any::<u64>(), any::<u64>(), proptest::collection::vec(arb_message(), 0..4)).prop_map(
-                |(stream_id, frame_id, messages)| Frame::Notify(Notify {
+            (
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::vec(arb_message(), 0..4)
+            )
+                .prop_map(|(stream_id, frame_id, messages)| Frame::Notify(Notify {
                     stream_id,
                     frame_id,
                     messages
-                })
-            ),
-            (any::<u64>(), any::<u64>(), proptest::collection::vec(arb_action(), 0..6)).prop_map(
-                |(stream_id, frame_id, actions)| Frame::Ack(Ack {
+                })),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::vec(arb_action(), 0..6)
+            )
+                .prop_map(|(stream_id, frame_id, actions)| Frame::Ack(Ack {
                     stream_id,
                     frame_id,
                     actions
-                })
-            ),
+                })),
         ]
     }
 

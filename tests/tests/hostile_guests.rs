@@ -1,0 +1,326 @@
+//! A misbehaving guest costs one message: never the connection, the process,
+//! or another message. Each case goes through real SPOP traffic.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use spoa_host::spop::{Action, TypedData, VarScope};
+use spoa_tests::agent::{Agent, run_host};
+use spoa_tests::spop_client::{
+    SpopClient, check_client_ip, encoded, message, notify_frame, score_of,
+};
+use spoa_tests::{artifact, hostile_guest, source_fixture};
+
+/// Sends one message named `name`, checks its ACK is empty and arrives within
+/// `limit`, then checks the same connection still gets scores.
+fn assert_costs_one_message(
+    client: &mut SpopClient,
+    name: &str,
+    frame_id: u64,
+    limit: Duration,
+) -> Duration {
+    let started = Instant::now();
+    client.send(&notify_frame(7, frame_id, vec![message(name, vec![])]));
+    let ack = client.recv_ack();
+    let took = started.elapsed();
+    assert_eq!((ack.stream_id, ack.frame_id), (7, frame_id), "{name}");
+    assert!(ack.actions.is_empty(), "{name}: {ack:?}");
+    assert!(took < limit, "{name}: ACK took {took:?}");
+
+    client.send(&notify_frame(
+        8,
+        frame_id + 1000,
+        vec![check_client_ip(Ipv4Addr::LOCALHOST)],
+    ));
+    let ack = client.recv_ack();
+    assert_eq!(
+        score_of(&ack),
+        Some(42),
+        "{name}: next message not served: {ack:?}"
+    );
+    took
+}
+
+#[test]
+fn every_misbehaviour_costs_exactly_one_message() {
+    let mut agent = Agent::start(
+        &hostile_guest('A'),
+        &["--guest-timeout", "20ms", "--guest-memory", "16MiB"],
+    );
+    let mut client = SpopClient::connect(agent.addr());
+    client.hello("pipelining");
+    let bound = Duration::from_secs(2);
+    for (i, name) in [
+        "loop", "hog", "trap", "panic", "overflow", "huge", "bad-name", "error",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let took = assert_costs_one_message(&mut client, name, i as u64 + 1, bound);
+        eprintln!("{name}: empty ACK after {took:?}");
+    }
+    assert!(agent.is_alive());
+    let log = agent.log_text();
+    for expected in [
+        "exceeded its time budget",
+        "exceeded its memory cap",
+        "trapped",
+        "do not fit in the ACK",
+        "invalid output",
+        "returned an error",
+    ] {
+        assert!(log.contains(expected), "log lacks `{expected}`:\n{log}");
+    }
+    // Warnings name the module and the message.
+    assert!(log.contains("guest_hostile_a.wasm@"), "{log}");
+    assert!(log.contains("spoe_message=loop"), "{log}");
+}
+
+#[test]
+fn endless_loop_is_cut_near_the_deadline() {
+    let agent = Agent::start(&hostile_guest('A'), &["--guest-timeout", "10ms"]);
+    let mut client = SpopClient::connect(agent.addr());
+    client.hello("pipelining");
+    let mut worst = Duration::ZERO;
+    for i in 0..5 {
+        let took = assert_costs_one_message(&mut client, "loop", i + 1, Duration::from_secs(1));
+        worst = worst.max(took);
+    }
+    eprintln!("endless loop with --guest-timeout 10ms: worst ACK after {worst:?}");
+}
+
+#[test]
+fn other_connections_are_served_while_a_guest_loops() {
+    // Long deadline so the effect is visible: five pipelined endless loops are
+    // half a second of guest time on one connection.
+    let agent = Agent::start(
+        &hostile_guest('A'),
+        &["--guest-timeout", "100ms", "-n", "2"],
+    );
+    let mut looping = SpopClient::connect(agent.addr());
+    looping.hello("pipelining");
+    let mut healthy = SpopClient::connect(agent.addr());
+    healthy.hello("pipelining");
+
+    let mut batch = Vec::new();
+    for i in 0..5 {
+        batch.extend(encoded(&notify_frame(
+            1,
+            i + 1,
+            vec![message("loop", vec![])],
+        )));
+    }
+    looping.send_raw(&batch);
+    std::thread::sleep(Duration::from_millis(20));
+    let mut worst = Duration::ZERO;
+    for i in 0..20 {
+        let started = Instant::now();
+        healthy.send(&notify_frame(
+            2,
+            i + 1,
+            vec![check_client_ip(Ipv4Addr::LOCALHOST)],
+        ));
+        assert_eq!(score_of(&healthy.recv_ack()), Some(42));
+        worst = worst.max(started.elapsed());
+    }
+    for _ in 0..5 {
+        assert!(looping.recv_ack().actions.is_empty());
+    }
+    eprintln!("worst healthy latency while another connection looped: {worst:?}");
+    // At most about one guest call (100 ms + a tick), never the whole batch.
+    assert!(
+        worst < Duration::from_millis(250),
+        "healthy connection waited {worst:?} behind the looping guest"
+    );
+}
+
+#[test]
+fn a_trap_inside_a_notify_spares_its_sibling_messages() {
+    let agent = Agent::start(&hostile_guest('A'), &[]);
+    let mut client = SpopClient::connect(agent.addr());
+    client.hello("pipelining");
+    client.send(&notify_frame(
+        3,
+        9,
+        vec![
+            check_client_ip(Ipv4Addr::LOCALHOST),
+            message("trap", vec![]),
+            check_client_ip(Ipv4Addr::LOCALHOST),
+        ],
+    ));
+    let ack = client.recv_ack();
+    assert_eq!(ack.actions.len(), 2, "{ack:?}\n{}", agent.log_text());
+}
+
+#[test]
+fn pipelined_good_messages_around_bad_ones_are_all_answered() {
+    let agent = Agent::start(&hostile_guest('A'), &["--guest-timeout", "20ms"]);
+    let mut client = SpopClient::connect(agent.addr());
+    client.hello("pipelining");
+    let names = [
+        "check-client-ip",
+        "trap",
+        "check-client-ip",
+        "loop",
+        "check-client-ip",
+        "hog",
+        "check-client-ip",
+        "panic",
+    ];
+    let mut batch = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let msg = if *name == "check-client-ip" {
+            check_client_ip(Ipv4Addr::LOCALHOST)
+        } else {
+            message(name, vec![])
+        };
+        batch.extend(encoded(&notify_frame(5, i as u64 + 1, vec![msg])));
+    }
+    client.send_raw(&batch);
+    for _ in 0..names.len() {
+        let ack = client.recv_ack();
+        let name = names[ack.frame_id as usize - 1];
+        if name == "check-client-ip" {
+            assert_eq!(score_of(&ack), Some(42));
+        } else {
+            assert!(ack.actions.is_empty(), "{name}");
+        }
+    }
+}
+
+#[test]
+fn error_var_reports_the_failure_kind() {
+    let agent = Agent::start(
+        &hostile_guest('A'),
+        &["--guest-timeout", "20ms", "--error-var", "error"],
+    );
+    let mut client = SpopClient::connect(agent.addr());
+    client.hello("pipelining");
+    for (i, (name, kind)) in [
+        ("loop", "timeout"),
+        ("trap", "trap"),
+        ("hog", "memory"),
+        ("error", "error"),
+        ("bad-name", "invalid_output"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        client.send(&notify_frame(1, i as u64 + 1, vec![message(name, vec![])]));
+        let ack = client.recv_ack();
+        assert_eq!(
+            ack.actions,
+            vec![Action::SetVar {
+                scope: VarScope::Txn,
+                name: "error".into(),
+                value: TypedData::String(kind.into()),
+            }],
+            "{name}"
+        );
+    }
+}
+
+fn count_of(client: &mut SpopClient, frame_id: u64) -> u64 {
+    client.send(&notify_frame(1, frame_id, vec![message("count", vec![])]));
+    match client.recv_ack().actions.as_slice() {
+        [Action::SetVar { value, .. }] => value.as_u64().expect("integer"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn reuse_mode_keeps_state_and_fresh_mode_does_not() {
+    let agent = Agent::start(&hostile_guest('A'), &["-n", "1"]);
+    let mut client = SpopClient::connect(agent.addr());
+    client.hello("pipelining");
+    let first = count_of(&mut client, 1);
+    let second = count_of(&mut client, 2);
+    assert_eq!(second, first + 1, "one reused instance per worker");
+
+    let agent = Agent::start(&hostile_guest('A'), &["-n", "1", "--fresh-instance"]);
+    let mut client = SpopClient::connect(agent.addr());
+    client.hello("pipelining");
+    for i in 0..3 {
+        assert_eq!(
+            count_of(&mut client, i + 1),
+            1,
+            "fresh instance per message"
+        );
+    }
+}
+
+#[test]
+fn guest_logs_reach_the_host_log_tagged_with_the_module() {
+    let agent = Agent::start(&hostile_guest('A'), &[]);
+    let mut client = SpopClient::connect(agent.addr());
+    client.hello("pipelining");
+    client.send(&notify_frame(1, 1, vec![message("log", vec![])]));
+    client.recv_ack();
+    assert!(
+        spoa_tests::eventually(Duration::from_secs(2), || {
+            let log = agent.log_text();
+            log.contains("hostile guest says hello through the host log")
+                && log.contains("guest_hostile_a.wasm@")
+        }),
+        "{}",
+        agent.log_text()
+    );
+}
+
+/// Start-up refuses modules that cannot be served, naming the problem.
+fn assert_refused(module: &std::path::Path, expected: &str) {
+    for args in [
+        vec!["--module", module.to_str().expect("utf-8 path")],
+        vec!["check", module.to_str().expect("utf-8 path")],
+    ] {
+        let mut full = args.clone();
+        full.extend(["-p", "0"]);
+        let output = if args[0] == "check" {
+            run_host(&args)
+        } else {
+            run_host(&full)
+        };
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "{module:?} accepted with {args:?}"
+        );
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: stderr lacks `{expected}`:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn forbidden_imports_are_refused_at_load() {
+    assert_refused(
+        &source_fixture("forbidden-import.wat"),
+        "wasi:filesystem/preopens",
+    );
+}
+
+#[test]
+fn components_of_another_world_are_refused_at_load() {
+    assert_refused(&source_fixture("wrong-world.wat"), "handle-message");
+}
+
+#[test]
+fn garbage_and_core_modules_are_refused_at_load() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"\0asm this is not wasm at all").expect("write");
+    assert_refused(&garbage, "compiling the component");
+    assert_refused(
+        &artifact("wasm32-unknown-unknown/release/guest_iprep.wasm"),
+        "core WebAssembly module, not a component",
+    );
+    assert_refused(&dir.path().join("missing.wasm"), "reading module");
+}
+
+#[test]
+fn check_accepts_a_good_module() {
+    let output = run_host(&["check", spoa_tests::iprep_guest().to_str().expect("utf-8")]);
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("ok:"));
+}
