@@ -50,6 +50,16 @@ run: build
 test: guest fixtures host
 	$(CARGO) test --release --workspace --exclude guest-hostile
 
+## Load generator figures for BENCHMARKS.md (DURATION=10s by default).
+bench: guest
+	$(CARGO) build --release -p spoa-host -p spoa-bench
+	./bench/run.sh
+
+## Load generator figures for BENCHMARKS.md (DURATION=10s by default).
+bench: guest
+	$(CARGO) build --release -p spoa-host -p spoa-bench
+	./bench/run.sh
+
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --workspace --exclude guest-hostile -- -D warnings

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# `make bench`: every figure of BENCHMARKS.md in one run, on this machine.
+# Starts its own agents on free ports and stops them when done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+HOST=./target/release/spoa-host
+BENCH=./target/release/spoa-bench
+GUEST=target/guest_iprep.wasm
+DURATION=${DURATION:-10s}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+AGENT_PID=""
+stop_agent() { if [ -n "$AGENT_PID" ]; then kill "$AGENT_PID" 2>/dev/null || true; wait "$AGENT_PID" 2>/dev/null || true; AGENT_PID=""; fi; }
+trap stop_agent EXIT
+start_agent() {  # start_agent ARGS…  → sets AGENT_PID, PORT
+    PORT=$(free_port)
+    "$HOST" "$@" -a 127.0.0.1 -p "$PORT" 2>>target/bench-agent.log &
+    AGENT_PID=$!
+    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && return 0; sleep 0.1; done
+    echo "agent did not start" >&2; exit 1
+}
+run() { "$BENCH" --addr 127.0.0.1:"$PORT" --agent-pid "$AGENT_PID" "$@"; echo; }
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "kernel: $(uname -r); $($HOST --version)"
+echo "command: make bench (DURATION=$DURATION)"
+echo
+
+start_agent --module "$GUEST"
+run -d "$DURATION" -c 4 -p 16 --label "wasm guest (reused instances)"
+run -d "$DURATION" -c 16 -p 64 --label "wasm guest, 16x64"
+run -d "$DURATION" -c 4 -p 16 -m 4 --label "wasm guest, 4 messages per NOTIFY"
+run -d "$DURATION" -c 1 -p 1 --label "wasm guest, no pipelining (latency floor)"
+run -c 4 -p 16 -d 3s --idle 1000 --label "wasm guest with 1000 idle connections"
+stop_agent
+
+start_agent --native-iprep
+run -d "$DURATION" -c 4 -p 16 --label "native build of the same logic"
+run -d "$DURATION" -c 16 -p 64 --label "native, 16x64"
+stop_agent
+
+start_agent --module "$GUEST" --fresh-instance
+run -d "$DURATION" -c 4 -p 16 --label "wasm guest, --fresh-instance"
+stop_agent
+
+# Through HAProxy: wrk requests/s with the SPOE filter vs without.
+if command -v haproxy >/dev/null && command -v wrk >/dev/null; then
+    start_agent --module "$GUEST"
+    dir=$(mktemp -d)
+    HTTP_PORT=$(free_port)
+    sed 's/^    filter spoe/    #filter spoe/' examples/haproxy-2.6/haproxy.cfg > "$dir/no-spoe.cfg"
+    for variant in with-spoe no-spoe; do
+        cfg=examples/haproxy-2.6/haproxy.cfg
+        [ "$variant" = no-spoe ] && cfg="$dir/no-spoe.cfg"
+        HTTP_BIND=127.0.0.1:$HTTP_PORT AGENT1_ADDR=127.0.0.1:$PORT SPOE_CONF=$PWD/examples/haproxy-2.6/spoe-iprep.conf SCORE_THRESHOLD=0 \
+            haproxy -db -f "$cfg" >"$dir/haproxy-$variant.log" 2>&1 &
+        HAPROXY_PID=$!
+        sleep 1
+        echo "wrk through HAProxy $(haproxy -v | head -1 | cut -d' ' -f3), $variant: wrk -t1 -c32 -d$DURATION"
+        wrk -t1 -c32 -d"$DURATION" "http://127.0.0.1:$HTTP_PORT/" | grep -E 'Requests/sec|Latency|Non-2xx|requests in'
+        kill "$HAPROXY_PID"; wait "$HAPROXY_PID" 2>/dev/null || true
+        echo
+    done
+    stop_agent
+    rm -rf "$dir"
+else
+    echo "haproxy or wrk not installed: skipping the HAProxy comparison (apt-get install haproxy wrk)"
+fi

@@ -1,0 +1,368 @@
+//! `spoa-bench`: plays HAProxy's part against an SPOA and measures it.
+//!
+//! Each connection keeps `--pipeline` NOTIFY frames in flight (each carrying
+//! `--messages` `check-client-ip` messages) for `--duration` after a warm-up.
+//! Reported: messages per second, ACK latency percentiles, errors (an ACK
+//! without the expected `ip_score`), lost ACKs (NOTIFYs unanswered when the
+//! run ends), and — with `--agent-pid` — the agent's CPU seconds from
+//! `/proc/PID/stat`, so throughput can be given per agent CPU-second: a fair
+//! figure when generator and agent share the machine's cores.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::{Bytes, BytesMut};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use spoa_host::cli::parse_duration;
+use spoa_host::spop::codec::encode_frame;
+use spoa_host::spop::{Action, Arg, Frame, KvList, Message, Notify, SpopCodec, TypedData};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::Decoder;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "spoa-bench",
+    about = "SPOP load generator for spoa-host and other SPOAs"
+)]
+struct Args {
+    /// The agent to load.
+    #[arg(long, default_value = "127.0.0.1:12345")]
+    addr: SocketAddr,
+    /// Concurrent SPOP connections.
+    #[arg(short = 'c', long, default_value_t = 4)]
+    connections: usize,
+    /// NOTIFY frames in flight per connection.
+    #[arg(short = 'p', long, default_value_t = 16)]
+    pipeline: usize,
+    /// Messages per NOTIFY frame.
+    #[arg(short = 'm', long, default_value_t = 1)]
+    messages: usize,
+    /// Measured duration.
+    #[arg(short = 'd', long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Unmeasured warm-up before the measured window.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// PID of the agent, to report its CPU time and resident memory.
+    #[arg(long)]
+    agent_pid: Option<u32>,
+    /// Generator threads (keep it low: the agent needs the cores).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Idle connections (HELLO done, then silent) held open during the run,
+    /// to measure what an idle connection costs the agent.
+    #[arg(long, default_value_t = 0)]
+    idle: usize,
+    /// A name for this run in the report.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+/// What one connection measured.
+struct ConnectionStats {
+    acked_messages: u64,
+    errors: u64,
+    lost: u64,
+    latency: Histogram<u64>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<()> {
+    let mut idle = Vec::with_capacity(args.idle);
+    if args.idle > 0 {
+        let rss_before = args.agent_pid.map(agent_rss_kib).transpose()?;
+        for _ in 0..args.idle {
+            idle.push(open_idle(args.addr).await?);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let (Some(before), Some(after)) =
+            (rss_before, args.agent_pid.map(agent_rss_kib).transpose()?)
+        {
+            println!(
+                "spoa-bench: {} idle connections: agent RSS {:.1} MiB -> {:.1} MiB ({:.1} KiB per connection)",
+                args.idle,
+                before as f64 / 1024.0,
+                after as f64 / 1024.0,
+                after.saturating_sub(before) as f64 / args.idle as f64
+            );
+        }
+    }
+    let started = Instant::now();
+    let measure_from = started + args.warmup;
+    let measure_until = measure_from + args.duration;
+    let mut tasks = Vec::new();
+    for id in 0..args.connections {
+        tasks.push(tokio::spawn(drive_connection(
+            args.addr,
+            id as u64,
+            args.pipeline,
+            args.messages,
+            measure_from,
+            measure_until,
+        )));
+    }
+    // CPU and memory are sampled at the edges of the measured window.
+    tokio::time::sleep_until(measure_from.into()).await;
+    let cpu_before = args.agent_pid.map(agent_cpu_seconds).transpose()?;
+    tokio::time::sleep_until(measure_until.into()).await;
+    let cpu_after = args.agent_pid.map(agent_cpu_seconds).transpose()?;
+    let rss_under_load = args.agent_pid.map(agent_rss_kib).transpose()?;
+
+    let mut total = ConnectionStats {
+        acked_messages: 0,
+        errors: 0,
+        lost: 0,
+        latency: Histogram::new(3)?,
+    };
+    for task in tasks {
+        let stats = task.await.context("connection task")??;
+        total.acked_messages += stats.acked_messages;
+        total.errors += stats.errors;
+        total.lost += stats.lost;
+        total.latency.add(&stats.latency)?;
+    }
+    report(&args, &total, cpu_before.zip(cpu_after), rss_under_load);
+    drop(idle);
+    if total.lost > 0 || total.errors > 0 {
+        bail!("{} lost ACKs, {} errors", total.lost, total.errors);
+    }
+    Ok(())
+}
+
+fn report(args: &Args, total: &ConnectionStats, cpu: Option<(f64, f64)>, rss_kib: Option<u64>) {
+    let seconds = args.duration.as_secs_f64();
+    let rate = total.acked_messages as f64 / seconds;
+    let q = |p: f64| total.latency.value_at_quantile(p);
+    println!(
+        "spoa-bench {}: {} connections x {} pipelined x {} msg/NOTIFY, {:.0} s measured",
+        args.label, args.connections, args.pipeline, args.messages, seconds
+    );
+    println!(
+        "  messages {}  ({:.0}/s)  errors {}  lost ACKs {}",
+        total.acked_messages, rate, total.errors, total.lost
+    );
+    println!(
+        "  ACK latency us: p50 {}  p99 {}  p999 {}  max {}",
+        q(0.50),
+        q(0.99),
+        q(0.999),
+        total.latency.max()
+    );
+    if let Some((before, after)) = cpu {
+        let used = after - before;
+        println!(
+            "  agent CPU {:.2} s ({:.0}% of one core)  ->  {:.0} messages per agent CPU-second",
+            used,
+            100.0 * used / seconds,
+            total.acked_messages as f64 / used.max(1e-9)
+        );
+    }
+    if let Some(rss) = rss_kib {
+        println!("  agent RSS under load: {:.1} MiB", rss as f64 / 1024.0);
+    }
+}
+
+fn hello() -> Frame {
+    Frame::HaproxyHello(
+        KvList::new()
+            .with(
+                "supported-versions",
+                TypedData::String(Bytes::from_static(b"2.0")),
+            )
+            .with("max-frame-size", TypedData::Uint32(16380))
+            .with(
+                "capabilities",
+                TypedData::String(Bytes::from_static(b"pipelining")),
+            ),
+    )
+}
+
+/// A connection that completed HELLO and then says nothing.
+async fn open_idle(addr: SocketAddr) -> Result<TcpStream> {
+    let mut stream = TcpStream::connect(addr).await.context("connecting")?;
+    let mut out = BytesMut::new();
+    encode_frame(&hello(), &mut out);
+    stream.write_all(&out).await?;
+    let mut codec = SpopCodec::new(16 * 1024 * 1024);
+    let mut buf = BytesMut::new();
+    match next_frame(&mut stream, &mut codec, &mut buf).await? {
+        Frame::AgentHello(_) => Ok(stream),
+        other => bail!("expected AGENT-HELLO, got {other:?}"),
+    }
+}
+
+fn check_client_ip(i: u64) -> Message {
+    Message {
+        name: Bytes::from_static(b"check-client-ip"),
+        args: vec![Arg {
+            name: Bytes::from_static(b"ip"),
+            value: TypedData::Ipv4(Ipv4Addr::from(0x0a00_0000 | (i as u32 & 0xffff))),
+        }],
+    }
+}
+
+async fn drive_connection(
+    addr: SocketAddr,
+    stream_id: u64,
+    pipeline: usize,
+    messages: usize,
+    measure_from: Instant,
+    measure_until: Instant,
+) -> Result<ConnectionStats> {
+    let mut stream = TcpStream::connect(addr).await.context("connecting")?;
+    stream.set_nodelay(true)?;
+    let mut codec = SpopCodec::new(16 * 1024 * 1024);
+    let mut read_buf = BytesMut::with_capacity(64 * 1024);
+    let mut write_buf = BytesMut::with_capacity(64 * 1024);
+
+    encode_frame(&hello(), &mut write_buf);
+    stream.write_all(&write_buf).await?;
+    write_buf.clear();
+    match next_frame(&mut stream, &mut codec, &mut read_buf).await? {
+        Frame::AgentHello(_) => {}
+        other => bail!("expected AGENT-HELLO, got {other:?}"),
+    }
+
+    let mut stats = ConnectionStats {
+        acked_messages: 0,
+        errors: 0,
+        lost: 0,
+        latency: Histogram::new(3)?,
+    };
+    let mut in_flight: HashMap<u64, Instant> = HashMap::with_capacity(pipeline * 2);
+    let mut next_frame_id = 1u64;
+    let drain_until = measure_until + Duration::from_secs(3);
+    loop {
+        let now = Instant::now();
+        let sending = now < measure_until;
+        if sending {
+            while in_flight.len() < pipeline {
+                let notify = Frame::Notify(Notify {
+                    stream_id,
+                    frame_id: next_frame_id,
+                    messages: (0..messages)
+                        .map(|i| check_client_ip(next_frame_id + i as u64))
+                        .collect(),
+                });
+                encode_frame(&notify, &mut write_buf);
+                in_flight.insert(next_frame_id, now);
+                next_frame_id += 1;
+            }
+            stream.write_all(&write_buf).await?;
+            write_buf.clear();
+        } else if in_flight.is_empty() || now >= drain_until {
+            break;
+        }
+        let read = tokio::time::timeout(
+            Duration::from_millis(500),
+            read_frames(&mut stream, &mut codec, &mut read_buf),
+        )
+        .await;
+        let frames = match read {
+            Ok(frames) => frames?,
+            Err(_) => continue,
+        };
+        let now = Instant::now();
+        for frame in frames {
+            let Frame::Ack(ack) = frame else {
+                bail!("unexpected frame from the agent: {frame:?}");
+            };
+            let Some(sent_at) = in_flight.remove(&ack.frame_id) else {
+                stats.errors += 1;
+                continue;
+            };
+            let scored = ack
+                .actions
+                .iter()
+                .filter(|a| matches!(a, Action::SetVar { name, .. } if &name[..] == b"ip_score"))
+                .count();
+            if scored != messages {
+                stats.errors += 1;
+            }
+            if sent_at >= measure_from && sent_at < measure_until {
+                stats.acked_messages += messages as u64;
+                let micros = (now - sent_at).as_micros() as u64;
+                stats.latency.record(micros.max(1))?;
+            }
+        }
+    }
+    stats.lost = in_flight.len() as u64;
+    Ok(stats)
+}
+
+async fn read_frames(
+    stream: &mut TcpStream,
+    codec: &mut SpopCodec,
+    buf: &mut BytesMut,
+) -> Result<Vec<Frame>> {
+    if stream.read_buf(buf).await? == 0 {
+        bail!("the agent closed the connection");
+    }
+    let mut frames = Vec::new();
+    while let Some(frame) = codec.decode(buf)? {
+        frames.push(frame);
+    }
+    Ok(frames)
+}
+
+async fn next_frame(
+    stream: &mut TcpStream,
+    codec: &mut SpopCodec,
+    buf: &mut BytesMut,
+) -> Result<Frame> {
+    loop {
+        if let Some(frame) = codec.decode(buf)? {
+            return Ok(frame);
+        }
+        if stream.read_buf(buf).await? == 0 {
+            bail!("the agent closed the connection");
+        }
+    }
+}
+
+/// utime + stime of a process, in seconds.
+fn agent_cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name may contain spaces: fields count from after ')'.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("malformed stat")?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).context("utime")?.parse::<u64>()?
+        + fields.get(12).context("stime")?.parse::<u64>()?;
+    Ok(ticks as f64 / clock_ticks_per_second())
+}
+
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Resident set size of a process, in KiB.
+pub fn agent_rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("VmRSS not found")
+}
