@@ -1,0 +1,206 @@
+//! What an operator relies on: the metrics endpoint, JSON logs, the example
+//! files, and failover between two agents behind one HAProxy.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use spoa_tests::agent::Agent;
+use spoa_tests::haproxy::{self, haproxy_binary};
+use spoa_tests::spop_client::{SpopClient, check_client_ip, message, notify_frame};
+use spoa_tests::{eventually, free_port, hostile_guest, http, iprep_guest, workspace_root};
+
+fn scrape(addr: SocketAddr) -> String {
+    let response = http::get(addr, "/metrics").expect("scraping /metrics");
+    assert_eq!(response.status, 200);
+    response.body
+}
+
+/// The value of the series whose line starts with `series` (name plus labels).
+fn value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("series `{series}` missing from:\n{metrics}"))
+}
+
+#[test]
+fn metrics_endpoint_exposes_moving_series() {
+    let metrics_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let agent = Agent::start(
+        &hostile_guest('A'),
+        &["--metrics-address", &metrics_addr.to_string()],
+    );
+    let before = scrape(metrics_addr);
+    assert_eq!(value(&before, "spoa_messages_total"), 0.0);
+    assert!(before.contains("spoa_module_info{path="), "{before}");
+    assert!(before.contains("guest_hostile_a.wasm"));
+
+    let mut client = SpopClient::connect(agent.addr());
+    client.hello("pipelining");
+    for i in 0..40 {
+        client.send(&notify_frame(
+            1,
+            i + 1,
+            vec![check_client_ip(Ipv4Addr::LOCALHOST)],
+        ));
+        client.recv_ack();
+    }
+    client.send(&notify_frame(1, 100, vec![message("trap", vec![])]));
+    client.recv_ack();
+    // A stray HTTP request: DISCONNECT status 3.
+    let mut stray = SpopClient::connect(agent.addr());
+    stray.send_raw(b"GET / HTTP/1.1\r\n\r\n");
+    let _ = stray.expect_disconnect();
+
+    let after = scrape(metrics_addr);
+    assert_eq!(value(&after, "spoa_messages_total"), 41.0);
+    assert_eq!(value(&after, "spoa_guest_calls_total"), 41.0);
+    assert_eq!(value(&after, "spoa_actions_total"), 40.0);
+    assert_eq!(
+        value(&after, "spoa_frames_received_total{type=\"notify\"}"),
+        41.0
+    );
+    assert_eq!(value(&after, "spoa_frames_sent_total{type=\"ack\"}"), 41.0);
+    assert_eq!(
+        value(&after, "spoa_guest_failures_total{kind=\"trap\"}"),
+        1.0
+    );
+    assert_eq!(value(&after, "spoa_disconnects_total{status=\"3\"}"), 1.0);
+    assert!(value(&after, "spoa_connections_total") >= 2.0);
+    assert!(value(&after, "spoa_connections_current") >= 1.0);
+    assert!(value(&after, "spoa_guest_call_seconds_count") >= 1.0);
+    assert!(after.contains("spoa_guest_call_seconds_bucket{le="));
+    assert_eq!(
+        value(&after, "spoa_module_reloads_total{result=\"failed\"}"),
+        0.0
+    );
+    assert!(http::get(metrics_addr, "/other").expect("404").status == 404);
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let agent = Agent::start(&iprep_guest(), &["--log-format", "json"]);
+    let mut client = SpopClient::connect(agent.addr());
+    client.send_raw(b"GET / HTTP/1.1\r\n\r\n");
+    let _ = client.expect_disconnect();
+    assert!(eventually(Duration::from_secs(2), || agent
+        .log_text()
+        .contains("frame is too big")));
+    let log = agent.log_text();
+    for line in log.lines() {
+        assert!(
+            line.starts_with('{') && line.ends_with('}') && line.contains("\"level\":"),
+            "not a JSON log line: {line}"
+        );
+    }
+    assert!(log.contains("\"status\":\"3 (frame is too big)\""), "{log}");
+}
+
+#[test]
+fn example_files_are_valid_for_the_installed_haproxy() {
+    let Some(binary) = haproxy_binary() else {
+        return;
+    };
+    let dir = haproxy::examples_dir(&binary);
+    let output = std::process::Command::new(&binary)
+        .args(["-c", "-f"])
+        .arg(dir.join("haproxy.cfg"))
+        .env("SPOE_CONF", dir.join("spoe-iprep.conf"))
+        .output()
+        .expect("haproxy -c");
+    assert!(output.status.success(), "{output:?}");
+    let unit =
+        std::fs::read_to_string(workspace_root().join("examples/spoa-host.service")).expect("unit");
+    assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+    assert!(unit.contains("--module /etc/spoa-host/handler.wasm"));
+}
+
+/// Two agents behind one HAProxy; one is killed under load. Requests keep
+/// getting scores from the other.
+#[test]
+fn failover_between_two_agents() {
+    let Some(binary) = haproxy_binary() else {
+        return;
+    };
+    let first = Agent::start(&iprep_guest(), &[]);
+    let second = Agent::start(&iprep_guest(), &[]);
+    let proxy = haproxy::start(&binary, &[first.addr(), second.addr()], 0, |config| {
+        config.replace(
+            "    server agent1 \"${AGENT1_ADDR-127.0.0.1:12345}\" check inter 1s rise 1 fall 1",
+            "    server agent1 \"${AGENT1_ADDR-127.0.0.1:12345}\" check inter 1s rise 1 fall 1\n    server agent2 \"${AGENT2_ADDR-127.0.0.1:12346}\" check inter 1s rise 1 fall 1",
+        )
+    });
+    assert!(eventually(Duration::from_secs(10), || {
+        http::get(proxy.http, "/")
+            .map(|r| r.header("X-IP-Score").is_some())
+            .unwrap_or(false)
+    }));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    // (when, outcome): "score", "error:<reason>" or "http:<failure>".
+    let outcomes = Arc::new(Mutex::new(Vec::<(Instant, String)>::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, outcomes, addr) = (stop.clone(), outcomes.clone(), proxy.http);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let outcome = match http::get(addr, "/") {
+                        Ok(r) if r.header("X-IP-Score").is_some() => "score".to_string(),
+                        Ok(r) => format!(
+                            "error:{} status {}",
+                            r.header("X-IP-Score-Error").unwrap_or("none"),
+                            r.status
+                        ),
+                        Err(e) => format!("http:{e}"),
+                    };
+                    outcomes
+                        .lock()
+                        .expect("lock")
+                        .push((Instant::now(), outcome));
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let killed_at = Instant::now();
+    drop(first); // SIGKILL: an abrupt crash, no DISCONNECT.
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().expect("client");
+    }
+
+    let outcomes = outcomes.lock().expect("lock");
+    let after_kill: Vec<_> = outcomes.iter().filter(|(at, _)| *at >= killed_at).collect();
+    let failed: Vec<_> = after_kill.iter().filter(|(_, o)| o != "score").collect();
+    let settled: Vec<_> = after_kill
+        .iter()
+        .filter(|(at, _)| *at >= killed_at + Duration::from_millis(1500))
+        .collect();
+    eprintln!(
+        "failover: {} requests after the kill, {} without a score ({:?}), {} after the first 1.5 s",
+        after_kill.len(),
+        failed.len(),
+        failed
+            .iter()
+            .map(|(_, o)| o.as_str())
+            .take(5)
+            .collect::<Vec<_>>(),
+        settled.len()
+    );
+    assert!(!settled.is_empty());
+    assert!(
+        settled.iter().all(|(_, o)| o == "score"),
+        "requests still failing 1.5 s after the failover"
+    );
+    // HTTP itself never fails: with set-on-error the request goes on without a score.
+    assert!(
+        failed.iter().all(|(_, o)| o.starts_with("error:")),
+        "{failed:?}"
+    );
+    assert!(second.log_text().contains("listening"));
+}
