@@ -130,8 +130,8 @@ fn failover_between_two_agents() {
     let second = Agent::start(&iprep_guest(), &[]);
     let proxy = haproxy::start(&binary, &[first.addr(), second.addr()], 0, |config| {
         config.replace(
-            "    server agent1 \"${AGENT1_ADDR-127.0.0.1:12345}\" check inter 1s rise 1 fall 1",
-            "    server agent1 \"${AGENT1_ADDR-127.0.0.1:12345}\" check inter 1s rise 1 fall 1\n    server agent2 \"${AGENT2_ADDR-127.0.0.1:12346}\" check inter 1s rise 1 fall 1",
+            "    server agent1 \"${AGENT1_ADDR-127.0.0.1:12345}\" check inter 1s rise 1 fall 1 on-marked-down shutdown-sessions",
+            "    server agent1 \"${AGENT1_ADDR-127.0.0.1:12345}\" check inter 1s rise 1 fall 1 on-marked-down shutdown-sessions\n    server agent2 \"${AGENT2_ADDR-127.0.0.1:12346}\" check inter 1s rise 1 fall 1 on-marked-down shutdown-sessions",
         )
     });
     assert!(eventually(Duration::from_secs(10), || {
@@ -201,6 +201,73 @@ fn failover_between_two_agents() {
     assert!(
         failed.iter().all(|(_, o)| o.starts_with("error:")),
         "{failed:?}"
+    );
+    assert!(second.log_text().contains("listening"));
+}
+
+/// An agent that hangs (SIGSTOP) instead of dying: requests routed to it wait
+/// for the SPOE `timeout processing` (500 ms in the example), then go on
+/// without a score and with `txn.iprep.error` set (`option set-on-error`),
+/// until the health check marks the agent down and `on-marked-down
+/// shutdown-sessions` closes its connections.
+#[test]
+fn hung_agent_costs_the_processing_timeout_then_fails_over() {
+    let Some(binary) = haproxy_binary() else {
+        return;
+    };
+    let first = Agent::start(&iprep_guest(), &[]);
+    let second = Agent::start(&iprep_guest(), &[]);
+    let proxy = haproxy::start(&binary, &[first.addr(), second.addr()], 0, |config| {
+        config.replace(
+            "    server agent1 \"${AGENT1_ADDR-127.0.0.1:12345}\" check inter 1s rise 1 fall 1 on-marked-down shutdown-sessions",
+            "    server agent1 \"${AGENT1_ADDR-127.0.0.1:12345}\" check inter 1s rise 1 fall 1 on-marked-down shutdown-sessions\n    server agent2 \"${AGENT2_ADDR-127.0.0.1:12346}\" check inter 1s rise 1 fall 1 on-marked-down shutdown-sessions",
+        )
+    });
+    assert!(eventually(Duration::from_secs(10), || {
+        http::get(proxy.http, "/")
+            .map(|r| r.header("X-IP-Score").is_some())
+            .unwrap_or(false)
+    }));
+    first.signal("STOP");
+    let started = Instant::now();
+    let mut outcomes = Vec::new();
+    while started.elapsed() < Duration::from_secs(5) {
+        let sent = Instant::now();
+        let response = http::get(proxy.http, "/").expect("HTTP never fails");
+        outcomes.push((
+            sent - started,
+            sent.elapsed(),
+            response.header("X-IP-Score").is_some(),
+            response.header("X-IP-Score-Error").map(str::to_string),
+        ));
+    }
+    first.signal("CONT");
+    let errors: Vec<_> = outcomes.iter().filter(|o| !o.2).collect();
+    eprintln!(
+        "hung agent: {} requests in 5 s, {} without a score; their latency {:?}, error var {:?}",
+        outcomes.len(),
+        errors.len(),
+        errors.iter().map(|o| o.1).collect::<Vec<_>>(),
+        errors
+            .iter()
+            .filter_map(|o| o.3.clone())
+            .collect::<Vec<_>>()
+    );
+    for (_, latency, _, error) in &errors {
+        assert!(
+            *latency >= Duration::from_millis(400),
+            "timeout processing is 500 ms"
+        );
+        assert!(error.is_some(), "set-on-error sets txn.iprep.error");
+    }
+    // Once the health check has marked the hung agent down, every request is scored.
+    let late: Vec<_> = outcomes
+        .iter()
+        .filter(|o| o.0 > Duration::from_secs(3))
+        .collect();
+    assert!(
+        !late.is_empty() && late.iter().all(|o| o.2),
+        "still failing after 3 s"
     );
     assert!(second.log_text().contains("listening"));
 }
