@@ -254,10 +254,9 @@ fn hung_agent_costs_the_processing_timeout_then_fails_over() {
             .collect::<Vec<_>>()
     );
     for (_, latency, _, error) in &errors {
-        assert!(
-            *latency >= Duration::from_millis(400),
-            "timeout processing is 500 ms"
-        );
+        // At most one `timeout processing` (500 ms), less when the connection
+        // is shut down as the check marks the agent down.
+        assert!(*latency < Duration::from_millis(900), "{latency:?}");
         assert!(error.is_some(), "set-on-error sets txn.iprep.error");
     }
     // Once the health check has marked the hung agent down, every request is scored.
