@@ -57,6 +57,9 @@ pub struct Haproxy {
     child: Child,
     pub http: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
+    config: PathBuf,
+    env: Vec<(String, String)>,
+    binary: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -69,13 +72,26 @@ pub fn start(
     threshold: u32,
     edit: impl Fn(String) -> String,
 ) -> Haproxy {
+    start_with(binary, agent_addrs, threshold, edit, |spoe| spoe)
+}
+
+/// Like [`start`], with the example SPOE configuration edited by `edit_spoe`.
+pub fn start_with(
+    binary: &PathBuf,
+    agent_addrs: &[SocketAddr],
+    threshold: u32,
+    edit: impl Fn(String) -> String,
+    edit_spoe: impl Fn(String) -> String,
+) -> Haproxy {
     let examples = examples_dir(binary);
     let dir = tempfile::tempdir().expect("temp dir");
     let config =
         std::fs::read_to_string(examples.join("haproxy.cfg")).expect("example haproxy.cfg");
     let config_path = dir.path().join("haproxy.cfg");
     std::fs::write(&config_path, edit(config)).expect("writing haproxy.cfg");
-    let spoe_conf = examples.join("spoe-iprep.conf");
+    let spoe = std::fs::read_to_string(examples.join("spoe-iprep.conf")).expect("example spoe");
+    let spoe_conf = dir.path().join("spoe-iprep.conf");
+    std::fs::write(&spoe_conf, edit_spoe(spoe)).expect("writing the spoe conf");
 
     for _attempt in 0..5 {
         let http: SocketAddr = ([127, 0, 0, 1], free_port()).into();
@@ -116,10 +132,17 @@ pub fn start(
                 }
             });
         }
+        let env: Vec<(String, String)> = command
+            .get_envs()
+            .filter_map(|(k, v)| Some((k.to_str()?.to_string(), v?.to_str()?.to_string())))
+            .collect();
         let mut haproxy = Haproxy {
             child,
             http,
             log,
+            config: config_path.clone(),
+            env,
+            binary: binary.clone(),
             _dir: tempfile::tempdir().expect("temp dir"),
         };
         if wait_for_port(http, Duration::from_secs(10)) {
@@ -148,8 +171,21 @@ impl Haproxy {
         self.child.id()
     }
 
-    pub fn child_mut(&mut self) -> &mut Child {
-        &mut self.child
+    /// Reloads HAProxy the way the classic reload does: a new process takes
+    /// over the listeners (`-sf OLD`) and the old one finishes its work and
+    /// exits. Returns the old process.
+    pub fn soft_reload(&mut self) -> Child {
+        let new = Command::new(&self.binary)
+            .args(["-db", "-f"])
+            .arg(&self.config)
+            .arg("-sf")
+            .arg(self.child.id().to_string())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning the new haproxy");
+        std::mem::replace(&mut self.child, new)
     }
 }
 

@@ -1,0 +1,181 @@
+//! Real HAProxy against spoa-host in the configurations operators use:
+//! pipelining and async on and off, several messages per NOTIFY, and a
+//! HAProxy reload (`-sf`) under traffic.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use spoa_tests::agent::Agent;
+use spoa_tests::haproxy::{self, haproxy_binary, haproxy_version};
+use spoa_tests::{eventually, free_port, http, iprep_guest};
+
+fn metric(addr: SocketAddr, series: &str) -> f64 {
+    let body = http::get(addr, "/metrics").expect("metrics").body;
+    body.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{series} missing"))
+}
+
+/// Sends `count` requests and checks each carries a score in 0..=100.
+fn assert_scored(proxy: &haproxy::Haproxy, agent: &Agent, count: usize) {
+    assert!(
+        eventually(Duration::from_secs(10), || http::get(proxy.http, "/")
+            .map(|r| r.header("X-IP-Score").is_some())
+            .unwrap_or(false)),
+        "haproxy:\n{}\nagent:\n{}",
+        proxy.log_text(),
+        agent.log_text()
+    );
+    for _ in 0..count {
+        let response = http::get(proxy.http, "/").expect("request");
+        let score: i64 = response
+            .header("X-IP-Score")
+            .expect("scored")
+            .parse()
+            .expect("integer");
+        assert!((0..=100).contains(&score));
+    }
+}
+
+#[test]
+fn pipelining_and_async_on_and_off() {
+    let Some(binary) = haproxy_binary() else {
+        return;
+    };
+    if haproxy_version(&binary) >= (3, 1) {
+        eprintln!(
+            "HAProxy 3.1+: pipelining is always on, async is ignored; covered by the other tests"
+        );
+        return;
+    }
+    let agent = Agent::start(&iprep_guest(), &[]);
+    for (pipelining, async_) in [(true, true), (true, false), (false, true), (false, false)] {
+        let proxy = haproxy::start_with(
+            &binary,
+            &[agent.addr()],
+            0,
+            |c| c,
+            |spoe| {
+                let spoe = spoe.replace(
+                    "    option pipelining\n",
+                    if pipelining {
+                        "    option pipelining\n"
+                    } else {
+                        "    no option pipelining\n"
+                    },
+                );
+                spoe.replace(
+                    "    option set-on-error error\n",
+                    &format!(
+                        "    option set-on-error error\n    {}option async\n",
+                        if async_ { "" } else { "no " }
+                    ),
+                )
+            },
+        );
+        assert_scored(&proxy, &agent, 20);
+        eprintln!("pipelining={pipelining} async={async_}: 20 requests scored");
+    }
+}
+
+#[test]
+fn several_messages_travel_in_one_notify() {
+    let Some(binary) = haproxy_binary() else {
+        return;
+    };
+    let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let agent = Agent::start(&iprep_guest(), &["--metrics-address", &metrics.to_string()]);
+    // A second message on the same event: HAProxy sends both in one NOTIFY;
+    // the guest scores the first and ignores the second.
+    let proxy = haproxy::start_with(
+        &binary,
+        &[agent.addr()],
+        0,
+        |c| c,
+        |spoe| {
+            spoe.replace(
+                "    messages check-client-ip\n",
+                "    messages check-client-ip log-request\n",
+            ) + "\nspoe-message log-request\n    args path=path method=method\n    event on-frontend-http-request\n"
+        },
+    );
+    assert_scored(&proxy, &agent, 30);
+    let notifies = metric(metrics, "spoa_frames_received_total{type=\"notify\"}");
+    let messages = metric(metrics, "spoa_messages_total");
+    assert!(notifies >= 30.0);
+    assert_eq!(messages, 2.0 * notifies, "two messages in every NOTIFY");
+}
+
+#[test]
+fn haproxy_reload_under_traffic_loses_no_score_and_leaks_no_connection() {
+    let Some(binary) = haproxy_binary() else {
+        return;
+    };
+    let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let agent = Agent::start(&iprep_guest(), &["--metrics-address", &metrics.to_string()]);
+    let mut proxy = haproxy::start(&binary, &[agent.addr()], 0, |c| c);
+    assert_scored(&proxy, &agent, 5);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcomes = Arc::new(Mutex::new(Vec::<String>::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, outcomes, addr) = (stop.clone(), outcomes.clone(), proxy.http);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let outcome = match http::get(addr, "/") {
+                        Ok(r) => r.header("X-IP-Score").unwrap_or("missing").to_string(),
+                        Err(e) => format!("error: {e}"),
+                    };
+                    outcomes.lock().expect("lock").push(outcome);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = metric(metrics, "spoa_connections_current");
+    let mut old = Vec::new();
+    for _ in 0..3 {
+        old.push(proxy.soft_reload());
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().expect("client");
+    }
+    for mut process in old {
+        let exited = eventually(Duration::from_secs(10), || {
+            matches!(process.try_wait(), Ok(Some(_)))
+        });
+        if !exited {
+            let _ = process.kill();
+        }
+        assert!(exited, "old haproxy did not finish");
+    }
+    let outcomes = outcomes.lock().expect("lock");
+    let unscored: Vec<_> = outcomes
+        .iter()
+        .filter(|o| o.parse::<i64>().is_err())
+        .collect();
+    eprintln!(
+        "haproxy reloaded 3 times under traffic: {} requests, {} without a score",
+        outcomes.len(),
+        unscored.len()
+    );
+    assert!(unscored.is_empty(), "{unscored:?}");
+    // The old processes' SPOE connections are closed and the agent lets them go.
+    assert!(
+        eventually(Duration::from_secs(10), || metric(
+            metrics,
+            "spoa_connections_current"
+        ) <= before.max(1.0) + 2.0),
+        "agent holds {} connections, {} before the reloads",
+        metric(metrics, "spoa_connections_current"),
+        before
+    );
+}
