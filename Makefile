@@ -60,6 +60,12 @@ bench: guest
 	$(CARGO) build --release -p spoa-host -p spoa-bench
 	./bench/run.sh
 
+## Fuzzes the SPOP decoder (needs a nightly toolchain and cargo-fuzz).
+FUZZ_RUNS ?= 5000000
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && $(CARGO) +nightly fuzz run decode_stream -- -runs=$(FUZZ_RUNS) -max_len=2048
+
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --workspace --exclude guest-hostile -- -D warnings
