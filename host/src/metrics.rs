@@ -160,8 +160,7 @@ impl Metrics {
         let guest_call_seconds = Histogram::new(
             [
                 1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 5e-3, 1e-2, 5e-2,
-            ]
-            .into_iter(),
+            ],
         );
         registry.register(
             "guest_call_seconds",
