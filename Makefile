@@ -69,6 +69,7 @@ fuzz:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --workspace --exclude guest-hostile -- -D warnings
+	$(CARGO) clippy -p guest-hostile -p guest-iprep --target $(WASM_TARGET) -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

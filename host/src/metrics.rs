@@ -157,11 +157,9 @@ impl Metrics {
             .iter()
             .map(|&kind| (kind, failures.get_or_create(&KindLabels { kind }).clone()))
             .collect();
-        let guest_call_seconds = Histogram::new(
-            [
-                1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 5e-3, 1e-2, 5e-2,
-            ],
-        );
+        let guest_call_seconds = Histogram::new([
+            1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 5e-3, 1e-2, 5e-2,
+        ]);
         registry.register(
             "guest_call_seconds",
             "Duration of handle-message calls (one call in 16 is timed)",
