@@ -55,11 +55,6 @@ bench: guest
 	$(CARGO) build --release -p spoa-host -p spoa-bench
 	./bench/run.sh
 
-## Load generator figures for BENCHMARKS.md (DURATION=10s by default).
-bench: guest
-	$(CARGO) build --release -p spoa-host -p spoa-bench
-	./bench/run.sh
-
 ## Fuzzes the SPOP decoder (needs a nightly toolchain and cargo-fuzz).
 FUZZ_RUNS ?= 5000000
 fuzz:

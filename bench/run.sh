@@ -26,6 +26,10 @@ echo "kernel: $(uname -r); $($HOST --version)"
 echo "command: make bench (DURATION=$DURATION)"
 echo
 
+# One guest call without the network, per instance mode and native.
+./target/release/spoa-callcost "$GUEST"
+echo
+
 start_agent --module "$GUEST"
 run -d "$DURATION" -c 4 -p 16 --label "wasm guest (reused instances)"
 run -d "$DURATION" -c 16 -p 64 --label "wasm guest, 16x64"
