@@ -126,19 +126,7 @@ fn failover_between_two_agents() {
     let Some(binary) = haproxy_binary() else {
         return;
     };
-    let first = Agent::start(&iprep_guest(), &[]);
-    let second = Agent::start(&iprep_guest(), &[]);
-    let proxy = haproxy::start(&binary, &[first.addr(), second.addr()], 0, |config| {
-        config.replace(
-            "    server agent1 \"${AGENT1_ADDR-127.0.0.1:12345}\" check inter 1s rise 1 fall 1 on-marked-down shutdown-sessions",
-            "    server agent1 \"${AGENT1_ADDR-127.0.0.1:12345}\" check inter 1s rise 1 fall 1 on-marked-down shutdown-sessions\n    server agent2 \"${AGENT2_ADDR-127.0.0.1:12346}\" check inter 1s rise 1 fall 1 on-marked-down shutdown-sessions",
-        )
-    });
-    assert!(eventually(Duration::from_secs(10), || {
-        http::get(proxy.http, "/")
-            .map(|r| r.header("X-IP-Score").is_some())
-            .unwrap_or(false)
-    }));
+    let (first, second, proxy) = two_agents_behind_haproxy(&binary);
 
     let stop = Arc::new(AtomicBool::new(false));
     // (when, outcome): "score", "error:<reason>" or "http:<failure>".
@@ -215,19 +203,7 @@ fn hung_agent_costs_the_processing_timeout_then_fails_over() {
     let Some(binary) = haproxy_binary() else {
         return;
     };
-    let first = Agent::start(&iprep_guest(), &[]);
-    let second = Agent::start(&iprep_guest(), &[]);
-    let proxy = haproxy::start(&binary, &[first.addr(), second.addr()], 0, |config| {
-        config.replace(
-            "    server agent1 \"${AGENT1_ADDR-127.0.0.1:12345}\" check inter 1s rise 1 fall 1 on-marked-down shutdown-sessions",
-            "    server agent1 \"${AGENT1_ADDR-127.0.0.1:12345}\" check inter 1s rise 1 fall 1 on-marked-down shutdown-sessions\n    server agent2 \"${AGENT2_ADDR-127.0.0.1:12346}\" check inter 1s rise 1 fall 1 on-marked-down shutdown-sessions",
-        )
-    });
-    assert!(eventually(Duration::from_secs(10), || {
-        http::get(proxy.http, "/")
-            .map(|r| r.header("X-IP-Score").is_some())
-            .unwrap_or(false)
-    }));
+    let (first, second, proxy) = two_agents_behind_haproxy(&binary);
     first.signal("STOP");
     let started = Instant::now();
     let mut outcomes = Vec::new();
@@ -269,4 +245,28 @@ fn hung_agent_costs_the_processing_timeout_then_fails_over() {
         "still failing after 3 s"
     );
     assert!(second.log_text().contains("listening"));
+}
+
+/// Two agents as servers of the example's SPOE backend, HAProxy scoring.
+fn two_agents_behind_haproxy(binary: &std::path::PathBuf) -> (Agent, Agent, haproxy::Haproxy) {
+    const AGENT1: &str = "    server agent1 \"${AGENT1_ADDR-127.0.0.1:12345}\" check inter 1s rise 1 fall 1 on-marked-down shutdown-sessions";
+    let first = Agent::start(&iprep_guest(), &[]);
+    let second = Agent::start(&iprep_guest(), &[]);
+    let proxy = haproxy::start(binary, &[first.addr(), second.addr()], 0, |config| {
+        assert!(
+            config.contains(AGENT1),
+            "the example's agent1 server line changed"
+        );
+        let agent2 = AGENT1
+            .replace("agent1", "agent2")
+            .replace("AGENT1_ADDR", "AGENT2_ADDR")
+            .replace("12345", "12346");
+        config.replace(AGENT1, &format!("{AGENT1}\n{agent2}"))
+    });
+    assert!(eventually(Duration::from_secs(10), || {
+        http::get(proxy.http, "/")
+            .map(|r| r.header("X-IP-Score").is_some())
+            .unwrap_or(false)
+    }));
+    (first, second, proxy)
 }
