@@ -119,6 +119,7 @@ fn haproxy_reload_under_traffic_loses_no_score_and_leaks_no_connection() {
     let agent = Agent::start(&iprep_guest(), &["--metrics-address", &metrics.to_string()]);
     let mut proxy = haproxy::start(&binary, &[agent.addr()], 0, |c| c);
     assert_scored(&proxy, &agent, 5);
+    let messages_before = metric(metrics, "spoa_messages_total");
 
     let stop = Arc::new(AtomicBool::new(false));
     let outcomes = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -128,7 +129,10 @@ fn haproxy_reload_under_traffic_loses_no_score_and_leaks_no_connection() {
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let outcome = match http::get(addr, "/") {
-                        Ok(r) => r.header("X-IP-Score").unwrap_or("missing").to_string(),
+                        Ok(r) => match (r.header("X-IP-Score"), r.header("X-IP-Score-Error")) {
+                            (Some(score), _) => score.to_string(),
+                            (None, error) => format!("missing (error {error:?})"),
+                        },
                         Err(e) => format!("error: {e}"),
                     };
                     outcomes.lock().expect("lock").push(outcome);
@@ -137,7 +141,6 @@ fn haproxy_reload_under_traffic_loses_no_score_and_leaks_no_connection() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    let before = metric(metrics, "spoa_connections_current");
     let mut old = Vec::new();
     for _ in 0..3 {
         old.push(proxy.soft_reload());
@@ -158,24 +161,55 @@ fn haproxy_reload_under_traffic_loses_no_score_and_leaks_no_connection() {
         assert!(exited, "old haproxy did not finish");
     }
     let outcomes = outcomes.lock().expect("lock");
-    let unscored: Vec<_> = outcomes
+    // A connection reset is HAProxy's listener handover dropping a client
+    // connection (no seamless reload in this setup): no HTTP response at all,
+    // so no question of a score. Reported, not counted.
+    let (transport, answered): (Vec<_>, Vec<_>) =
+        outcomes.iter().partition(|o| o.starts_with("error:"));
+    let unscored: Vec<_> = answered
         .iter()
         .filter(|o| o.parse::<i64>().is_err())
         .collect();
+    let scored = answered.len() - unscored.len();
+    let messages = metric(metrics, "spoa_messages_total") - messages_before;
+    let notifies = metric(metrics, "spoa_frames_received_total{type=\"notify\"}");
+    let acks = metric(metrics, "spoa_frames_sent_total{type=\"ack\"}");
     eprintln!(
-        "haproxy reloaded 3 times under traffic: {} requests, {} without a score",
-        outcomes.len(),
-        unscored.len()
+        "haproxy reloaded 3 times under traffic: {} responses, {} without a score {unscored:?}, \
+         {} connections reset by the reload; agent: {messages} messages during the reloads, \
+         {notifies} NOTIFYs, {acks} ACKs",
+        answered.len(),
+        unscored.len(),
+        transport.len(),
     );
-    assert!(unscored.is_empty(), "{unscored:?}");
-    // The old processes' SPOE connections are closed and the agent lets them go.
+    // The agent answered every NOTIFY it received, and every message it
+    // received became a score: nothing was lost on the agent's side.
+    assert_eq!(acks, notifies);
+    assert_eq!(messages, scored as f64);
+    // Debian's 2.6.12 loses nothing. HAProxy 3.0 (and stable releases with
+    // upstream fix 6547b1429) close idle SPOE applets at once on soft-stop: a
+    // request the old process accepted just before gets SPOE error 2 ("no
+    // applet") or 256 (applet closed) and its message is never sent — the
+    // equality above proves the agent never saw it. At most one per client
+    // per reload.
+    assert!(
+        unscored.len() <= 4 * 3
+            && unscored
+                .iter()
+                .all(|o| o.contains("\"2\"") || o.contains("\"256\"")),
+        "{unscored:?}"
+    );
+    if haproxy_version(&binary) == (2, 6) {
+        assert!(unscored.is_empty(), "{unscored:?}");
+    }
+    // Once every HAProxy process is gone, the agent holds no connection.
+    drop(proxy);
     assert!(
         eventually(Duration::from_secs(10), || metric(
             metrics,
             "spoa_connections_current"
-        ) <= before.max(1.0) + 2.0),
-        "agent holds {} connections, {} before the reloads",
+        ) == 0.0),
+        "agent still holds {} connections after HAProxy exited",
         metric(metrics, "spoa_connections_current"),
-        before
     );
 }
