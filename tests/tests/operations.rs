@@ -190,6 +190,15 @@ fn failover_between_two_agents() {
         failed.iter().all(|(_, o)| o.starts_with("error:")),
         "{failed:?}"
     );
+    // With `option redispatch` and `retries` in the example, HAProxy moves
+    // new agent connections to the healthy server at once; only a message
+    // already on the wire to the killed agent can be lost (measured: 0 with
+    // HAProxy 2.6, 3.0 and 3.2; without redispatch 3.0 lost 73 of 268).
+    assert!(
+        failed.len() <= 4,
+        "{} requests lost their score in the failover",
+        failed.len()
+    );
     assert!(second.log_text().contains("listening"));
 }
 
