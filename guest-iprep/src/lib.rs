@@ -2,6 +2,12 @@
 //! agent. For every `check-client-ip` message it sets `sess.<prefix>.ip_score`
 //! to a random integer in `0..=100`, drawn from the host's randomness import.
 
+pub mod arena;
+
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOCATOR: arena::Arena = arena::Arena::new();
+
 wit_bindgen::generate!({
     world: "handler",
     path: "../wit",

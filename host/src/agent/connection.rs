@@ -14,9 +14,9 @@ use tokio_util::sync::CancellationToken;
 use super::dispatch::Dispatcher;
 use super::handler::HandlerSlot;
 use super::hello::{Negotiated, agent_hello, negotiate};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, NotifyTally};
 use crate::spop::codec::encode_frame;
-use crate::spop::{DecodeError, Frame, KvList, SpopCodec, Status};
+use crate::spop::{DecodeError, Frame, FrameType, KvList, SpopCodec, Status};
 
 /// Per-connection settings from the command line.
 #[derive(Debug, Clone)]
@@ -239,6 +239,17 @@ impl Connection {
     /// write buffer, until the buffer holds no whole frame or the turn's
     /// budget is spent.
     fn process_buffered(&mut self, negotiated: &Negotiated) -> Step {
+        let mut tally = NotifyTally::default();
+        let step = self.process_buffered_counting(negotiated, &mut tally);
+        self.ctx.metrics.record_notify_batch(&tally);
+        step
+    }
+
+    fn process_buffered_counting(
+        &mut self,
+        negotiated: &Negotiated,
+        tally: &mut NotifyTally,
+    ) -> Step {
         let started = std::time::Instant::now();
         let handler = self.ctx.handler.current();
         let dispatcher = Dispatcher {
@@ -255,7 +266,6 @@ impl Connection {
                 Ok(frame) => frame,
                 Err(err) => return Step::End(decode_end(err)),
             };
-            self.ctx.metrics.frame_received(frame.frame_type());
             match frame {
                 Frame::Notify(notify) => {
                     dispatcher.answer(
@@ -263,19 +273,27 @@ impl Connection {
                         notify,
                         negotiated.max_frame_size,
                         &mut self.write_buf,
+                        tally,
                     );
                     if started.elapsed() >= WORK_BEFORE_YIELD {
                         return Step::Yield;
                     }
                 }
-                Frame::HaproxyDisconnect(kv) => return Step::End(End::PeerDisconnect(kv)),
+                Frame::HaproxyDisconnect(kv) => {
+                    self.ctx
+                        .metrics
+                        .frame_received(FrameType::HaproxyDisconnect);
+                    return Step::End(End::PeerDisconnect(kv));
+                }
                 Frame::HaproxyHello(_) => {
+                    self.ctx.metrics.frame_received(FrameType::HaproxyHello);
                     return Step::End(End::Disconnect(
                         Status::InvalidFrame,
                         "HAPROXY-HELLO after the handshake".into(),
                     ));
                 }
                 other => {
+                    self.ctx.metrics.frame_received(other.frame_type());
                     return Step::End(End::Disconnect(
                         Status::InvalidFrame,
                         format!("{} frame sent to the agent", other.frame_type().name()),

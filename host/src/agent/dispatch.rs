@@ -6,9 +6,9 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use super::handler::Handler;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, NotifyTally};
 use crate::spop::codec::encode_frame;
-use crate::spop::{Ack, Action, Frame, FrameType, Notify, TypedData, VarScope};
+use crate::spop::{Ack, Action, Frame, Notify, TypedData, VarScope};
 
 /// One guest call in this many is timed for `spoa_guest_call_seconds`:
 /// prometheus-client's histogram takes a lock per observation, and two clock
@@ -48,20 +48,22 @@ impl Dispatcher<'_> {
     /// not fit gets none (logged and counted as `ack_too_big`); the messages
     /// before it keep theirs. The ACK itself is always sent, so HAProxy is
     /// never left waiting.
+    /// Counts go to `tally`, which the caller publishes once per batch.
     pub fn answer(
         &self,
         handler: &Handler,
         notify: Notify,
         max_frame_size: u32,
         out: &mut BytesMut,
+        tally: &mut NotifyTally,
     ) {
         let budget = (max_frame_size as usize)
             .saturating_sub(Ack::header_len(notify.stream_id, notify.frame_id));
         let mut used = 0usize;
         let mut actions: Vec<Action> = Vec::with_capacity(notify.messages.len());
+        tally.notifies += 1;
+        tally.messages += notify.messages.len() as u64;
         for message in &notify.messages {
-            self.metrics.messages.inc();
-            self.metrics.guest_calls.inc();
             let started = should_time_this_call().then(Instant::now);
             let outcome = handler.handle(message);
             if let Some(started) = started {
@@ -98,8 +100,7 @@ impl Dispatcher<'_> {
             used += size;
             actions.extend(produced);
         }
-        self.metrics.actions.inc_by(actions.len() as u64);
-        self.metrics.frames_sent(FrameType::Ack, 1);
+        tally.actions += actions.len() as u64;
         encode_frame(
             &Frame::Ack(Ack {
                 stream_id: notify.stream_id,
