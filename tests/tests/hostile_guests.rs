@@ -81,12 +81,18 @@ fn endless_loop_is_cut_near_the_deadline() {
     let agent = Agent::start(&hostile_guest('A'), &["--guest-timeout", "10ms"]);
     let mut client = SpopClient::connect(agent.addr());
     client.hello("pipelining");
-    let mut worst = Duration::ZERO;
-    for i in 0..5 {
-        let took = assert_costs_one_message(&mut client, "loop", i + 1, Duration::from_secs(1));
-        worst = worst.max(took);
-    }
-    eprintln!("endless loop with --guest-timeout 10ms: worst ACK after {worst:?}");
+    let mut took: Vec<Duration> = (0..5)
+        .map(|i| assert_costs_one_message(&mut client, "loop", i + 1, Duration::from_secs(1)))
+        .collect();
+    took.sort();
+    let (median, worst) = (took[2], took[4]);
+    eprintln!("endless loop with --guest-timeout 10ms: ACK after {took:?}");
+    // The bound: cut within twice the deadline. The median, so that
+    // one scheduling hiccup of a busy test machine does not decide it.
+    assert!(
+        median <= Duration::from_millis(20),
+        "median {median:?}, worst {worst:?}"
+    );
 }
 
 #[test]
