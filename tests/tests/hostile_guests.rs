@@ -273,6 +273,29 @@ fn guest_logs_reach_the_host_log_tagged_with_the_module() {
     );
 }
 
+#[test]
+fn a_guest_logging_in_a_loop_cannot_flood_the_host_log() {
+    let agent = Agent::start(&hostile_guest('A'), &[]);
+    let mut client = SpopClient::connect(agent.addr());
+    client.hello("pipelining");
+    for frame_id in 1..=3 {
+        client.send(&notify_frame(
+            1,
+            frame_id,
+            vec![message("log-flood", vec![])],
+        ));
+        let ack = client.recv_ack();
+        assert_eq!(ack.actions.len(), 1, "the call itself still completes");
+    }
+    assert!(spoa_tests::eventually(Duration::from_secs(2), || {
+        agent.log_text().matches("dropping the rest").count() == 3
+    }));
+    let log = agent.log_text();
+    let lines = log.matches("flood line").count();
+    assert_eq!(lines, 3 * 32, "32 lines per call reach the log");
+    assert!(log.contains("flood line 31") && !log.contains("flood line 32"));
+}
+
 /// Start-up refuses modules that cannot be served, naming the problem.
 fn assert_refused(module: &std::path::Path, expected: &str) {
     for args in [

@@ -84,6 +84,7 @@ impl GuestInstance {
     ) -> Result<Vec<spop::Action>, GuestFailure> {
         let input = message_to_wit(message);
         self.store.set_epoch_deadline(module.sandbox.deadline_ticks);
+        self.store.data_mut().log_lines_this_call = 0;
         match self.bindings.call_handle_message(&mut self.store, &input) {
             Ok(Ok(actions)) => actions_from_wit(actions).map_err(GuestFailure::InvalidOutput),
             Ok(Err(reason)) => Err(GuestFailure::Returned(truncate(reason))),

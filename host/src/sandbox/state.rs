@@ -11,6 +11,9 @@ use super::bindings::{Level, spoa};
 const MAX_LOG_BYTES: usize = 1024;
 /// Most random bytes one `get-random-bytes` call returns.
 const MAX_RANDOM_BYTES: u32 = 4096;
+/// Log lines one `handle-message` call may write; the rest are dropped, so a
+/// guest logging in a loop costs its own message, not the host's log.
+pub const MAX_LOG_LINES_PER_CALL: u32 = 32;
 /// Table elements an instance may grow to (function tables of Rust guests are
 /// small; this only stops a guest from exhausting host memory through tables).
 const MAX_TABLE_ELEMENTS: usize = 100_000;
@@ -22,6 +25,8 @@ pub struct GuestState {
     /// Set when the limiter refused a growth, so the resulting trap can be
     /// reported as a memory-limit violation rather than a generic trap.
     pub memory_exceeded: bool,
+    /// Log lines written by the current call (reset before each call).
+    pub log_lines_this_call: u32,
 }
 
 impl GuestState {
@@ -30,6 +35,7 @@ impl GuestState {
             module_name,
             memory_cap,
             memory_exceeded: false,
+            log_lines_this_call: 0,
         }
     }
 }
@@ -77,6 +83,17 @@ impl spoa::agent::random::Host for GuestState {
 
 impl spoa::agent::log::Host for GuestState {
     fn log(&mut self, level: Level, mut message: String) {
+        self.log_lines_this_call = self.log_lines_this_call.saturating_add(1);
+        if self.log_lines_this_call > MAX_LOG_LINES_PER_CALL {
+            if self.log_lines_this_call == MAX_LOG_LINES_PER_CALL + 1 {
+                tracing::warn!(
+                    target: "guest",
+                    module = &*self.module_name,
+                    "more than {MAX_LOG_LINES_PER_CALL} log lines in one call; dropping the rest of this call's"
+                );
+            }
+            return;
+        }
         if message.len() > MAX_LOG_BYTES {
             let mut cut = MAX_LOG_BYTES;
             while !message.is_char_boundary(cut) {
