@@ -60,15 +60,22 @@ fn every_misbehaviour_costs_exactly_one_message() {
         eprintln!("{name}: empty ACK after {took:?}");
     }
     assert!(agent.is_alive());
-    let log = agent.log_text();
-    for expected in [
+    let expected = [
         "exceeded its time budget",
         "exceeded its memory cap",
         "trapped",
         "do not fit in the ACK",
         "invalid output",
         "returned an error",
-    ] {
+    ];
+    // The warning is logged before the ACK leaves, but the test reads the
+    // agent's stderr through a pipe: give the last lines a moment to arrive.
+    spoa_tests::eventually(Duration::from_secs(2), || {
+        let log = agent.log_text();
+        expected.iter().all(|e| log.contains(e))
+    });
+    let log = agent.log_text();
+    for expected in expected {
         assert!(log.contains(expected), "log lacks `{expected}`:\n{log}");
     }
     // Warnings name the module and the message.
