@@ -16,7 +16,7 @@ use super::handler::HandlerSlot;
 use super::hello::{Negotiated, agent_hello, negotiate};
 use crate::metrics::{Metrics, NotifyTally};
 use crate::spop::codec::encode_frame;
-use crate::spop::{DecodeError, Frame, FrameType, KvList, SpopCodec, Status};
+use crate::spop::{DecodeError, Frame, KvList, SpopCodec, Status};
 
 /// Per-connection settings from the command line.
 #[derive(Debug, Clone)]
@@ -266,6 +266,10 @@ impl Connection {
                 Ok(frame) => frame,
                 Err(err) => return Step::End(decode_end(err)),
             };
+            // NOTIFY frames are counted in the batch tally.
+            if !matches!(frame, Frame::Notify(_)) {
+                self.ctx.metrics.frame_received(frame.frame_type());
+            }
             match frame {
                 Frame::Notify(notify) => {
                     dispatcher.answer(
@@ -279,21 +283,14 @@ impl Connection {
                         return Step::Yield;
                     }
                 }
-                Frame::HaproxyDisconnect(kv) => {
-                    self.ctx
-                        .metrics
-                        .frame_received(FrameType::HaproxyDisconnect);
-                    return Step::End(End::PeerDisconnect(kv));
-                }
+                Frame::HaproxyDisconnect(kv) => return Step::End(End::PeerDisconnect(kv)),
                 Frame::HaproxyHello(_) => {
-                    self.ctx.metrics.frame_received(FrameType::HaproxyHello);
                     return Step::End(End::Disconnect(
                         Status::InvalidFrame,
                         "HAPROXY-HELLO after the handshake".into(),
                     ));
                 }
                 other => {
-                    self.ctx.metrics.frame_received(other.frame_type());
                     return Step::End(End::Disconnect(
                         Status::InvalidFrame,
                         format!("{} frame sent to the agent", other.frame_type().name()),
