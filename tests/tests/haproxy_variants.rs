@@ -188,11 +188,10 @@ fn haproxy_reload_under_traffic_loses_no_score_and_leaks_no_connection() {
     assert_eq!(messages, scored as f64);
     // Debian's 2.6.12, 3.1.0 and 3.2.0 lose nothing. HAProxy 2.8.0 and 3.0.0
     // (and stable releases with upstream 6547b1429) close idle SPOE applets
-    // at once on soft-stop: a
-    // request the old process accepted just before gets SPOE error 2 ("no
-    // applet") or 256 (applet closed) and its message is never sent — the
-    // equality above proves the agent never saw it. At most one per client
-    // per reload.
+    // at once on soft-stop: a request the old process accepted just before
+    // gets SPOE error 2 ("no applet") or 256 (applet closed) and its message
+    // is never sent — the equality above proves the agent never saw it. At
+    // most one per client per reload.
     assert!(
         unscored.len() <= 4 * 3
             && unscored

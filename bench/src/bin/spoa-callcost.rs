@@ -45,7 +45,7 @@ fn main() -> Result<()> {
         }],
     };
     println!(
-        "spoa-callcost: {} , {:?} per variant, one thread",
+        "spoa-callcost: {}, {:?} per variant, one thread",
         args.module.display(),
         args.duration
     );

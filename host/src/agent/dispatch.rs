@@ -48,6 +48,7 @@ impl Dispatcher<'_> {
     /// not fit gets none (logged and counted as `ack_too_big`); the messages
     /// before it keep theirs. The ACK itself is always sent, so HAProxy is
     /// never left waiting.
+    ///
     /// Counts go to `tally`, which the caller publishes once per batch.
     pub fn answer(
         &self,

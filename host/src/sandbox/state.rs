@@ -13,7 +13,7 @@ const MAX_LOG_BYTES: usize = 1024;
 const MAX_RANDOM_BYTES: u32 = 4096;
 /// Log lines one `handle-message` call may write; the rest are dropped, so a
 /// guest logging in a loop costs its own message, not the host's log.
-pub const MAX_LOG_LINES_PER_CALL: u32 = 32;
+const MAX_LOG_LINES_PER_CALL: u32 = 32;
 /// Table elements an instance may grow to (function tables of Rust guests are
 /// small; this only stops a guest from exhausting host memory through tables).
 const MAX_TABLE_ELEMENTS: usize = 100_000;
