@@ -52,7 +52,8 @@ test: guest fixtures host
 
 ## Load generator figures for BENCHMARKS.md (DURATION=10s by default).
 bench: guest
-	$(CARGO) build --release -p spoa-host -p spoa-bench
+	$(CARGO) build --release -p spoa-bench --features spoa-bench/native
+	$(CARGO) build --release -p spoa-host --features native-iprep
 	./bench/run.sh
 
 ## Fuzzes the SPOP decoder (needs a nightly toolchain and cargo-fuzz).

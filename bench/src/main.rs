@@ -193,7 +193,7 @@ fn hello() -> Frame {
 async fn open_idle(addr: SocketAddr) -> Result<TcpStream> {
     let mut stream = TcpStream::connect(addr).await.context("connecting")?;
     let mut out = BytesMut::new();
-    encode_frame(&hello(), &mut out);
+    encode_frame(&hello(), &mut out)?;
     stream.write_all(&out).await?;
     let mut codec = SpopCodec::new(16 * 1024 * 1024);
     let mut buf = BytesMut::new();
@@ -227,7 +227,7 @@ async fn drive_connection(
     let mut read_buf = BytesMut::with_capacity(64 * 1024);
     let mut write_buf = BytesMut::with_capacity(64 * 1024);
 
-    encode_frame(&hello(), &mut write_buf);
+    encode_frame(&hello(), &mut write_buf)?;
     stream.write_all(&write_buf).await?;
     write_buf.clear();
     match next_frame(&mut stream, &mut codec, &mut read_buf).await? {
@@ -256,7 +256,7 @@ async fn drive_connection(
                         .map(|i| check_client_ip(next_frame_id + i as u64))
                         .collect(),
                 });
-                encode_frame(&notify, &mut write_buf);
+                encode_frame(&notify, &mut write_buf)?;
                 in_flight.insert(next_frame_id, now);
                 next_frame_id += 1;
             }

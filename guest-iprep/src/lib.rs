@@ -2,18 +2,10 @@
 //! agent. For every `check-client-ip` message it sets `sess.<prefix>.ip_score`
 //! to a random integer in `0..=100`, drawn from the host's randomness import.
 
-pub mod arena;
+use spoa_guest::{Action, Guest, Message, VarScope};
 
-#[cfg(target_arch = "wasm32")]
-#[global_allocator]
-static ALLOCATOR: arena::Arena = arena::Arena::new();
-
-wit_bindgen::generate!({
-    world: "handler",
-    path: "../wit",
-});
-
-use spoa::agent::types::{SetVar, TypedData, VarScope};
+// A per-call arena as the global allocator (wasm32 only; see spoa-guest).
+spoa_guest::arena_allocator!();
 
 /// The message this guest answers; every other message gets no action.
 pub const CHECK_CLIENT_IP: &str = "check-client-ip";
@@ -36,27 +28,27 @@ pub fn actions_for(message: &Message, random: impl FnOnce() -> u64) -> Vec<Actio
     if message.name != CHECK_CLIENT_IP {
         return Vec::new();
     }
-    vec![Action::SetVar(SetVar {
-        scope: VarScope::Sess,
-        name: IP_SCORE.to_string(),
-        value: TypedData::Int32(score_from_random(random())),
-    })]
+    vec![Action::set(
+        VarScope::Sess,
+        IP_SCORE,
+        score_from_random(random()),
+    )]
 }
 
 struct IpReputation;
 
 impl Guest for IpReputation {
     fn handle_message(msg: Message) -> Result<Vec<Action>, String> {
-        Ok(actions_for(&msg, spoa::agent::random::get_random_u64))
+        Ok(actions_for(&msg, spoa_guest::random::get_random_u64))
     }
 }
 
-export!(IpReputation);
+spoa_guest::export_handler!(IpReputation);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spoa::agent::types::Arg;
+    use spoa_guest::{Arg, TypedData};
 
     fn check_client_ip() -> Message {
         Message {

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::sandbox::InstanceMode;
-use crate::spop::{DEFAULT_MAX_FRAME_SIZE, MIN_FRAME_SIZE};
+use crate::sandbox::{GrantSources, GuestSettings, InstanceMode, SandboxConfig};
+use crate::spop::{self, DEFAULT_MAX_FRAME_SIZE, MIN_FRAME_SIZE};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,13 +36,44 @@ pub enum Command {
         #[command(flatten)]
         sandbox: SandboxArgs,
     },
+    /// Run one guest call (or a file of test cases) with the same sandbox
+    /// flags, without a network or HAProxy, and print the result as JSON.
+    /// Exits 0 on success, 1 on failure (or any case that differs).
+    Call(CallArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CallArgs {
+    /// The component to call.
+    pub module: PathBuf,
+    /// The SPOE message name.
+    #[arg(long, value_name = "NAME", required_unless_present = "cases")]
+    pub message: Option<String>,
+    /// An argument, repeatable: NAME=TYPE:VALUE with TYPE one of null, bool,
+    /// int32, uint32, int64, uint64, ipv4, ipv6, str, bin (hex), e.g.
+    /// `ip=ipv4:192.0.2.1`, `ua=str:curl/8`, `flag=null:`.
+    #[arg(long = "arg", value_name = "NAME=TYPE:VALUE", value_parser = parse_typed_arg)]
+    pub args: Vec<spop::Arg>,
+    /// Run the cases of this JSON file instead (see README, "Trying a guest"),
+    /// and report every difference from the expected actions.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["message", "args"])]
+    pub cases: Option<PathBuf>,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// The handler component (.wasm) that answers SPOE messages. Reloaded when
     /// the file changes (in place or by rename) and on SIGHUP.
-    #[arg(long, value_name = "PATH", required_unless_present = "native_iprep")]
+    #[cfg_attr(
+        feature = "native-iprep",
+        arg(long, value_name = "PATH", required_unless_present = "native_iprep")
+    )]
+    #[cfg_attr(
+        not(feature = "native-iprep"),
+        arg(long, value_name = "PATH", required = true)
+    )]
     pub module: Option<PathBuf>,
 
     /// TCP port to listen on.
@@ -53,10 +84,10 @@ pub struct ServeArgs {
     #[arg(short = 'a', long, default_value = "0.0.0.0")]
     pub address: IpAddr,
 
-    /// Worker threads serving connections (default: one per CPU). Each worker
-    /// keeps its own guest instance.
-    #[arg(short = 'n', long)]
-    pub workers: Option<usize>,
+    /// Network threads serving connections (default: one per CPU). They never
+    /// run guest code; see --guest-threads.
+    #[arg(short = 'n', long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
 
     /// Debug logging (same as RUST_LOG=debug; RUST_LOG wins when set).
     #[arg(short = 'd', long)]
@@ -94,7 +125,7 @@ pub struct ServeArgs {
     /// When a guest call fails, set this txn-scope variable to the failure kind
     /// (timeout, memory, trap, error, invalid_output) instead of sending no
     /// action. With var-prefix `iprep` and name `error`: `txn.iprep.error`.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = parse_var_name)]
     pub error_var: Option<String>,
 
     /// Do not watch the module file for changes (SIGHUP still reloads).
@@ -111,6 +142,7 @@ pub struct ServeArgs {
 
     /// Benchmarking aid: answer with the IP-reputation logic compiled natively
     /// instead of a WebAssembly module, to measure the sandbox's cost.
+    #[cfg(feature = "native-iprep")]
     #[arg(long, conflicts_with = "module")]
     pub native_iprep: bool,
 }
@@ -128,15 +160,61 @@ pub struct SandboxArgs {
     pub guest_memory: usize,
 
     /// A fresh guest instance for every message (nothing survives between
-    /// messages; ≈5 µs per call, ≈12 µs of CPU per message over SPOP) instead
-    /// of one reused instance per worker.
+    /// messages; ≈5 µs per call) instead of reusing pooled instances.
     #[arg(long)]
     pub fresh_instance: bool,
+
+    /// Threads that run guest calls (default: one per CPU). They are apart
+    /// from the network threads: a slow guest never delays a HELLO, a health
+    /// check or another connection's I/O.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub guest_threads: Option<u16>,
+
+    /// Most batches of guest calls running at once; more wait in line. Also
+    /// the most instances kept per module.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub guest_concurrency: u32,
+
+    /// Where compiled modules are kept between starts and reloads (default:
+    /// $XDG_CACHE_HOME/spoa-host or ~/.cache/spoa-host). Only files this
+    /// host wrote are ever loaded.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Compile the module at every start and reload.
+    #[arg(long, conflicts_with = "cache_dir")]
+    pub no_cache: bool,
+
+    /// A configuration value the guest reads through wasi:config/store,
+    /// repeatable; overrides the same key of --guest-config-file.
+    #[arg(long = "guest-config", value_name = "KEY=VALUE", value_parser = crate::sandbox::parse_pair)]
+    pub guest_config: Vec<(String, String)>,
+
+    /// A file of KEY=VALUE lines (# comments) for wasi:config/store. Changing
+    /// it reloads the guest, as a module change does.
+    #[arg(long, value_name = "FILE")]
+    pub guest_config_file: Option<PathBuf>,
+
+    /// A directory the guest sees read-only at /data (its only directory).
+    /// A change inside it reloads the guest: new instances see the new files.
+    #[arg(long, value_name = "DIR")]
+    pub guest_data: Option<PathBuf>,
+
+    /// The message of the smoke call a module must survive before it serves
+    /// (with its --smoke-arg arguments). Default: check-client-ip with
+    /// ip=ipv4:127.0.0.1. An `err` answer or no actions are fine; a trap,
+    /// timeout or memory blow-up rejects the module.
+    #[arg(long, value_name = "NAME")]
+    pub smoke_message: Option<String>,
+
+    /// An argument of the smoke message, repeatable (NAME=TYPE:VALUE).
+    #[arg(long = "smoke-arg", value_name = "NAME=TYPE:VALUE", value_parser = parse_typed_arg, requires = "smoke_message")]
+    pub smoke_args: Vec<spop::Arg>,
 }
 
 impl SandboxArgs {
-    pub fn to_config(&self) -> crate::sandbox::SandboxConfig {
-        crate::sandbox::SandboxConfig {
+    pub fn to_config(&self) -> SandboxConfig {
+        SandboxConfig {
             call_timeout: self.guest_timeout,
             memory_cap: self.guest_memory,
             instance_mode: if self.fresh_instance {
@@ -144,8 +222,102 @@ impl SandboxArgs {
             } else {
                 InstanceMode::Reuse
             },
+            max_concurrent_calls: self.guest_concurrency,
+            cache_dir: if self.no_cache {
+                None
+            } else {
+                self.cache_dir.clone().or_else(default_cache_dir)
+            },
         }
     }
+
+    pub fn grants(&self) -> GrantSources {
+        let smoke_message = match &self.smoke_message {
+            Some(name) => spop::Message {
+                name: bytes::Bytes::copy_from_slice(name.as_bytes()),
+                args: self.smoke_args.clone(),
+            },
+            None => GuestSettings::default_smoke_message(),
+        };
+        GrantSources {
+            config_pairs: self.guest_config.clone(),
+            config_file: self.guest_config_file.clone(),
+            data_dir: self.guest_data.clone(),
+            smoke_message,
+        }
+    }
+
+    /// Guest threads: the flag, or one per CPU.
+    pub fn guest_threads(&self) -> usize {
+        self.guest_threads
+            .map(usize::from)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(base.join("spoa-host"))
+}
+
+/// Validates a variable name as guest actions' names are validated.
+fn parse_var_name(text: &str) -> Result<String, String> {
+    spop::check_var_name(text.as_bytes())?;
+    Ok(text.to_owned())
+}
+
+/// Parses `NAME=TYPE:VALUE` (see `spoa-host call --help`).
+pub fn parse_typed_arg(text: &str) -> Result<spop::Arg, String> {
+    let (name, typed) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not NAME=TYPE:VALUE"))?;
+    Ok(spop::Arg {
+        name: bytes::Bytes::copy_from_slice(name.as_bytes()),
+        value: parse_typed_value(typed)?,
+    })
+}
+
+/// Parses `TYPE:VALUE`.
+pub fn parse_typed_value(typed: &str) -> Result<spop::TypedData, String> {
+    use spop::TypedData as D;
+    let (kind, value) = typed
+        .split_once(':')
+        .ok_or_else(|| format!("`{typed}` is not TYPE:VALUE"))?;
+    let bad = |err: &dyn std::fmt::Display| format!("`{value}` is not a valid {kind}: {err}");
+    Ok(match kind {
+        "null" => D::Null,
+        "bool" => D::Bool(value.parse().map_err(|e| bad(&e))?),
+        "int32" => D::Int32(value.parse().map_err(|e| bad(&e))?),
+        "uint32" => D::Uint32(value.parse().map_err(|e| bad(&e))?),
+        "int64" => D::Int64(value.parse().map_err(|e| bad(&e))?),
+        "uint64" => D::Uint64(value.parse().map_err(|e| bad(&e))?),
+        "ipv4" => D::Ipv4(value.parse().map_err(|e| bad(&e))?),
+        "ipv6" => D::Ipv6(value.parse().map_err(|e| bad(&e))?),
+        "str" => D::String(bytes::Bytes::copy_from_slice(value.as_bytes())),
+        "bin" => D::Binary(parse_hex(value).map_err(|e| bad(&e))?.into()),
+        other => {
+            return Err(format!(
+                "unknown type `{other}` (null, bool, int32, uint32, int64, uint64, ipv4, ipv6, str, bin)"
+            ));
+        }
+    })
+}
+
+fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
+    if text.len() % 2 != 0 {
+        return Err("odd number of hex digits".into());
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .ok_or_else(|| format!("`{text}` is not hex"))
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -215,6 +387,56 @@ mod tests {
         assert_eq!(parse_size("16MiB"), Ok(16 << 20));
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("1TiB").is_err());
+    }
+
+    #[test]
+    fn typed_arguments_cover_every_type() {
+        use spop::TypedData as D;
+        let cases = [
+            ("a=null:", D::Null),
+            ("a=bool:true", D::Bool(true)),
+            ("a=int32:-5", D::Int32(-5)),
+            ("a=uint32:5", D::Uint32(5)),
+            ("a=int64:-9000000000", D::Int64(-9_000_000_000)),
+            ("a=uint64:18446744073709551615", D::Uint64(u64::MAX)),
+            ("a=ipv4:192.0.2.1", D::Ipv4([192, 0, 2, 1].into())),
+            (
+                "a=ipv6:2001:db8::1",
+                D::Ipv6("2001:db8::1".parse().expect("v6")),
+            ),
+            (
+                "a=str:x=y:z",
+                D::String(bytes::Bytes::from_static(b"x=y:z")),
+            ),
+            (
+                "a=bin:00ff",
+                D::Binary(bytes::Bytes::from_static(&[0, 255])),
+            ),
+        ];
+        for (text, value) in cases {
+            assert_eq!(
+                parse_typed_arg(text).map(|arg| arg.value),
+                Ok(value),
+                "{text}"
+            );
+        }
+        for bad in [
+            "a",
+            "a=int32",
+            "a=int32:x",
+            "a=float:1",
+            "a=bin:0",
+            "a=ipv4:300.0.0.1",
+        ] {
+            assert!(parse_typed_arg(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn error_var_is_validated_like_guest_names() {
+        assert!(parse_var_name("error").is_ok());
+        assert!(parse_var_name("").is_err());
+        assert!(parse_var_name(&"x".repeat(256)).is_err());
     }
 
     #[test]

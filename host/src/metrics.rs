@@ -10,7 +10,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::sandbox::ModuleIdentity;
+use crate::agent::FailureKind;
+use crate::sandbox::{LoadFailureCause, ModuleIdentity};
 use crate::spop::{FrameType, Status};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -39,24 +40,10 @@ struct ModuleLabels {
     sha256: String,
 }
 
-const FRAME_TYPES: [FrameType; 6] = [
-    FrameType::HaproxyHello,
-    FrameType::HaproxyDisconnect,
-    FrameType::Notify,
-    FrameType::AgentHello,
-    FrameType::AgentDisconnect,
-    FrameType::Ack,
-];
-
-const FAILURE_KINDS: [&str; 7] = [
-    "timeout",
-    "memory",
-    "trap",
-    "error",
-    "invalid_output",
-    "instantiate",
-    "ack_too_big",
-];
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    cause: &'static str,
+}
 
 /// All metrics of the process.
 pub struct Metrics {
@@ -71,10 +58,11 @@ pub struct Metrics {
     disconnects: Family<StatusLabels, Counter>,
     disconnect_handles: Vec<(Status, Counter)>,
     pub guest_calls: Counter,
-    guest_failures: Vec<(&'static str, Counter)>,
+    guest_failures: [Counter; FailureKind::ALL.len()],
     pub guest_call_seconds: Histogram,
     reloads_ok: Counter,
     reloads_failed: Counter,
+    reload_failure_causes: [Counter; LoadFailureCause::ALL.len()],
     module_info: Family<ModuleLabels, Gauge<i64, AtomicI64Compat>>,
 }
 
@@ -111,7 +99,7 @@ impl Metrics {
         let sent = Family::<FrameLabels, Counter>::default();
         registry.register("frames_sent", "Frames sent, by type", sent.clone());
         let handles = |family: &Family<FrameLabels, Counter>| {
-            FRAME_TYPES.map(|t| {
+            FrameType::ALL.map(|t| {
                 family
                     .get_or_create(&FrameLabels { r#type: t.name() })
                     .clone()
@@ -153,10 +141,11 @@ impl Metrics {
             "Messages answered without actions because the guest failed, by kind",
             failures.clone(),
         );
-        let guest_failures = FAILURE_KINDS
-            .iter()
-            .map(|&kind| (kind, failures.get_or_create(&KindLabels { kind }).clone()))
-            .collect();
+        let guest_failures = FailureKind::ALL.map(|kind| {
+            failures
+                .get_or_create(&KindLabels { kind: kind.name() })
+                .clone()
+        });
         let guest_call_seconds = Histogram::new([
             1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 5e-3, 1e-2, 5e-2,
         ]);
@@ -178,6 +167,19 @@ impl Metrics {
         let reloads_failed = reloads
             .get_or_create(&ResultLabels { result: "failed" })
             .clone();
+        let causes = Family::<CauseLabels, Counter>::default();
+        registry.register(
+            "module_reload_failures",
+            "Rejected module loads and reloads, by the step that refused them",
+            causes.clone(),
+        );
+        let reload_failure_causes = LoadFailureCause::ALL.map(|cause| {
+            causes
+                .get_or_create(&CauseLabels {
+                    cause: cause.name(),
+                })
+                .clone()
+        });
         let module_info = Family::<ModuleLabels, Gauge<i64, AtomicI64Compat>>::default();
         registry.register(
             "module_info",
@@ -201,15 +203,9 @@ impl Metrics {
             guest_call_seconds,
             reloads_ok,
             reloads_failed,
+            reload_failure_causes,
             module_info,
         }
-    }
-
-    fn frame_index(frame_type: FrameType) -> usize {
-        FRAME_TYPES
-            .iter()
-            .position(|&t| t == frame_type)
-            .unwrap_or_default()
     }
 
     /// Adds what one batch of NOTIFY frames did. Connections count locally
@@ -220,19 +216,24 @@ impl Metrics {
         if tally.notifies == 0 {
             return;
         }
-        self.frames_received[Self::frame_index(FrameType::Notify)].inc_by(tally.notifies);
-        self.frames_sent[Self::frame_index(FrameType::Ack)].inc_by(tally.notifies);
+        self.frames_received[FrameType::Notify.index()].inc_by(tally.notifies);
+        self.frames_sent[FrameType::Ack.index()].inc_by(tally.notifies);
         self.messages.inc_by(tally.messages);
         self.guest_calls.inc_by(tally.messages);
         self.actions.inc_by(tally.actions);
+        for (counter, &count) in self.guest_failures.iter().zip(&tally.failures) {
+            if count > 0 {
+                counter.inc_by(count);
+            }
+        }
     }
 
     pub fn frame_received(&self, frame_type: FrameType) {
-        self.frames_received[Self::frame_index(frame_type)].inc();
+        self.frames_received[frame_type.index()].inc();
     }
 
     pub fn frames_sent(&self, frame_type: FrameType, count: u64) {
-        self.frames_sent[Self::frame_index(frame_type)].inc_by(count);
+        self.frames_sent[frame_type.index()].inc_by(count);
     }
 
     pub fn disconnect_sent(&self, status: Status) {
@@ -251,10 +252,8 @@ impl Metrics {
         self.frames_sent(FrameType::AgentDisconnect, 1);
     }
 
-    pub fn guest_failure(&self, kind: &str) {
-        if let Some((_, counter)) = self.guest_failures.iter().find(|(k, _)| *k == kind) {
-            counter.inc();
-        }
+    pub fn guest_failure(&self, kind: FailureKind) {
+        self.guest_failures[kind.index()].inc();
     }
 
     /// Records a successful load and makes `identity` the one `module_info`
@@ -272,8 +271,9 @@ impl Metrics {
             .set(1);
     }
 
-    pub fn reload_failed(&self) {
+    pub fn reload_failed(&self, cause: LoadFailureCause) {
         self.reloads_failed.inc();
+        self.reload_failure_causes[cause.index()].inc();
     }
 
     /// The Prometheus text exposition of every metric.
@@ -300,4 +300,6 @@ pub struct NotifyTally {
     pub messages: u64,
     /// Actions sent in the ACKs.
     pub actions: u64,
+    /// Messages answered without their actions, by [`FailureKind::index`].
+    pub failures: [u64; FailureKind::ALL.len()],
 }

@@ -1,30 +1,47 @@
-//! Hot reload: a changed module file or SIGHUP → validate the new module off
-//! the connection tasks → swap it in atomically. A module that fails
-//! validation is rejected and the current one keeps serving.
+//! Hot reload: a changed module file, configuration file or data directory,
+//! or SIGHUP → read the grants, validate the module on the guest threads →
+//! swap it in atomically. Anything that fails validation is rejected and the
+//! current version keeps serving.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{Handler, HandlerSlot};
+use crate::exec::GuestExecutor;
 use crate::metrics::Metrics;
-use crate::sandbox::{LoadedModule, Sandbox};
+use crate::sandbox::{GrantSources, LoadError, LoadedModule, Sandbox};
 
 /// Quiet period after a file event before reloading: editors and deploy tools
 /// write in several steps.
 const SETTLE: Duration = Duration::from_millis(50);
 
+/// What is serving: the module's hash and the grants' fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Version {
+    module_sha256: String,
+    grants: String,
+}
+
 pub struct Reloader {
     sandbox: Sandbox,
     path: PathBuf,
-    slot: Arc<HandlerSlot>,
+    grants: GrantSources,
+    executor: Arc<GuestExecutor>,
     metrics: Arc<Metrics>,
-    /// Hash of the module serving now, to skip reloads of identical bytes.
-    active_sha256: Mutex<String>,
+    active: Mutex<Version>,
+}
+
+/// What a reload attempt did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadResult {
+    Swapped,
+    Unchanged,
+    Rejected,
 }
 
 /// Logs a module that starts serving.
@@ -34,78 +51,129 @@ pub fn log_loaded(module: &LoadedModule, reason: &str, took: Duration) {
         path = %id.path.display(),
         size = id.size,
         sha256 = %id.sha256,
-        loaded_at = ?id.loaded_at,
+        from_cache = id.from_cache,
         took_ms = took.as_secs_f64() * 1e3,
         reason,
         "module loaded"
     );
 }
 
+/// Loads the module at `path` with the grants read now, on the guest threads.
+pub async fn load(
+    sandbox: &Sandbox,
+    executor_or_here: Option<&GuestExecutor>,
+    path: &Path,
+    grants: &GrantSources,
+) -> Result<Arc<LoadedModule>, LoadError> {
+    let settings = grants.read().map_err(LoadError::Config)?;
+    let (sandbox, path) = (sandbox.clone(), path.to_path_buf());
+    let work = async move { sandbox.load_file(&path, settings).await };
+    match executor_or_here {
+        Some(executor) => executor.run(work).await.map_err(LoadError::Compile)?,
+        None => work.await,
+    }
+}
+
 impl Reloader {
     pub fn new(
         sandbox: Sandbox,
         path: PathBuf,
-        slot: Arc<HandlerSlot>,
+        grants: GrantSources,
+        executor: Arc<GuestExecutor>,
         metrics: Arc<Metrics>,
-        active: &LoadedModule,
     ) -> Reloader {
+        let active = executor.active();
+        let version = Version {
+            module_sha256: active.identity.sha256.clone(),
+            grants: active.settings().fingerprint(),
+        };
         Reloader {
             sandbox,
             path,
-            slot,
+            grants,
+            executor,
             metrics,
-            active_sha256: Mutex::new(active.identity.sha256.clone()),
+            active: Mutex::new(version),
         }
     }
 
-    /// Validates the file and swaps it in. Compilation runs on a blocking
-    /// thread so no connection task stalls. Returns whether a swap happened.
-    pub async fn reload(self: &Arc<Self>, reason: &'static str) -> bool {
-        let this = self.clone();
-        let started = Instant::now();
-        let loaded = tokio::task::spawn_blocking(move || this.sandbox.load_file(&this.path)).await;
-        let module = match loaded {
-            Ok(Ok(module)) => module,
-            Ok(Err(err)) => {
-                self.metrics.reload_failed();
-                tracing::error!(path = %self.path.display(), reason, "reload rejected, current module keeps serving: {err:#}");
-                return false;
-            }
-            Err(join) => {
-                self.metrics.reload_failed();
-                tracing::error!(reason, "reload task failed: {join}");
-                return false;
-            }
-        };
-        {
-            let mut active = self
-                .active_sha256
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if *active == module.identity.sha256 {
-                tracing::debug!(reason, "module unchanged; not swapping");
-                return false;
-            }
-            active.clone_from(&module.identity.sha256);
+    /// The version the files describe now, without compiling anything.
+    fn current_files(&self) -> Option<Version> {
+        let bytes = std::fs::read(&self.path).ok()?;
+        let settings = self.grants.read().ok()?;
+        Some(Version {
+            module_sha256: Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+            grants: settings.fingerprint(),
+        })
+    }
+
+    /// Validates the files and swaps the new version in, unless nothing
+    /// changed since the version serving now.
+    pub async fn reload(self: &Arc<Self>, reason: &'static str) -> ReloadResult {
+        let before = self.current_files();
+        let unchanged = before
+            .as_ref()
+            .is_some_and(|files| *self.active.lock().unwrap_or_else(|p| p.into_inner()) == *files);
+        if unchanged {
+            tracing::debug!(
+                reason,
+                "module, configuration and data unchanged; not swapping"
+            );
+            return ReloadResult::Unchanged;
         }
-        log_loaded(&module, reason, started.elapsed());
-        self.metrics.module_loaded(&module.identity, true);
-        self.slot.replace(Handler::Wasm(module));
-        true
+        let started = Instant::now();
+        match load(
+            &self.sandbox,
+            Some(&self.executor),
+            &self.path,
+            &self.grants,
+        )
+        .await
+        {
+            Ok(module) => {
+                let version = Version {
+                    module_sha256: module.identity.sha256.clone(),
+                    grants: module.settings().fingerprint(),
+                };
+                *self.active.lock().unwrap_or_else(|p| p.into_inner()) = version;
+                log_loaded(&module, reason, started.elapsed());
+                self.metrics.module_loaded(&module.identity, true);
+                self.executor.replace(module);
+                ReloadResult::Swapped
+            }
+            Err(err) => {
+                self.metrics.reload_failed(err.cause());
+                tracing::error!(
+                    path = %self.path.display(),
+                    reason,
+                    cause = err.cause().name(),
+                    "reload rejected, current version keeps serving: {err}"
+                );
+                ReloadResult::Rejected
+            }
+        }
     }
 
     /// Starts the SIGHUP and (unless `watch` is false) file-change triggers.
     pub fn spawn_triggers(self: Arc<Self>, watch: bool, shutdown: CancellationToken) -> Result<()> {
         let (tx, mut rx) = mpsc::channel::<&'static str>(16);
         spawn_sighup(tx.clone(), shutdown.clone())?;
-        // The watcher must live as long as the loop below.
-        let watcher = if watch {
-            Some(watch_file(&self.path, tx)?)
-        } else {
-            None
-        };
+        // The watchers must live as long as the loop below.
+        let mut watchers = Vec::new();
+        if watch {
+            watchers.push(watch_file(&self.path, "module changed", tx.clone())?);
+            if let Some(file) = &self.grants.config_file {
+                watchers.push(watch_file(file, "configuration changed", tx.clone())?);
+            }
+            if let Some(dir) = &self.grants.data_dir {
+                watchers.push(watch_tree(dir, "data changed", tx.clone())?);
+            }
+        }
         tokio::spawn(async move {
-            let _watcher = watcher;
+            let _watchers = watchers;
             loop {
                 let reason = tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -137,34 +205,62 @@ fn spawn_sighup(tx: mpsc::Sender<&'static str>, shutdown: CancellationToken) -> 
     Ok(())
 }
 
-/// Watches the module's directory, not the file: an atomic rename replaces the
+/// Watches a file's directory, not the file: an atomic rename replaces the
 /// file's inode, which a watch on the file itself would lose.
-fn watch_file(path: &Path, tx: mpsc::Sender<&'static str>) -> Result<notify::RecommendedWatcher> {
-    use notify::{EventKind, RecursiveMode, Watcher};
+fn watch_file(
+    path: &Path,
+    reason: &'static str,
+    tx: mpsc::Sender<&'static str>,
+) -> Result<notify::RecommendedWatcher> {
     let file_name = path
         .file_name()
-        .context("module path has no file name")?
+        .with_context(|| format!("{} has no file name", path.display()))?
         .to_owned();
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    watch(&dir, false, reason, tx, move |changed| {
+        changed.file_name() == Some(file_name.as_os_str())
+    })
+}
+
+/// Watches everything under a directory.
+fn watch_tree(
+    dir: &Path,
+    reason: &'static str,
+    tx: mpsc::Sender<&'static str>,
+) -> Result<notify::RecommendedWatcher> {
+    watch(dir, true, reason, tx, |_| true)
+}
+
+fn watch(
+    dir: &Path,
+    recursive: bool,
+    reason: &'static str,
+    tx: mpsc::Sender<&'static str>,
+    relevant_path: impl Fn(&Path) -> bool + Send + 'static,
+) -> Result<notify::RecommendedWatcher> {
+    use notify::{EventKind, RecursiveMode, Watcher};
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         let relevant = matches!(
             event.kind,
             EventKind::Create(_) | EventKind::Modify(_) | EventKind::Any
-        ) && event
-            .paths
-            .iter()
-            .any(|p| p.file_name() == Some(file_name.as_os_str()));
+        ) || (recursive && matches!(event.kind, EventKind::Remove(_)));
+        let relevant = relevant && event.paths.iter().any(|p| relevant_path(p));
         if relevant {
-            let _ = tx.try_send("file changed");
+            let _ = tx.try_send(reason);
         }
     })
     .context("creating the file watcher")?;
+    let mode = if recursive {
+        RecursiveMode::Recursive
+    } else {
+        RecursiveMode::NonRecursive
+    };
     watcher
-        .watch(&dir, RecursiveMode::NonRecursive)
+        .watch(dir, mode)
         .with_context(|| format!("watching {}", dir.display()))?;
     Ok(watcher)
 }

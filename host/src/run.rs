@@ -1,31 +1,37 @@
-//! Wiring: CLI → logging → sandbox → module → listener, signals, reload and
-//! metrics.
+//! Wiring: CLI → logging → sandbox and guest runtime → module → listener,
+//! signals, reload and metrics.
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{AgentContext, ConnectionSettings, Handler, HandlerSlot};
+use crate::agent::{AgentContext, ConnectionSettings, Handler};
 use crate::cli::{Cli, Command, LogFormat, SandboxArgs, ServeArgs};
+use crate::exec::{GuestExecutor, start_guest_runtime};
 use crate::metrics::Metrics;
-use crate::reload::{Reloader, log_loaded};
+use crate::reload::{Reloader, load, log_loaded};
 use crate::sandbox::Sandbox;
 use crate::server::{ServerSettings, serve};
+
+/// How long stopping waits for guest calls still running.
+const GUEST_RUNTIME_STOP: Duration = Duration::from_secs(1);
 
 pub fn main_with(cli: Cli) -> ExitCode {
     let (debug, format) = (cli.serve.debug, cli.serve.log_format);
     init_logging(debug, format);
     let result = match cli.command {
-        Some(Command::Check { module, sandbox }) => check(&module, &sandbox),
-        None => serve_blocking(cli.serve),
+        Some(Command::Check { module, sandbox }) => check(&module, &sandbox).map(|()| true),
+        Some(Command::Call(args)) => crate::call::run(&args),
+        None => serve_blocking(cli.serve).map(|()| true),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(err) => {
             tracing::error!("{err:#}");
             eprintln!("spoa-host: {err:#}");
@@ -50,59 +56,51 @@ fn init_logging(debug: bool, format: LogFormat) {
 }
 
 fn check(path: &std::path::Path, sandbox_args: &SandboxArgs) -> Result<()> {
-    let sandbox = Sandbox::new(sandbox_args.to_config())?;
-    let started = Instant::now();
-    let module = sandbox.load_file(path)?;
-    let id = &module.identity;
-    println!(
-        "ok: {} implements spoa:agent/handler ({} bytes, sha256 {}, validated in {:.1} ms)",
-        id.path.display(),
-        id.size,
-        id.sha256,
-        started.elapsed().as_secs_f64() * 1e3
-    );
-    Ok(())
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        let sandbox = Sandbox::new(sandbox_args.to_config())?;
+        let started = Instant::now();
+        let module = load(&sandbox, None, path, &sandbox_args.grants())
+            .await
+            .map_err(|err| rejected(path, err))?;
+        let id = &module.identity;
+        println!(
+            "ok: {} implements spoa:agent/handler ({} bytes, sha256 {}, validated in {:.1} ms{})",
+            id.path.display(),
+            id.size,
+            id.sha256,
+            started.elapsed().as_secs_f64() * 1e3,
+            if id.from_cache {
+                ", compiled code from the cache"
+            } else {
+                ""
+            }
+        );
+        Ok(())
+    })
 }
 
 fn serve_blocking(args: ServeArgs) -> Result<()> {
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all().thread_name("spoa-worker");
+    let guest_runtime = start_guest_runtime(args.sandbox.guest_threads())?;
+    let mut network = tokio::runtime::Builder::new_multi_thread();
+    network.enable_all().thread_name("spoa-network");
     if let Some(workers) = args.workers {
-        runtime.worker_threads(workers.max(1));
+        network.worker_threads(usize::from(workers));
     }
-    let runtime = runtime.build().context("starting the runtime")?;
-    runtime.block_on(serve_async(args))
+    let network = network.build().context("starting the network runtime")?;
+    let result = network.block_on(serve_async(args, guest_runtime.handle().clone()));
+    drop(network);
+    guest_runtime.shutdown_timeout(GUEST_RUNTIME_STOP);
+    result
 }
 
-async fn serve_async(args: ServeArgs) -> Result<()> {
+async fn serve_async(args: ServeArgs, guest_runtime: tokio::runtime::Handle) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
-    let sandbox = Sandbox::new(args.sandbox.to_config())?;
-
-    let (handler, reloader) = match &args.module {
-        Some(path) => {
-            let started = Instant::now();
-            let module = sandbox.load_file(path)?;
-            log_loaded(&module, "startup", started.elapsed());
-            metrics.module_loaded(&module.identity, false);
-            (Handler::Wasm(module.clone()), Some((path.clone(), module)))
-        }
-        None => {
-            tracing::warn!("serving with the native IP-reputation handler (benchmarking aid)");
-            (Handler::NativeIprep, None)
-        }
-    };
-    let slot = Arc::new(HandlerSlot::new(handler));
-    if let Some((path, module)) = reloader {
-        let reloader = Arc::new(Reloader::new(
-            sandbox.clone(),
-            path,
-            slot.clone(),
-            metrics.clone(),
-            &module,
-        ));
-        reloader.spawn_triggers(!args.no_watch, shutdown.clone())?;
-    }
+    let handler = build_handler(&args, guest_runtime, &metrics, &shutdown).await?;
 
     if let Some(address) = args.metrics_address {
         crate::metrics_http::spawn(address, metrics.clone(), shutdown.clone()).await?;
@@ -117,12 +115,13 @@ async fn serve_async(args: ServeArgs) -> Result<()> {
         max_frame_size = args.max_frame_size,
         guest_timeout = ?args.sandbox.guest_timeout,
         guest_memory = args.sandbox.guest_memory,
+        guest_threads = args.sandbox.guest_threads(),
         fresh_instance = args.sandbox.fresh_instance,
         "spoa-host listening"
     );
 
     let ctx = Arc::new(AgentContext {
-        handler: slot,
+        handler,
         metrics,
         settings: ConnectionSettings {
             max_frame_size: args.max_frame_size,
@@ -144,6 +143,59 @@ async fn serve_async(args: ServeArgs) -> Result<()> {
     .await;
     tracing::info!("spoa-host stopped");
     Ok(())
+}
+
+/// The guest executor serving the module (with its reload triggers), or the
+/// native benchmark handler.
+async fn build_handler(
+    args: &ServeArgs,
+    guest_runtime: tokio::runtime::Handle,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> Result<Arc<dyn Handler>> {
+    #[cfg(feature = "native-iprep")]
+    if args.native_iprep {
+        tracing::warn!("serving with the native IP-reputation handler (benchmarking aid)");
+        return Ok(Arc::new(crate::native::NativeIprep::default()));
+    }
+    let path = args.module.clone().context("--module is required")?;
+    let sandbox = Sandbox::new(args.sandbox.to_config())?;
+    let grants = args.sandbox.grants();
+    let started = Instant::now();
+    let startup_load = {
+        let (sandbox, path, grants) = (sandbox.clone(), path.clone(), grants.clone());
+        guest_runtime
+            .spawn(async move { load(&sandbox, None, &path, &grants).await })
+            .await
+            .context("loading the module")?
+    };
+    let module = startup_load.map_err(|err| rejected(&path, err))?;
+    log_loaded(&module, "startup", started.elapsed());
+    metrics.module_loaded(&module.identity, false);
+    let executor = Arc::new(GuestExecutor::new(
+        guest_runtime,
+        module,
+        args.sandbox.guest_concurrency,
+        metrics.clone(),
+    ));
+    let reloader = Arc::new(Reloader::new(
+        sandbox,
+        path,
+        grants,
+        executor.clone(),
+        metrics.clone(),
+    ));
+    reloader.spawn_triggers(!args.no_watch, shutdown.clone())?;
+    Ok(executor)
+}
+
+/// A refused module, with the step that refused it.
+pub fn rejected(path: &std::path::Path, err: crate::sandbox::LoadError) -> anyhow::Error {
+    anyhow::anyhow!(
+        "module {} rejected (cause: {}): {err}",
+        path.display(),
+        err.cause().name()
+    )
 }
 
 /// First SIGTERM/SIGINT: graceful shutdown. A second one: exit at once.

@@ -4,15 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::agent::{AgentContext, serve_connection};
-use crate::spop::codec::encode_frame;
-use crate::spop::{Frame, KvList, Status};
+use crate::agent::{AgentContext, disconnect_and_close, serve_connection};
+use crate::spop::Status;
 
 pub struct ServerSettings {
     pub max_connections: usize,
@@ -58,7 +56,16 @@ pub async fn serve(
                 ctx.metrics.connections_refused.inc();
                 ctx.metrics.disconnect_sent(Status::ResourceAllocation);
                 tracing::warn!(%peer, max = settings.max_connections, "connection refused: --max-connections reached");
-                tracker.spawn(refuse(stream));
+                tracker.spawn(async move {
+                    let mut stream = stream;
+                    disconnect_and_close(
+                        &mut stream,
+                        bytes::BytesMut::new(),
+                        Status::ResourceAllocation,
+                        "too many connections",
+                    )
+                    .await;
+                });
             }
         }
     }
@@ -74,22 +81,4 @@ pub async fn serve(
             "drain timeout reached; closing remaining connections"
         );
     }
-}
-
-/// Tells an over-limit peer why it is turned away, then closes.
-async fn refuse(mut stream: TcpStream) {
-    let mut out = bytes::BytesMut::new();
-    encode_frame(
-        &Frame::AgentDisconnect(KvList::disconnect(
-            Status::ResourceAllocation,
-            "too many connections",
-        )),
-        &mut out,
-    );
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        stream.write_all(&out).await?;
-        stream.shutdown().await
-    })
-    .await;
-    crate::agent::linger_briefly(&mut stream).await;
 }

@@ -1,11 +1,7 @@
-//! `spoa-callcost`: the cost of one `handle-message` call, without the network.
-//!
-//! Loads a guest the way `spoa-host` does and calls it with a
-//! `check-client-ip` message in a loop on one thread, once per instance mode
-//! (reused instance, fresh instance per message) and once for the native build
-//! of the same logic. Reports nanoseconds per call: the figure to compare with
-//! the per-message cost over SPOP, which adds decoding, encoding and the
-//! kernel's share.
+//! `spoa-callcost [MODULE]`: the cost of one `handle-message` call, per
+//! instance mode (and natively, with the `native` feature), with no network:
+//! what the sandbox itself costs. Calls run as the agent runs them (async,
+//! on a guest runtime), one at a time.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -14,9 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use bytes::Bytes;
 use clap::Parser;
-use spoa_host::agent::Handler;
-use spoa_host::sandbox::{InstanceMode, Sandbox, SandboxConfig};
-use spoa_host::spop::{Arg, Message, TypedData};
+use spoa_host::cli::SandboxArgs;
+use spoa_host::sandbox::Sandbox;
+use spoa_host::spop::{Action, Arg, Message, TypedData};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -24,15 +20,18 @@ use spoa_host::spop::{Arg, Message, TypedData};
     about = "Per-call cost of a guest, per instance mode"
 )]
 struct Args {
-    /// The guest component.
     #[arg(default_value = "target/guest_iprep.wasm")]
     module: PathBuf,
-    /// How long to call each variant.
     #[arg(short = 'd', long, default_value = "2s", value_parser = spoa_host::cli::parse_duration)]
     duration: Duration,
-    /// Only this variant (`reuse`, `fresh` or `native`), e.g. under a profiler.
+    /// Only this variant: reuse, fresh or native.
     #[arg(long)]
     only: Option<String>,
+    /// The number of actions each call must return.
+    #[arg(long, default_value_t = 1)]
+    expect_actions: usize,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
 }
 
 fn main() -> Result<()> {
@@ -41,7 +40,7 @@ fn main() -> Result<()> {
         name: Bytes::from_static(b"check-client-ip"),
         args: vec![Arg {
             name: Bytes::from_static(b"ip"),
-            value: TypedData::Ipv4(Ipv4Addr::new(192, 0, 2, 7)),
+            value: TypedData::Ipv4(Ipv4Addr::new(198, 51, 100, 7)),
         }],
     };
     println!(
@@ -49,48 +48,68 @@ fn main() -> Result<()> {
         args.module.display(),
         args.duration
     );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let wanted = |name: &str| args.only.as_deref().is_none_or(|only| only == name);
-    for (name, label, mode) in [
-        (
-            "reuse",
-            "wasm, reused instance (default)",
-            InstanceMode::Reuse,
-        ),
-        ("fresh", "wasm, --fresh-instance", InstanceMode::Fresh),
+    for (name, label, fresh) in [
+        ("reuse", "wasm, reused instance (default)", false),
+        ("fresh", "wasm, --fresh-instance", true),
     ] {
         if !wanted(name) {
             continue;
         }
-        let sandbox = Sandbox::new(SandboxConfig {
-            instance_mode: mode,
-            ..SandboxConfig::default()
+        let mut sandbox_args = args.sandbox.clone();
+        sandbox_args.fresh_instance = fresh;
+        runtime.block_on(async {
+            let sandbox = Sandbox::new(sandbox_args.to_config())?;
+            let load_started = Instant::now();
+            let module =
+                spoa_host::reload::load(&sandbox, None, &args.module, &sandbox_args.grants())
+                    .await?;
+            println!(
+                "  load: {:.1} ms ({})",
+                load_started.elapsed().as_secs_f64() * 1e3,
+                if module.identity.from_cache {
+                    "compiled code from the cache"
+                } else {
+                    "compiled"
+                }
+            );
+            measure(label, args.duration, args.expect_actions, async || {
+                module.call(&message).await.map_err(anyhow::Error::from)
+            })
+            .await
         })?;
-        let handler = Handler::Wasm(sandbox.load_file(&args.module)?);
-        report(label, &handler, &message, args.duration)?;
     }
+    #[cfg(feature = "native")]
     if wanted("native") {
-        report(
+        runtime.block_on(measure(
             "native build of the same logic",
-            &Handler::NativeIprep,
-            &message,
             args.duration,
-        )?;
+            args.expect_actions,
+            async || Ok(spoa_host::native::iprep_actions(&message)),
+        ))?;
     }
     Ok(())
 }
 
-fn report(label: &str, handler: &Handler, message: &Message, duration: Duration) -> Result<()> {
-    // Warm up: first instantiation, caches.
+async fn measure(
+    label: &str,
+    duration: Duration,
+    expect_actions: usize,
+    mut call: impl AsyncFnMut() -> Result<Vec<Action>>,
+) -> Result<()> {
     for _ in 0..1000 {
-        handler.handle(message)?;
+        call().await?;
     }
     let started = Instant::now();
     let mut calls = 0u64;
     while started.elapsed() < duration {
         for _ in 0..256 {
-            let actions = handler.handle(message)?;
-            if actions.len() != 1 {
-                bail!("{label}: expected one action, got {actions:?}");
+            let actions = call().await?;
+            if actions.len() != expect_actions {
+                bail!("{label}: expected {expect_actions} actions, got {actions:?}");
             }
         }
         calls += 256;

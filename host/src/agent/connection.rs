@@ -1,4 +1,7 @@
-//! The per-connection state machine.
+//! The per-connection state machine. It never runs a guest: NOTIFY frames go
+//! to the [`Handler`] as one batch per read burst, and the connection task
+//! awaits the answers, so the network threads stay free for accepting,
+//! HELLOs, health checks, DISCONNECTs and metrics.
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,12 +14,12 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
-use super::dispatch::Dispatcher;
-use super::handler::HandlerSlot;
+use super::dispatch::{Dispatcher, NotifyBatch};
+use super::handler::Handler;
 use super::hello::{Negotiated, agent_hello, negotiate};
 use crate::metrics::{Metrics, NotifyTally};
 use crate::spop::codec::encode_frame;
-use crate::spop::{DecodeError, Frame, KvList, SpopCodec, Status};
+use crate::spop::{DecodeError, Disconnect, Frame, FrameType, KvList, SpopCodec, Status};
 
 /// Per-connection settings from the command line.
 #[derive(Debug, Clone)]
@@ -33,7 +36,7 @@ pub struct ConnectionSettings {
 
 /// What every connection shares.
 pub struct AgentContext {
-    pub handler: Arc<HandlerSlot>,
+    pub handler: Arc<dyn Handler>,
     pub metrics: Arc<Metrics>,
     pub settings: ConnectionSettings,
 }
@@ -47,7 +50,7 @@ enum End {
         unfinished_frame: bool,
     },
     /// HAPROXY-DISCONNECT: answer with AGENT-DISCONNECT and close.
-    PeerDisconnect(KvList),
+    PeerDisconnect(Disconnect),
     /// The agent ends the connection with this status.
     Disconnect(Status, String),
     /// A health-check HELLO was answered.
@@ -63,19 +66,26 @@ const LINGER_TIME: Duration = Duration::from_millis(500);
 const LINGER_BYTES: usize = 256 * 1024;
 /// Keep at least this much free space when reading.
 const READ_RESERVE: usize = 4096;
-/// Guest calls run on the worker thread. After this much NOTIFY work the
-/// connection flushes and yields, so the worker polls I/O and other
-/// connections wait at most one guest call, never a whole pipelined batch.
-const WORK_BEFORE_YIELD: Duration = Duration::from_millis(1);
+/// Most NOTIFY frames sent to the handler as one batch: a huge burst is
+/// answered in slices, so its first ACKs do not wait for its last messages.
+const MAX_BATCH: usize = 256;
 
-/// What processing the read buffer left to do.
-enum Step {
-    /// Every whole frame was handled; wait for more bytes.
+/// What decoding the read buffer found after the NOTIFY frames it batched.
+enum Next {
+    /// No whole frame left: read more.
     NeedInput,
-    /// Frames remain but this turn's budget is spent.
-    Yield,
-    /// The connection must end.
+    /// The batch is full; more frames are buffered.
+    MoreBuffered,
+    /// The connection must end (after answering the batch).
     End(End),
+}
+
+/// What one read attempt produced.
+enum ReadOutcome {
+    Data,
+    Closed,
+    Failed(io::Error),
+    IdleTimeout,
 }
 
 /// Serves one accepted connection until it ends.
@@ -109,13 +119,6 @@ struct Connection {
     ctx: Arc<AgentContext>,
 }
 
-/// What one read attempt produced.
-enum ReadOutcome {
-    Data,
-    Closed,
-    Failed(io::Error),
-}
-
 impl Connection {
     async fn session(&mut self, shutdown: &CancellationToken) -> End {
         let hello_timeout = self.ctx.settings.hello_timeout;
@@ -131,13 +134,11 @@ impl Connection {
         };
         tracing::debug!(peer = %self.peer, ?negotiated, "HELLO negotiated");
         self.codec.set_max_frame_size(negotiated.max_frame_size);
-        encode_frame(
+        encode_control(
             &Frame::AgentHello(agent_hello(&negotiated)),
             &mut self.write_buf,
         );
-        self.ctx
-            .metrics
-            .frames_sent(crate::spop::FrameType::AgentHello, 1);
+        self.ctx.metrics.frames_sent(FrameType::AgentHello, 1);
         if let Err(err) = self.flush().await {
             return End::Io(err);
         }
@@ -158,18 +159,18 @@ impl Connection {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Err(End::Shutdown),
-                outcome = self.read_more() => match outcome {
-                    ReadOutcome::Data => {}
-                    ReadOutcome::Closed => return Err(self.closed_end()),
-                    ReadOutcome::Failed(err) => return Err(End::Io(err)),
-                },
+                outcome = self.read_more(None) => {
+                    if let Some(end) = self.read_end(outcome) {
+                        return Err(end);
+                    }
+                }
             }
         };
         self.ctx.metrics.frame_received(frame.frame_type());
         match frame {
             Frame::HaproxyHello(hello) => negotiate(&hello, self.ctx.settings.max_frame_size)
                 .map_err(|status| End::Disconnect(status, "HAPROXY-HELLO refused".into())),
-            Frame::HaproxyDisconnect(kv) => Err(End::PeerDisconnect(kv)),
+            Frame::HaproxyDisconnect(kv) => Err(End::PeerDisconnect(Disconnect::parse(&kv))),
             other => Err(End::Disconnect(
                 Status::InvalidFrame,
                 format!("{} before HAPROXY-HELLO", other.frame_type().name()),
@@ -183,17 +184,8 @@ impl Connection {
         shutdown: &CancellationToken,
     ) -> End {
         loop {
-            let step = self.process_buffered(negotiated);
-            if let Err(err) = self.flush().await {
-                return End::Io(err);
-            }
-            match step {
-                Step::NeedInput => {}
-                Step::Yield => {
-                    tokio::task::yield_now().await;
-                    continue;
-                }
-                Step::End(end) => return end,
+            if let Some(end) = self.answer_buffered(negotiated).await {
+                return end;
             }
             let idle = self.ctx.settings.idle_timeout;
             tokio::select! {
@@ -201,111 +193,120 @@ impl Connection {
                 _ = shutdown.cancelled() => {
                     // Answer what the kernel already holds for us, then leave.
                     self.read_ready_without_waiting();
-                    return self.process_all(negotiated).await.unwrap_or(End::Shutdown);
+                    return self.answer_buffered(negotiated).await.unwrap_or(End::Shutdown);
                 }
-                outcome = read_with_idle_timeout(&mut self.stream, &mut self.read_buf, idle) => {
-                    match outcome {
-                        Some(ReadOutcome::Data) => {}
-                        Some(ReadOutcome::Closed) => {
-                            // Frames completed by the last read are still owed an answer.
-                            let stop = self.process_all(negotiated).await;
-                            return stop.unwrap_or_else(|| self.closed_end());
-                        }
-                        Some(ReadOutcome::Failed(err)) => return End::Io(err),
-                        None => return End::Disconnect(Status::Timeout, "idle timeout".into()),
+                outcome = self.read_more(idle) => {
+                    if let Some(end) = self.read_end(outcome) {
+                        // Frames completed by the last read are still owed an answer.
+                        return self.answer_buffered(negotiated).await.unwrap_or(end);
                     }
                 }
             }
         }
     }
 
-    /// Handles and answers every whole frame in the read buffer, yielding
-    /// between turns. Returns how the connection must end, if it must.
-    async fn process_all(&mut self, negotiated: &Negotiated) -> Option<End> {
+    /// Answers every whole frame in the read buffer, one handler batch at a
+    /// time. Returns how the connection must end, if it must.
+    async fn answer_buffered(&mut self, negotiated: &Negotiated) -> Option<End> {
         loop {
-            let step = self.process_buffered(negotiated);
+            let mut batch = NotifyBatch::default();
+            let next = self.take_batch(&mut batch);
+            if !batch.is_empty() {
+                let mut tally = NotifyTally::default();
+                let dispatcher = Dispatcher {
+                    error_var: self.ctx.settings.error_var.as_ref(),
+                };
+                dispatcher
+                    .answer(
+                        &*self.ctx.handler,
+                        batch,
+                        negotiated.max_frame_size,
+                        &mut self.write_buf,
+                        &mut tally,
+                    )
+                    .await;
+                self.ctx.metrics.record_notify_batch(&tally);
+            }
             if let Err(err) = self.flush().await {
                 return Some(End::Io(err));
             }
-            match step {
-                Step::NeedInput => return None,
-                Step::Yield => tokio::task::yield_now().await,
-                Step::End(end) => return Some(end),
+            match next {
+                Next::NeedInput => return None,
+                Next::MoreBuffered => {}
+                Next::End(end) => return Some(end),
             }
         }
     }
 
-    /// Handles whole frames from the read buffer, appending answers to the
-    /// write buffer, until the buffer holds no whole frame or the turn's
-    /// budget is spent.
-    fn process_buffered(&mut self, negotiated: &Negotiated) -> Step {
-        let mut tally = NotifyTally::default();
-        let step = self.process_buffered_counting(negotiated, &mut tally);
-        self.ctx.metrics.record_notify_batch(&tally);
-        step
-    }
-
-    fn process_buffered_counting(
-        &mut self,
-        negotiated: &Negotiated,
-        tally: &mut NotifyTally,
-    ) -> Step {
-        let started = std::time::Instant::now();
-        let handler = self.ctx.handler.current();
-        let dispatcher = Dispatcher {
-            metrics: &self.ctx.metrics,
-            error_var: self.ctx.settings.error_var.as_ref(),
-        };
-        loop {
+    /// Decodes whole frames from the read buffer into `batch` until the
+    /// buffer holds no whole frame, the batch is full, or a frame ends the
+    /// connection.
+    fn take_batch(&mut self, batch: &mut NotifyBatch) -> Next {
+        while batch.len() < MAX_BATCH {
             let body = match self.codec.next_frame_bytes(&mut self.read_buf) {
                 Ok(Some(body)) => body,
-                Ok(None) => return Step::NeedInput,
-                Err(err) => return Step::End(decode_end(err)),
+                Ok(None) => return Next::NeedInput,
+                Err(err) => return Next::End(decode_end(err)),
             };
             let frame = match Frame::decode(body.freeze()) {
                 Ok(frame) => frame,
-                Err(err) => return Step::End(decode_end(err)),
+                Err(err) => return Next::End(decode_end(err)),
             };
             // NOTIFY frames are counted in the batch tally.
             if !matches!(frame, Frame::Notify(_)) {
                 self.ctx.metrics.frame_received(frame.frame_type());
             }
             match frame {
-                Frame::Notify(notify) => {
-                    dispatcher.answer(
-                        &handler,
-                        notify,
-                        negotiated.max_frame_size,
-                        &mut self.write_buf,
-                        tally,
-                    );
-                    if started.elapsed() >= WORK_BEFORE_YIELD {
-                        return Step::Yield;
-                    }
+                Frame::Notify(notify) => batch.push(notify),
+                Frame::HaproxyDisconnect(kv) => {
+                    return Next::End(End::PeerDisconnect(Disconnect::parse(&kv)));
                 }
-                Frame::HaproxyDisconnect(kv) => return Step::End(End::PeerDisconnect(kv)),
                 Frame::HaproxyHello(_) => {
-                    return Step::End(End::Disconnect(
+                    return Next::End(End::Disconnect(
                         Status::InvalidFrame,
                         "HAPROXY-HELLO after the handshake".into(),
                     ));
                 }
                 other => {
-                    return Step::End(End::Disconnect(
+                    return Next::End(End::Disconnect(
                         Status::InvalidFrame,
                         format!("{} frame sent to the agent", other.frame_type().name()),
                     ));
                 }
             }
         }
+        Next::MoreBuffered
     }
 
-    async fn read_more(&mut self) -> ReadOutcome {
+    /// One read into the buffer, bounded by `idle` when given.
+    async fn read_more(&mut self, idle: Option<Duration>) -> ReadOutcome {
         reserve(&mut self.read_buf);
-        match self.stream.read_buf(&mut self.read_buf).await {
+        let read = self.stream.read_buf(&mut self.read_buf);
+        let result = match idle {
+            Some(limit) => match timeout(limit, read).await {
+                Ok(result) => result,
+                Err(_) => return ReadOutcome::IdleTimeout,
+            },
+            None => read.await,
+        };
+        match result {
             Ok(0) => ReadOutcome::Closed,
             Ok(_) => ReadOutcome::Data,
             Err(err) => ReadOutcome::Failed(err),
+        }
+    }
+
+    /// How a read outcome ends the connection, if it does.
+    fn read_end(&self, outcome: ReadOutcome) -> Option<End> {
+        match outcome {
+            ReadOutcome::Data => None,
+            ReadOutcome::Closed => Some(End::PeerClosed {
+                unfinished_frame: !self.read_buf.is_empty(),
+            }),
+            ReadOutcome::Failed(err) => Some(End::Io(err)),
+            ReadOutcome::IdleTimeout => {
+                Some(End::Disconnect(Status::Timeout, "idle timeout".into()))
+            }
         }
     }
 
@@ -316,12 +317,6 @@ impl Connection {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }
-        }
-    }
-
-    fn closed_end(&self) -> End {
-        End::PeerClosed {
-            unfinished_frame: !self.read_buf.is_empty(),
         }
     }
 
@@ -336,35 +331,36 @@ impl Connection {
 
     async fn finish(&mut self, end: End) {
         let peer = self.peer;
-        match end {
+        let (status, message) = match end {
             End::PeerClosed { unfinished_frame } => {
                 tracing::debug!(%peer, unfinished_frame, "peer closed the connection");
+                return;
             }
             End::HealthcheckDone => {
                 tracing::debug!(%peer, "health check answered");
                 let _ = self.stream.shutdown().await;
+                return;
             }
             End::Io(err) if is_disconnection(&err) => {
                 tracing::debug!(%peer, "connection ended: {err}");
+                return;
             }
-            End::Io(err) => tracing::warn!(%peer, "I/O error: {err}"),
-            End::PeerDisconnect(kv) => {
-                let status = kv
-                    .get("status-code")
-                    .and_then(|v| v.as_u64())
-                    .unwrap_or_default();
-                let message = kv
-                    .get_str("message")
-                    .map(|m| String::from_utf8_lossy(m).into_owned())
-                    .unwrap_or_default();
-                tracing::debug!(%peer, status, message, "HAPROXY-DISCONNECT received");
-                self.disconnect(Status::Normal, Status::Normal.message())
-                    .await;
+            End::Io(err) => {
+                tracing::warn!(%peer, "I/O error: {err}");
+                return;
+            }
+            End::PeerDisconnect(disconnect) => {
+                tracing::debug!(
+                    %peer,
+                    status = ?disconnect.status_code,
+                    message = %disconnect.message,
+                    "HAPROXY-DISCONNECT received"
+                );
+                (Status::Normal, Status::Normal.message())
             }
             End::Shutdown => {
                 tracing::debug!(%peer, "closing for shutdown");
-                self.disconnect(Status::Normal, "agent is shutting down")
-                    .await;
+                (Status::Normal, "agent is shutting down")
             }
             End::Disconnect(status, reason) => {
                 if status == Status::Timeout {
@@ -372,57 +368,37 @@ impl Connection {
                 } else {
                     tracing::warn!(%peer, %status, "closing connection: {reason}");
                 }
-                self.disconnect(status, status.message()).await;
+                (status, status.message())
             }
-        }
-    }
-
-    /// Sends AGENT-DISCONNECT, half-closes, and drains briefly so the peer
-    /// gets the frame rather than a reset.
-    async fn disconnect(&mut self, status: Status, message: &str) {
-        encode_frame(
-            &Frame::AgentDisconnect(KvList::disconnect(status, message)),
-            &mut self.write_buf,
-        );
+        };
         self.ctx.metrics.disconnect_sent(status);
-        if self.flush().await.is_err() {
-            return;
-        }
-        let _ = self.stream.shutdown().await;
-        linger(&mut self.stream).await;
+        let pending = std::mem::take(&mut self.write_buf);
+        disconnect_and_close(&mut self.stream, pending, status, message).await;
     }
 }
 
-fn decode_end(err: DecodeError) -> End {
-    End::Disconnect(err.status(), err.to_string())
-}
-
-fn reserve(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < READ_RESERVE / 4 {
-        buf.reserve(READ_RESERVE);
-    }
-}
-
-async fn read_with_idle_timeout(
+/// Sends whatever is `pending` plus AGENT-DISCONNECT with `status`,
+/// half-closes, and drains briefly so the peer reads the frame rather than a
+/// reset caused by unread input. Bounded in time: a peer that reads nothing
+/// cannot hold the task.
+pub async fn disconnect_and_close(
     stream: &mut TcpStream,
-    buf: &mut BytesMut,
-    idle: Option<Duration>,
-) -> Option<ReadOutcome> {
-    reserve(buf);
-    let read = stream.read_buf(buf);
-    let result = match idle {
-        Some(limit) => timeout(limit, read).await.ok()?,
-        None => read.await,
-    };
-    Some(match result {
-        Ok(0) => ReadOutcome::Closed,
-        Ok(_) => ReadOutcome::Data,
-        Err(err) => ReadOutcome::Failed(err),
+    mut pending: BytesMut,
+    status: Status,
+    message: &str,
+) {
+    encode_control(
+        &Frame::AgentDisconnect(KvList::disconnect(status, message)),
+        &mut pending,
+    );
+    let sent = timeout(LINGER_TIME * 2, async {
+        stream.write_all(&pending).await?;
+        stream.shutdown().await
     })
-}
-
-/// Reads and discards until EOF, a byte budget, or a short time limit.
-pub async fn linger(stream: &mut TcpStream) {
+    .await;
+    if !matches!(sent, Ok(Ok(()))) {
+        return;
+    }
     let mut scratch = [0u8; 4096];
     let mut drained = 0usize;
     let _ = timeout(LINGER_TIME, async {
@@ -434,6 +410,24 @@ pub async fn linger(stream: &mut TcpStream) {
         }
     })
     .await;
+}
+
+/// Encodes an AGENT-HELLO or AGENT-DISCONNECT, which carry no messages and
+/// so always encode.
+fn encode_control(frame: &Frame, out: &mut BytesMut) {
+    if let Err(err) = encode_frame(frame, out) {
+        tracing::error!("could not encode {}: {err}", frame.frame_type().name());
+    }
+}
+
+fn decode_end(err: DecodeError) -> End {
+    End::Disconnect(err.status(), err.to_string())
+}
+
+fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_RESERVE / 4 {
+        buf.reserve(READ_RESERVE);
+    }
 }
 
 /// Errors that mean "the peer went away": normal for SPOP, not worth a warning.

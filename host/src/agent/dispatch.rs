@@ -1,123 +1,142 @@
-//! NOTIFY → guest calls → one ACK that fits the negotiated max-frame-size.
-
-use std::cell::Cell;
-use std::time::Instant;
+//! NOTIFY frames → one handler batch → one ACK per NOTIFY that fits the
+//! negotiated max-frame-size.
 
 use bytes::{Bytes, BytesMut};
 
-use super::handler::Handler;
-use crate::metrics::{Metrics, NotifyTally};
-use crate::spop::codec::encode_frame;
-use crate::spop::{Ack, Action, Frame, Notify, TypedData, VarScope};
+use super::handler::{BatchOutcome, FailureKind, Handler, HandlerFailure, MessageOutcome};
+use crate::metrics::NotifyTally;
+use crate::spop::codec::AckEncoder;
+use crate::spop::{Action, Message, Notify, TypedData, VarScope};
 
-/// One guest call in this many is timed for `spoa_guest_call_seconds`:
-/// prometheus-client's histogram takes a lock per observation, and two clock
-/// reads per message are measurable at a million messages per second. The
-/// `spoa_guest_calls` counter still counts every call.
-const TIME_ONE_CALL_IN: u32 = 16;
-
-thread_local! {
-    static CALLS_UNTIL_TIMED: Cell<u32> = const { Cell::new(0) };
+/// The ids of a NOTIFY whose messages went to the handler, and how many.
+struct PendingAck {
+    stream_id: u64,
+    frame_id: u64,
+    names: Vec<Bytes>,
 }
 
-fn should_time_this_call() -> bool {
-    CALLS_UNTIL_TIMED.with(|left| match left.get() {
-        0 => {
-            left.set(TIME_ONE_CALL_IN - 1);
-            true
-        }
-        n => {
-            left.set(n - 1);
-            false
-        }
-    })
+/// The NOTIFY frames of one read burst, answered together.
+#[derive(Default)]
+pub struct NotifyBatch {
+    pending: Vec<PendingAck>,
+    messages: Vec<Message>,
+}
+
+impl NotifyBatch {
+    pub fn push(&mut self, notify: Notify) {
+        self.pending.push(PendingAck {
+            stream_id: notify.stream_id,
+            frame_id: notify.frame_id,
+            names: notify.messages.iter().map(|m| m.name.clone()).collect(),
+        });
+        self.messages.extend(notify.messages);
+    }
+
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
 }
 
 /// Policy for answering NOTIFY frames.
 pub struct Dispatcher<'a> {
-    pub metrics: &'a Metrics,
     /// When set, a message whose guest call failed gets `set-var txn <name>`
     /// = the failure kind (`timeout`, `trap`, …) instead of no action at all.
     pub error_var: Option<&'a Bytes>,
 }
 
 impl Dispatcher<'_> {
-    /// Calls the handler once per message and appends the ACK to `out`.
+    /// Sends every message of `batch` to `handler`, then appends one ACK per
+    /// NOTIFY to `out`, in the order the NOTIFYs came.
     ///
-    /// The ACK never exceeds `max_frame_size`: a message whose actions would
+    /// An ACK never exceeds `max_frame_size`: a message whose actions would
     /// not fit gets none (logged and counted as `ack_too_big`); the messages
     /// before it keep theirs. The ACK itself is always sent, so HAProxy is
     /// never left waiting.
-    ///
-    /// Counts go to `tally`, which the caller publishes once per batch.
-    pub fn answer(
+    pub async fn answer(
         &self,
-        handler: &Handler,
-        notify: Notify,
+        handler: &dyn Handler,
+        batch: NotifyBatch,
         max_frame_size: u32,
         out: &mut BytesMut,
         tally: &mut NotifyTally,
     ) {
-        let budget = (max_frame_size as usize)
-            .saturating_sub(Ack::header_len(notify.stream_id, notify.frame_id));
-        let mut used = 0usize;
-        let mut actions: Vec<Action> = Vec::with_capacity(notify.messages.len());
-        tally.notifies += 1;
-        tally.messages += notify.messages.len() as u64;
-        for message in &notify.messages {
-            let started = should_time_this_call().then(Instant::now);
-            let outcome = handler.handle(message);
-            if let Some(started) = started {
-                self.metrics
-                    .guest_call_seconds
-                    .observe(started.elapsed().as_secs_f64());
-            }
-            let produced = match outcome {
-                Ok(produced) => produced,
-                Err(failure) => {
-                    tracing::warn!(
-                        module = handler.label(),
-                        spoe_message = %String::from_utf8_lossy(&message.name),
-                        stream_id = notify.stream_id,
-                        frame_id = notify.frame_id,
-                        "message answered without actions: {failure}"
-                    );
-                    self.metrics.guest_failure(failure.kind());
-                    self.error_actions(failure.kind())
-                }
-            };
-            let size: usize = produced.iter().map(Action::encoded_len).sum();
-            if used + size > budget {
-                tracing::warn!(
-                    module = handler.label(),
-                    spoe_message = %String::from_utf8_lossy(&message.name),
-                    size,
-                    max_frame_size,
-                    "actions do not fit in the ACK; dropped"
-                );
-                self.metrics.guest_failure("ack_too_big");
-                continue;
-            }
-            used += size;
-            actions.extend(produced);
+        let NotifyBatch { pending, messages } = batch;
+        let message_count = messages.len();
+        let BatchOutcome {
+            handler: handler_label,
+            outcomes,
+        } = handler.handle_batch(messages).await;
+        let mut outcomes = outcomes.into_iter();
+        if outcomes.len() != message_count {
+            tracing::error!(
+                handler = &*handler_label,
+                expected = message_count,
+                got = outcomes.len(),
+                "handler answered the wrong number of messages; the missing ones get no actions"
+            );
         }
-        tally.actions += actions.len() as u64;
-        encode_frame(
-            &Frame::Ack(Ack {
-                stream_id: notify.stream_id,
-                frame_id: notify.frame_id,
-                actions,
-            }),
-            out,
-        );
+        tally.notifies += pending.len() as u64;
+        tally.messages += message_count as u64;
+        for ack in pending {
+            let mut encoder = AckEncoder::begin(out, ack.stream_id, ack.frame_id, max_frame_size);
+            for name in &ack.names {
+                let outcome = outcomes.next().unwrap_or_else(|| {
+                    Err(HandlerFailure {
+                        kind: FailureKind::InvalidOutput,
+                        reason: "no answer from the handler".into(),
+                    })
+                });
+                let actions = self.actions_of(outcome, &handler_label, name, &ack, tally);
+                if let Err(full) = encoder.push_all(&actions) {
+                    tracing::warn!(
+                        handler = &*handler_label,
+                        spoe_message = %String::from_utf8_lossy(name),
+                        size = full.needed,
+                        room = full.room,
+                        max_frame_size,
+                        "actions do not fit in the ACK; dropped"
+                    );
+                    tally.failures[FailureKind::AckTooBig.index()] += 1;
+                }
+            }
+            tally.actions += encoder.finish() as u64;
+        }
     }
 
-    fn error_actions(&self, kind: &'static str) -> Vec<Action> {
+    fn actions_of(
+        &self,
+        outcome: MessageOutcome,
+        handler_label: &str,
+        name: &[u8],
+        ack: &PendingAck,
+        tally: &mut NotifyTally,
+    ) -> Vec<Action> {
+        match outcome {
+            Ok(actions) => actions,
+            Err(failure) => {
+                tracing::warn!(
+                    handler = handler_label,
+                    spoe_message = %String::from_utf8_lossy(name),
+                    stream_id = ack.stream_id,
+                    frame_id = ack.frame_id,
+                    "message answered without actions: {failure}"
+                );
+                tally.failures[failure.kind.index()] += 1;
+                self.error_actions(failure.kind)
+            }
+        }
+    }
+
+    fn error_actions(&self, kind: FailureKind) -> Vec<Action> {
         match self.error_var {
             Some(name) => vec![Action::SetVar {
                 scope: VarScope::Txn,
                 name: name.clone(),
-                value: TypedData::String(Bytes::from_static(kind.as_bytes())),
+                value: TypedData::String(Bytes::from_static(kind.name().as_bytes())),
             }],
             None => Vec::new(),
         }

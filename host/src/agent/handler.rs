@@ -1,70 +1,95 @@
-//! The handler currently serving messages, swappable while traffic flows.
+//! What the agent asks of whatever answers messages. The agent owns this
+//! trait; the sandboxed executor (and the benchmark's native handler)
+//! implement it, so no wasmtime type ever reaches the connection code.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
-use crate::sandbox::{GuestFailure, LoadedModule};
 use crate::spop;
 
-/// What answers messages.
-pub enum Handler {
-    /// A sandboxed WebAssembly component (the product).
-    Wasm(Arc<LoadedModule>),
-    /// The IP-reputation logic compiled natively, for measuring what the
-    /// sandbox costs (`--native-iprep`). Same algorithm as `guest-iprep`.
-    NativeIprep,
+/// Why a message got no actions from its handler. Each kind indexes its own
+/// `spoa_guest_failures_total` counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// The call ran past its deadline (CPU or wall clock).
+    Timeout,
+    /// The guest tried to grow its memory past the cap.
+    Memory,
+    /// The guest trapped (panic, `unreachable`, stack overflow, `exit`…).
+    Trap,
+    /// The guest returned `err`.
+    Error,
+    /// The guest returned actions the host cannot send (bad names…).
+    InvalidOutput,
+    /// A guest instance could not be created.
+    Instantiate,
+    /// The actions are valid but do not fit in the ACK.
+    AckTooBig,
 }
 
-impl Handler {
-    pub fn handle(&self, message: &spop::Message) -> Result<Vec<spop::Action>, GuestFailure> {
+impl FailureKind {
+    pub const ALL: [FailureKind; 7] = [
+        FailureKind::Timeout,
+        FailureKind::Memory,
+        FailureKind::Trap,
+        FailureKind::Error,
+        FailureKind::InvalidOutput,
+        FailureKind::Instantiate,
+        FailureKind::AckTooBig,
+    ];
+
+    /// The stable name used in metrics, logs and `--error-var` values.
+    pub const fn name(self) -> &'static str {
         match self {
-            Handler::Wasm(module) => module.handle(message),
-            Handler::NativeIprep => Ok(native_iprep(message)),
+            FailureKind::Timeout => "timeout",
+            FailureKind::Memory => "memory",
+            FailureKind::Trap => "trap",
+            FailureKind::Error => "error",
+            FailureKind::InvalidOutput => "invalid_output",
+            FailureKind::Instantiate => "instantiate",
+            FailureKind::AckTooBig => "ack_too_big",
         }
     }
 
-    pub fn label(&self) -> &str {
-        match self {
-            Handler::Wasm(module) => module.label(),
-            Handler::NativeIprep => "native-iprep",
-        }
+    /// Position in [`FailureKind::ALL`], for counter arrays.
+    pub const fn index(self) -> usize {
+        self as usize
     }
 }
 
-/// The guest's algorithm (see `guest-iprep`): `check-client-ip` gets
-/// `sess.ip_score` in 0..=100 by multiply-shift of a random u64.
-fn native_iprep(message: &spop::Message) -> Vec<spop::Action> {
-    if &message.name[..] != b"check-client-ip" {
-        return Vec::new();
-    }
-    let random: u64 = rand::random();
-    let score = ((u128::from(random) * 101) >> 64) as i32;
-    vec![spop::Action::SetVar {
-        scope: spop::VarScope::Sess,
-        name: bytes::Bytes::from_static(b"ip_score"),
-        value: spop::TypedData::Int32(score),
-    }]
+/// A message the handler could not answer, with the reason for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerFailure {
+    pub kind: FailureKind,
+    pub reason: String,
 }
 
-/// The active handler. Reading it is one atomic load; replacing it never
-/// disturbs a NOTIFY already being handled (that NOTIFY keeps its `Arc`).
-pub struct HandlerSlot {
-    current: ArcSwap<Handler>,
+impl std::fmt::Display for HandlerFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.reason, self.kind.name())
+    }
 }
 
-impl HandlerSlot {
-    pub fn new(handler: Handler) -> HandlerSlot {
-        HandlerSlot {
-            current: ArcSwap::from_pointee(handler),
-        }
-    }
+/// The answer to one message.
+pub type MessageOutcome = Result<Vec<spop::Action>, HandlerFailure>;
 
-    pub fn current(&self) -> arc_swap::Guard<Arc<Handler>> {
-        self.current.load()
-    }
+/// The answers to a batch of messages, in order, and which handler version
+/// gave them (for logs).
+#[derive(Debug)]
+pub struct BatchOutcome {
+    pub handler: Arc<str>,
+    pub outcomes: Vec<MessageOutcome>,
+}
 
-    pub fn replace(&self, handler: Handler) {
-        self.current.store(Arc::new(handler));
-    }
+pub type BatchFuture = Pin<Box<dyn Future<Output = BatchOutcome> + Send>>;
+
+/// Answers SPOE messages.
+///
+/// The connection hands over every message of a read burst at once and
+/// awaits the answers, so an implementation can run them elsewhere (the
+/// sandbox runs them on its own threads) and pay the hand-off once per
+/// burst. The future must yield one outcome per message, in order.
+pub trait Handler: Send + Sync + 'static {
+    fn handle_batch(&self, messages: Vec<spop::Message>) -> BatchFuture;
 }

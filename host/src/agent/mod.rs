@@ -6,7 +6,8 @@ mod dispatch;
 mod handler;
 mod hello;
 
-pub use connection::linger as linger_briefly;
-pub use connection::{AgentContext, ConnectionSettings, serve_connection};
-pub use handler::{Handler, HandlerSlot};
+pub use connection::{AgentContext, ConnectionSettings, disconnect_and_close, serve_connection};
+pub use handler::{
+    BatchFuture, BatchOutcome, FailureKind, Handler, HandlerFailure, MessageOutcome,
+};
 pub use hello::{Negotiated, agent_hello, negotiate};

@@ -8,10 +8,6 @@ use bytes::Bytes;
 use super::bindings::wit;
 use crate::spop;
 
-/// Longest variable name accepted from a guest (HAProxy's own names are short;
-/// this bounds what one action can cost in an ACK).
-pub const MAX_VAR_NAME: usize = 255;
-
 pub fn message_to_wit(message: &spop::Message) -> wit::Message {
     wit::Message {
         name: String::from_utf8_lossy(&message.name).into_owned(),
@@ -77,12 +73,7 @@ fn scope_from_wit(scope: wit::VarScope) -> spop::VarScope {
 }
 
 fn checked_name(name: String) -> Result<Bytes, String> {
-    if name.is_empty() || name.len() > MAX_VAR_NAME {
-        return Err(format!(
-            "variable name of {} bytes (must be 1..={MAX_VAR_NAME})",
-            name.len()
-        ));
-    }
+    spop::check_var_name(name.as_bytes())?;
     Ok(Bytes::from(name))
 }
 
@@ -116,7 +107,7 @@ mod tests {
             name: "flag".into(),
         });
         assert!(actions_from_wit(vec![ok]).is_ok());
-        for bad in [String::new(), "x".repeat(MAX_VAR_NAME + 1)] {
+        for bad in [String::new(), "x".repeat(spop::MAX_VAR_NAME + 1)] {
             let action = wit::Action::UnsetVar(wit::UnsetVar {
                 scope: wit::VarScope::Txn,
                 name: bad,

@@ -1,6 +1,7 @@
 //! The shared wasmtime engine: compilation settings, the epoch ticker that
 //! enforces per-call deadlines, and the linker holding the host's imports.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,22 +12,23 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use super::bindings::Handler;
 use super::state::GuestState;
 
-/// Instances alive at once in `--fresh-instance` mode: one per worker in a
-/// call, plus smoke calls of reloads. Far more than any worker count.
-const POOLED_INSTANCES: u32 = 256;
+/// Instances a reload may hold on top of the serving ones: its smoke call,
+/// and a `spoa-host check` or `call` in the same process.
+const INSTANCES_FOR_LOADING: u32 = 4;
 
 /// How guest instances are kept between messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum InstanceMode {
-    /// One instance per worker thread, reused for every message until it traps
-    /// or the module is replaced. Linear memory and globals survive between
-    /// messages (of any connection served by that thread).
+    /// Instances are pooled and reused for every message until one traps or
+    /// the module is replaced. Linear memory and globals survive between
+    /// messages (of any connection).
     Reuse,
     /// A new instance for every message: nothing survives between messages.
     Fresh,
 }
 
-/// Limits applied to every guest call.
+/// Limits applied to every guest call. The defaults live in the CLI
+/// (`cli::SandboxArgs`), the one place they are defined.
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
     /// Wall-clock budget of one `handle-message` call.
@@ -34,16 +36,10 @@ pub struct SandboxConfig {
     /// Linear memory cap per instance, in bytes.
     pub memory_cap: usize,
     pub instance_mode: InstanceMode,
-}
-
-impl Default for SandboxConfig {
-    fn default() -> SandboxConfig {
-        SandboxConfig {
-            call_timeout: Duration::from_millis(10),
-            memory_cap: 16 << 20,
-            instance_mode: InstanceMode::Reuse,
-        }
-    }
+    /// Most guest calls in progress at once; also sizes the instance pool.
+    pub max_concurrent_calls: u32,
+    /// Where compiled modules are cached (`None`: compile at every load).
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// Everything needed to compile and run guests; cheap to clone.
@@ -70,11 +66,13 @@ impl Sandbox {
             // A fresh instance per message: mapping and unmapping linear memory
             // each time costs ~100 µs in page faults; pooled slots are reset
             // with madvise instead.
+            let slots = config.max_concurrent_calls + INSTANCES_FOR_LOADING;
             let mut pool = PoolingAllocationConfig::default();
-            pool.total_component_instances(POOLED_INSTANCES)
-                .total_core_instances(POOLED_INSTANCES * 4)
-                .total_memories(POOLED_INSTANCES)
-                .total_tables(POOLED_INSTANCES * 2)
+            pool.total_component_instances(slots)
+                .total_core_instances(slots * 16)
+                .total_memories(slots * 2)
+                .total_tables(slots * 4)
+                .total_stacks(slots)
                 .max_memory_size(config.memory_cap)
                 // Reset the pages a small guest touches with memset rather
                 // than madvise: no page faults or TLB shootdowns per message.
@@ -96,6 +94,7 @@ impl Sandbox {
         Handler::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |state| state)
             .map_err(anyhow::Error::from)
             .context("linking host imports")?;
+        super::wasi::add_to_linker(&mut linker)?;
         Ok(Sandbox {
             engine,
             linker: Arc::new(linker),
@@ -110,7 +109,8 @@ impl Sandbox {
 }
 
 /// A fifth of the deadline (at least 1 ms): a runaway call is cut between
-/// the deadline and 1.2 × the deadline, with few wake-ups when idle.
+/// the deadline and 1.2 × the deadline, and a long call yields its thread to
+/// the other calls that often.
 fn epoch_tick(call_timeout: Duration) -> Duration {
     (call_timeout / 5).max(Duration::from_millis(1))
 }

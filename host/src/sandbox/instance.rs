@@ -1,26 +1,29 @@
-//! Running `handle-message`: instance reuse per worker thread (or a fresh
-//! instance per message), deadlines, and classification of guest failures.
+//! Running `handle-message`: one instance and its store, deadlines, and
+//! classification of guest failures.
 
-use std::cell::RefCell;
-
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::Handler;
 use super::convert::{actions_from_wit, message_to_wit};
-use super::engine::InstanceMode;
+use super::log::truncated;
 use super::module::LoadedModule;
 use super::state::GuestState;
 use crate::spop;
 
+/// Longest failure reason kept from a guest (its `err` text or a trap).
+const MAX_REASON_BYTES: usize = 512;
+
 /// Why a message got no actions from the guest.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GuestFailure {
-    #[error("guest exceeded its time budget")]
+    #[error("guest exceeded its time budget (raise it with --guest-timeout)")]
     Timeout,
-    #[error("guest exceeded its memory cap")]
+    #[error("guest exceeded its memory cap (raise it with --guest-memory)")]
     MemoryExceeded,
     #[error("guest trapped: {0}")]
     Trap(String),
+    #[error("guest called exit({0})")]
+    Exit(i32),
     #[error("guest returned an error: {0}")]
     Returned(String),
     #[error("guest returned invalid output: {0}")]
@@ -30,121 +33,89 @@ pub enum GuestFailure {
 }
 
 impl GuestFailure {
-    /// A short stable name for metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            GuestFailure::Timeout => "timeout",
-            GuestFailure::MemoryExceeded => "memory",
-            GuestFailure::Trap(_) => "trap",
-            GuestFailure::Returned(_) => "error",
-            GuestFailure::InvalidOutput(_) => "invalid_output",
-            GuestFailure::Instantiate(_) => "instantiate",
-        }
-    }
-
     /// Whether the instance must be thrown away: after a trap its state is
     /// unknown (and wasmtime refuses to re-enter it).
-    fn poisons_instance(&self) -> bool {
-        matches!(
+    pub(crate) fn poisons_instance(&self) -> bool {
+        !matches!(
             self,
-            GuestFailure::Timeout
-                | GuestFailure::MemoryExceeded
-                | GuestFailure::Trap(_)
-                | GuestFailure::Instantiate(_)
+            GuestFailure::Returned(_) | GuestFailure::InvalidOutput(_)
         )
     }
 }
 
 /// One instantiated guest with its store.
 pub(crate) struct GuestInstance {
-    generation: u64,
     store: Store<GuestState>,
     bindings: Handler,
 }
 
 impl GuestInstance {
-    pub(crate) fn new(module: &LoadedModule) -> anyhow::Result<GuestInstance> {
-        let state = GuestState::new(module.label.clone(), module.sandbox.config.memory_cap);
-        let mut store = Store::new(&module.sandbox.engine, state);
+    /// Instantiates `module`. Start code is held to the call deadline too.
+    pub(crate) async fn new(module: &LoadedModule) -> Result<GuestInstance, GuestFailure> {
+        let sandbox = &module.sandbox;
+        let state = GuestState::new(
+            module.label.clone(),
+            sandbox.config.memory_cap,
+            sandbox.deadline_ticks,
+            module.settings.config.clone(),
+            module.settings.data_dir.as_deref(),
+        )
+        .map_err(|err| GuestFailure::Instantiate(format!("{err:#}")))?;
+        let mut store = Store::new(&sandbox.engine, state);
         store.limiter(|state| state);
-        // Instantiation runs guest start code: it is held to the deadline too.
-        store.set_epoch_deadline(module.sandbox.deadline_ticks);
-        let bindings = module.pre.instantiate(&mut store)?;
-        Ok(GuestInstance {
-            generation: module.generation,
-            store,
-            bindings,
-        })
+        // Every tick the running call yields, so other calls on this thread
+        // run; once it has used its budget of ticks it is interrupted.
+        store.epoch_deadline_callback(|mut ctx| {
+            let state = ctx.data_mut();
+            state.ticks_used += 1;
+            if state.ticks_used >= state.deadline_ticks {
+                Err(Trap::Interrupt.into())
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store.set_epoch_deadline(1);
+        match module.pre.instantiate_async(&mut store).await {
+            Ok(bindings) => Ok(GuestInstance { store, bindings }),
+            Err(err) => Err(match classify(&store, err) {
+                GuestFailure::Trap(reason) => GuestFailure::Instantiate(reason),
+                other => other,
+            }),
+        }
     }
 
-    pub(crate) fn call(
+    pub(crate) async fn call(
         &mut self,
-        module: &LoadedModule,
         message: &spop::Message,
     ) -> Result<Vec<spop::Action>, GuestFailure> {
         let input = message_to_wit(message);
-        self.store.set_epoch_deadline(module.sandbox.deadline_ticks);
-        self.store.data_mut().log_lines_this_call = 0;
-        match self.bindings.call_handle_message(&mut self.store, &input) {
+        self.store.data_mut().ticks_used = 0;
+        self.store.data().log.start_call();
+        self.store.set_epoch_deadline(1);
+        match self
+            .bindings
+            .call_handle_message(&mut self.store, &input)
+            .await
+        {
             Ok(Ok(actions)) => actions_from_wit(actions).map_err(GuestFailure::InvalidOutput),
-            Ok(Err(reason)) => Err(GuestFailure::Returned(truncate(reason))),
-            Err(err) => Err(self.classify(err)),
-        }
-    }
-
-    fn classify(&self, err: wasmtime::Error) -> GuestFailure {
-        if self.store.data().memory_exceeded {
-            return GuestFailure::MemoryExceeded;
-        }
-        match err.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => GuestFailure::Timeout,
-            Some(trap) => GuestFailure::Trap(trap.to_string()),
-            None => GuestFailure::Trap(truncate(format!("{err:#}"))),
+            Ok(Err(reason)) => Err(GuestFailure::Returned(
+                truncated(&reason, MAX_REASON_BYTES).to_owned(),
+            )),
+            Err(err) => Err(classify(&self.store, err)),
         }
     }
 }
 
-fn truncate(mut text: String) -> String {
-    const MAX: usize = 512;
-    if text.len() > MAX {
-        let mut cut = MAX;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push('…');
+fn classify(store: &Store<GuestState>, err: wasmtime::Error) -> GuestFailure {
+    if store.data().memory_exceeded {
+        return GuestFailure::MemoryExceeded;
     }
-    text
-}
-
-thread_local! {
-    /// The reused instance of this worker thread. Borrowed only for the
-    /// duration of one synchronous call, never across an `.await`.
-    static CACHED: RefCell<Option<GuestInstance>> = const { RefCell::new(None) };
-}
-
-impl LoadedModule {
-    /// Runs `handle-message` for one message and returns its validated actions.
-    pub fn handle(&self, message: &spop::Message) -> Result<Vec<spop::Action>, GuestFailure> {
-        match self.sandbox.config.instance_mode {
-            InstanceMode::Fresh => GuestInstance::new(self)
-                .map_err(|err| GuestFailure::Instantiate(format!("{err:#}")))?
-                .call(self, message),
-            InstanceMode::Reuse => CACHED.with(|cell| {
-                let mut slot = cell.borrow_mut();
-                let cached = match slot.take() {
-                    Some(instance) if instance.generation == self.generation => instance,
-                    _ => GuestInstance::new(self)
-                        .map_err(|err| GuestFailure::Instantiate(format!("{err:#}")))?,
-                };
-                let mut instance = cached;
-                let result = instance.call(self, message);
-                let keep = !matches!(&result, Err(failure) if failure.poisons_instance());
-                if keep {
-                    *slot = Some(instance);
-                }
-                result
-            }),
-        }
+    if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return GuestFailure::Exit(exit.0);
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => GuestFailure::Timeout,
+        Some(trap) => GuestFailure::Trap(trap.to_string()),
+        None => GuestFailure::Trap(truncated(&format!("{err:#}"), MAX_REASON_BYTES).to_owned()),
     }
 }

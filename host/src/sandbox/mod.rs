@@ -1,14 +1,22 @@
 //! The WebAssembly sandbox: compiles and validates handler components, runs
-//! `handle-message` under CPU and memory limits, and turns guest output into
-//! SPOP actions. Knows nothing of sockets.
+//! `handle-message` under CPU and memory limits with WASI granted nothing but
+//! what the operator gives (configuration, a read-only data directory), and
+//! turns guest output into SPOP actions. Knows nothing of sockets.
 
 mod bindings;
+mod cache;
 mod convert;
 mod engine;
+mod grants;
 mod instance;
+mod log;
 mod module;
 mod state;
+mod wasi;
 
 pub use engine::{InstanceMode, Sandbox, SandboxConfig};
+pub use grants::{GrantSources, parse_pair};
 pub use instance::GuestFailure;
-pub use module::{LoadedModule, ModuleIdentity};
+pub use module::{GuestSettings, LoadError, LoadFailureCause, LoadedModule, ModuleIdentity};
+pub use state::GuestConfig;
+pub use wasi::DATA_MOUNT;

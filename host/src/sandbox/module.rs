@@ -1,20 +1,20 @@
-//! Loading a handler component: compile, check it against the world,
-//! pre-link its imports, and prove it with a smoke call before it serves.
+//! Loading a handler component: compile (or take it from the cache), check
+//! it against the world, pre-link its imports, and prove it with a smoke
+//! call before it serves. Then running calls on a pool of its instances.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
 use super::bindings::HandlerPre;
-use super::engine::Sandbox;
+use super::cache::CompileCache;
+use super::engine::{InstanceMode, Sandbox};
 use super::instance::{GuestFailure, GuestInstance};
-use super::state::GuestState;
+use super::state::{GuestConfig, GuestState};
 use crate::spop;
 
 /// What identifies the module currently serving: logged on each load and
@@ -26,6 +26,8 @@ pub struct ModuleIdentity {
     /// Hex SHA-256 of the file.
     pub sha256: String,
     pub loaded_at: SystemTime,
+    /// Whether the compiled code came from the on-disk cache.
+    pub from_cache: bool,
 }
 
 impl ModuleIdentity {
@@ -40,95 +42,298 @@ impl ModuleIdentity {
     }
 }
 
-/// A validated, pre-linked handler, ready to instantiate.
-pub struct LoadedModule {
-    pub(crate) sandbox: Sandbox,
-    pub(crate) pre: HandlerPre<GuestState>,
-    pub identity: ModuleIdentity,
-    /// Unique per load, so cached instances of a replaced module are noticed.
-    pub(crate) generation: u64,
-    pub(crate) label: Arc<str>,
+/// What the operator grants a guest, and how it is proven at load.
+#[derive(Debug, Clone)]
+pub struct GuestSettings {
+    /// Served through `wasi:config/store`.
+    pub config: Arc<GuestConfig>,
+    /// Mounted read-only at `/data`.
+    pub data_dir: Option<PathBuf>,
+    /// The message of the smoke call made before a module serves.
+    pub smoke_message: spop::Message,
 }
 
-static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
-
-/// Core modules start `\0asm` + version 1; components use a different layer.
-const CORE_MODULE_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
-
-impl Sandbox {
-    /// Reads, compiles and validates the component at `path`.
-    pub fn load_file(&self, path: &Path) -> Result<Arc<LoadedModule>> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("reading module {}", path.display()))?;
-        self.load_bytes(path, &bytes)
-            .with_context(|| format!("module {} rejected", path.display()))
-    }
-
-    /// Compiles and validates `bytes` (binary component, or component text).
-    pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Arc<LoadedModule>> {
-        if bytes.starts_with(&CORE_MODULE_HEADER) {
-            bail!(
-                "this is a core WebAssembly module, not a component: build the guest with \
-                 wit-bindgen and wrap it (see README, \"Writing a guest\")"
-            );
-        }
-        let component = Component::new(&self.engine, bytes)
-            .map_err(anyhow::Error::from)
-            .context("compiling the component")?;
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(|err| {
-            anyhow!(
-                "{err:#}; the host provides only spoa:agent/random and spoa:agent/log \
-                 (no WASI, filesystem, network or environment)"
-            )
-        })?;
-        let pre = HandlerPre::new(instance_pre)
-            .map_err(anyhow::Error::from)
-            .context("the component does not implement the spoa:agent/handler world")?;
-
-        let identity = ModuleIdentity {
-            path: path.to_path_buf(),
-            size: bytes.len(),
-            sha256: hex(&Sha256::digest(bytes)),
-            loaded_at: SystemTime::now(),
-        };
-        let label: Arc<str> = identity.label().into();
-        let module = Arc::new(LoadedModule {
-            sandbox: self.clone(),
-            pre,
-            identity,
-            generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
-            label,
-        });
-        module.smoke_test()?;
-        Ok(module)
-    }
-}
-
-impl LoadedModule {
-    /// Instantiates the module and calls it once with a sample message. A trap,
-    /// timeout or memory blow-up rejects the module; an `err` answer does not
-    /// (a guest may legitimately refuse a message it does not know).
-    fn smoke_test(&self) -> Result<()> {
-        let sample = spop::Message {
+impl GuestSettings {
+    /// The smoke call the IP-reputation example expects: `check-client-ip`
+    /// with `ip` = 127.0.0.1.
+    pub fn default_smoke_message() -> spop::Message {
+        spop::Message {
             name: Bytes::from_static(b"check-client-ip"),
             args: vec![spop::Arg {
                 name: Bytes::from_static(b"ip"),
                 value: spop::TypedData::Ipv4(std::net::Ipv4Addr::LOCALHOST),
             }],
-        };
-        let mut instance = GuestInstance::new(self).context("instantiating the component")?;
-        match instance.call(self, &sample) {
-            Ok(_) | Err(GuestFailure::Returned(_)) | Err(GuestFailure::InvalidOutput(_)) => Ok(()),
-            Err(failure) => Err(anyhow!(
-                "smoke call with a sample message failed: {failure}"
-            )),
+        }
+    }
+}
+
+/// The step at which a module was refused; failed reloads are counted by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadFailureCause {
+    Read,
+    Config,
+    Compile,
+    World,
+    Imports,
+    Instantiate,
+    Smoke,
+}
+
+impl LoadFailureCause {
+    pub const ALL: [LoadFailureCause; 7] = [
+        LoadFailureCause::Read,
+        LoadFailureCause::Config,
+        LoadFailureCause::Compile,
+        LoadFailureCause::World,
+        LoadFailureCause::Imports,
+        LoadFailureCause::Instantiate,
+        LoadFailureCause::Smoke,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            LoadFailureCause::Read => "read",
+            LoadFailureCause::Config => "config",
+            LoadFailureCause::Compile => "compile",
+            LoadFailureCause::World => "world",
+            LoadFailureCause::Imports => "imports",
+            LoadFailureCause::Instantiate => "instantiate",
+            LoadFailureCause::Smoke => "smoke",
         }
     }
 
-    pub fn label(&self) -> &str {
-        &self.label
+    pub const fn index(self) -> usize {
+        self as usize
     }
 }
+
+/// Why a module was not loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Config(String),
+    #[error(
+        "this is a core WebAssembly module, not a component: build the guest for \
+         wasm32-wasip2, or with componentize-py / componentize-js (see README, \"Writing a guest\")"
+    )]
+    CoreModule,
+    #[error("compiling the component: {0:#}")]
+    Compile(anyhow::Error),
+    #[error(
+        "{0:#}; the host provides spoa:agent (random, log), wasi:config/store and WASI 0.2 \
+         (with nothing granted); nothing else can be imported"
+    )]
+    Imports(anyhow::Error),
+    #[error("the component does not implement the spoa:agent/handler world: {0:#}")]
+    World(anyhow::Error),
+    #[error("instantiating the component: {0}")]
+    Instantiate(GuestFailure),
+    #[error(
+        "smoke call with message `{message}` failed: {failure} (name another message with --smoke-message)"
+    )]
+    Smoke {
+        message: String,
+        failure: GuestFailure,
+    },
+}
+
+impl LoadError {
+    pub fn cause(&self) -> LoadFailureCause {
+        match self {
+            LoadError::Read { .. } => LoadFailureCause::Read,
+            LoadError::Config(_) => LoadFailureCause::Config,
+            LoadError::CoreModule | LoadError::Compile(_) => LoadFailureCause::Compile,
+            LoadError::Imports(_) => LoadFailureCause::Imports,
+            LoadError::World(_) => LoadFailureCause::World,
+            LoadError::Instantiate(_) => LoadFailureCause::Instantiate,
+            LoadError::Smoke { .. } => LoadFailureCause::Smoke,
+        }
+    }
+}
+
+/// A validated, pre-linked handler, ready to answer messages.
+pub struct LoadedModule {
+    pub(crate) sandbox: Sandbox,
+    pub(crate) pre: HandlerPre<GuestState>,
+    pub(crate) settings: GuestSettings,
+    pub identity: ModuleIdentity,
+    pub(crate) label: Arc<str>,
+    /// Instances between calls (reuse mode). Dropped with the module, so a
+    /// reload never serves an instance of the old version.
+    idle: Mutex<Vec<GuestInstance>>,
+}
+
+/// Core modules start `\0asm` + version 1; components use a different layer.
+const CORE_MODULE_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
+
+impl Sandbox {
+    /// Reads, compiles and validates the component at `path`. Compilation
+    /// runs on a blocking thread; the smoke call runs on the caller's
+    /// runtime, which must be the guest runtime when serving.
+    pub async fn load_file(
+        &self,
+        path: &Path,
+        settings: GuestSettings,
+    ) -> Result<Arc<LoadedModule>, LoadError> {
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|source| LoadError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        self.load_bytes(path, bytes, settings).await
+    }
+
+    /// Compiles and validates `bytes` (binary component, or component text).
+    pub async fn load_bytes(
+        &self,
+        path: &Path,
+        bytes: Vec<u8>,
+        settings: GuestSettings,
+    ) -> Result<Arc<LoadedModule>, LoadError> {
+        if bytes.starts_with(&CORE_MODULE_HEADER) {
+            return Err(LoadError::CoreModule);
+        }
+        let sha256 = hex(&Sha256::digest(&bytes));
+        let size = bytes.len();
+        let this = self.clone();
+        let digest = sha256.clone();
+        let (component, from_cache) =
+            tokio::task::spawn_blocking(move || this.compile(&bytes, &digest))
+                .await
+                .map_err(|join| {
+                    LoadError::Compile(anyhow::anyhow!("compile task failed: {join}"))
+                })??;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|err| LoadError::Imports(err.into()))?;
+        let pre = HandlerPre::new(instance_pre).map_err(|err| LoadError::World(err.into()))?;
+
+        let identity = ModuleIdentity {
+            path: path.to_path_buf(),
+            size,
+            sha256,
+            loaded_at: SystemTime::now(),
+            from_cache,
+        };
+        let label: Arc<str> = identity.label().into();
+        let module = Arc::new(LoadedModule {
+            sandbox: self.clone(),
+            pre,
+            settings,
+            identity,
+            label,
+            idle: Mutex::new(Vec::new()),
+        });
+        module.smoke_test().await?;
+        Ok(module)
+    }
+
+    /// The compiled component, from the cache when it holds this exact
+    /// module compiled with these engine settings.
+    fn compile(&self, bytes: &[u8], sha256: &str) -> Result<(Component, bool), LoadError> {
+        let cache = self
+            .config
+            .cache_dir
+            .as_deref()
+            .and_then(CompileCache::open);
+        if let Some(cache) = &cache
+            && let Some(component) = cache.get(&self.engine, sha256)
+        {
+            return Ok((component, true));
+        }
+        let component =
+            Component::new(&self.engine, bytes).map_err(|err| LoadError::Compile(err.into()))?;
+        if let Some(cache) = &cache {
+            cache.put(&self.engine, sha256, &component);
+        }
+        Ok((component, false))
+    }
+}
+
+impl LoadedModule {
+    /// Instantiates the module and calls it once with the smoke message. A
+    /// trap, timeout, exit or memory blow-up rejects the module; an `err`
+    /// answer or unusable actions do not (a guest may legitimately refuse a
+    /// message it does not know).
+    async fn smoke_test(&self) -> Result<(), LoadError> {
+        let mut instance = GuestInstance::new(self)
+            .await
+            .map_err(LoadError::Instantiate)?;
+        let message = &self.settings.smoke_message;
+        match self.bounded(instance.call(message)).await {
+            Ok(_) | Err(GuestFailure::Returned(_)) | Err(GuestFailure::InvalidOutput(_)) => {
+                if self.sandbox.config.instance_mode == InstanceMode::Reuse {
+                    self.put_idle(instance);
+                }
+                Ok(())
+            }
+            Err(failure) => Err(LoadError::Smoke {
+                message: String::from_utf8_lossy(&message.name).into_owned(),
+                failure,
+            }),
+        }
+    }
+
+    /// Runs `handle-message` for one message and returns its validated
+    /// actions. Never panics on guest behaviour; a failure costs this
+    /// message only.
+    pub async fn call(&self, message: &spop::Message) -> Result<Vec<spop::Action>, GuestFailure> {
+        let mut instance = match self.take_idle() {
+            Some(instance) => instance,
+            None => self.bounded(GuestInstance::new(self)).await?,
+        };
+        let result = self.bounded(instance.call(message)).await;
+        let keep = self.sandbox.config.instance_mode == InstanceMode::Reuse
+            && !matches!(&result, Err(failure) if failure.poisons_instance());
+        if keep {
+            self.put_idle(instance);
+        }
+        result
+    }
+
+    /// Holds `work` to the call deadline in wall-clock time, also while it
+    /// waits in the host (a WASI sleep, a poll): epoch interruption only
+    /// stops running guest code. Dropping the future abandons the instance.
+    async fn bounded<T>(
+        &self,
+        work: impl Future<Output = Result<T, GuestFailure>>,
+    ) -> Result<T, GuestFailure> {
+        let limit = self.sandbox.config.call_timeout + WALL_CLOCK_GRACE;
+        tokio::time::timeout(limit, work)
+            .await
+            .unwrap_or(Err(GuestFailure::Timeout))
+    }
+
+    fn take_idle(&self) -> Option<GuestInstance> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    fn put_idle(&self, instance: GuestInstance) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.sandbox.config.max_concurrent_calls as usize {
+            idle.push(instance);
+        }
+    }
+
+    pub fn label(&self) -> &Arc<str> {
+        &self.label
+    }
+
+    pub fn settings(&self) -> &GuestSettings {
+        &self.settings
+    }
+}
+
+/// Slack on the wall-clock bound, so a guest spinning in wasm is cut by the
+/// epoch (reported the same way) rather than by the timer.
+const WALL_CLOCK_GRACE: Duration = Duration::from_millis(2);
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

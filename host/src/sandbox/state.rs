@@ -1,41 +1,85 @@
 //! Per-store host state: what a guest can reach through its imports, and the
 //! resource limiter that caps its memory.
 
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
+use anyhow::Result;
 use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use super::bindings::{Level, spoa};
+use super::bindings::{Level, config_store, spoa};
+use super::log::GuestLog;
+use super::wasi::{self, DenyHttp};
 
-/// Longest log line a guest may write; longer ones are cut.
-const MAX_LOG_BYTES: usize = 1024;
 /// Most random bytes one `get-random-bytes` call returns.
 const MAX_RANDOM_BYTES: u32 = 4096;
-/// Log lines one `handle-message` call may write; the rest are dropped, so a
-/// guest logging in a loop costs its own message, not the host's log.
-const MAX_LOG_LINES_PER_CALL: u32 = 32;
 /// Table elements an instance may grow to (function tables of Rust guests are
 /// small; this only stops a guest from exhausting host memory through tables).
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
+/// Operator-given settings a guest reads through `wasi:config/store`.
+pub type GuestConfig = BTreeMap<String, String>;
+
 /// Host state stored in each wasmtime `Store`.
 pub struct GuestState {
-    module_name: Arc<str>,
+    pub log: Arc<GuestLog>,
     memory_cap: usize,
     /// Set when the limiter refused a growth, so the resulting trap can be
     /// reported as a memory-limit violation rather than a generic trap.
     pub memory_exceeded: bool,
-    /// Log lines written by the current call (reset before each call).
-    pub log_lines_this_call: u32,
+    /// Epoch ticks the current call has used, and how many it may use.
+    pub ticks_used: u64,
+    pub deadline_ticks: u64,
+    config: Arc<GuestConfig>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    http: WasiHttpCtx,
+    http_hooks: DenyHttp,
 }
 
 impl GuestState {
-    pub fn new(module_name: Arc<str>, memory_cap: usize) -> GuestState {
-        GuestState {
-            module_name,
+    pub fn new(
+        module_name: Arc<str>,
+        memory_cap: usize,
+        deadline_ticks: u64,
+        config: Arc<GuestConfig>,
+        data_dir: Option<&Path>,
+    ) -> Result<GuestState> {
+        let log = Arc::new(GuestLog::new(module_name));
+        Ok(GuestState {
+            wasi: wasi::instance_ctx(&log, data_dir)?,
+            log,
             memory_cap,
             memory_exceeded: false,
-            log_lines_this_call: 0,
+            ticks_used: 0,
+            deadline_ticks,
+            config,
+            table: ResourceTable::new(),
+            http: wasi::http_ctx(),
+            http_hooks: DenyHttp,
+        })
+    }
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for GuestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
         }
     }
 }
@@ -50,7 +94,8 @@ impl ResourceLimiter for GuestState {
         if desired > self.memory_cap {
             self.memory_exceeded = true;
             wasmtime::bail!(
-                "guest memory limit exceeded: {current} bytes in use, {desired} requested, cap {}",
+                "guest memory limit exceeded: {current} bytes in use, {desired} requested, cap {} \
+                 (raise it with --guest-memory)",
                 self.memory_cap
             );
         }
@@ -82,32 +127,21 @@ impl spoa::agent::random::Host for GuestState {
 }
 
 impl spoa::agent::log::Host for GuestState {
-    fn log(&mut self, level: Level, mut message: String) {
-        self.log_lines_this_call = self.log_lines_this_call.saturating_add(1);
-        if self.log_lines_this_call > MAX_LOG_LINES_PER_CALL {
-            if self.log_lines_this_call == MAX_LOG_LINES_PER_CALL + 1 {
-                tracing::warn!(
-                    target: "guest",
-                    module = &*self.module_name,
-                    "more than {MAX_LOG_LINES_PER_CALL} log lines in one call; dropping the rest of this call's"
-                );
-            }
-            return;
-        }
-        if message.len() > MAX_LOG_BYTES {
-            let mut cut = MAX_LOG_BYTES;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-        }
-        let module = &*self.module_name;
-        match level {
-            Level::Trace => tracing::trace!(target: "guest", module, "{message}"),
-            Level::Debug => tracing::debug!(target: "guest", module, "{message}"),
-            Level::Info => tracing::info!(target: "guest", module, "{message}"),
-            Level::Warn => tracing::warn!(target: "guest", module, "{message}"),
-            Level::Error => tracing::error!(target: "guest", module, "{message}"),
-        }
+    fn log(&mut self, level: Level, message: String) {
+        self.log.record(level, &message);
+    }
+}
+
+impl config_store::Host for GuestState {
+    fn get(&mut self, key: String) -> Result<Option<String>, config_store::Error> {
+        Ok(self.config.get(&key).cloned())
+    }
+
+    fn get_all(&mut self) -> Result<Vec<(String, String)>, config_store::Error> {
+        Ok(self
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 }

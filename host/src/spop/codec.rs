@@ -9,7 +9,7 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use super::LENGTH_PREFIX;
 use super::error::DecodeError;
-use super::frame::Frame;
+use super::frame::{Action, Frame};
 
 /// Errors of the framed stream: the socket's, or the peer's bytes.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +18,16 @@ pub enum CodecError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+}
+
+/// A frame that SPOP cannot carry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// NB-ARGS is one byte: a message carries at most 255 arguments.
+    #[error("a message has {0} arguments; SPOP carries at most 255")]
+    TooManyArgs(usize),
 }
 
 /// SPOP framing with a maximum frame size (excluding the length prefix).
@@ -82,20 +92,100 @@ impl Encoder<&Frame> for SpopCodec {
     type Error = CodecError;
 
     fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
-        encode_frame(frame, dst);
+        encode_frame(frame, dst)?;
         Ok(())
     }
 }
 
 /// Appends `frame` with its length prefix to `dst`; returns the frame's size
-/// without the prefix, so callers can enforce the peer's max-frame-size.
-pub fn encode_frame(frame: &Frame, dst: &mut BytesMut) -> usize {
+/// without the prefix. A frame SPOP cannot carry is refused before anything
+/// is written. (ACKs, the only frames whose size depends on guests, are
+/// written with [`AckEncoder`], which enforces the max-frame-size.)
+pub fn encode_frame(frame: &Frame, dst: &mut BytesMut) -> Result<usize, EncodeError> {
+    if let Frame::Notify(notify) = frame
+        && let Some(message) = notify.messages.iter().find(|m| m.args.len() > 255)
+    {
+        return Err(EncodeError::TooManyArgs(message.args.len()));
+    }
     let start = dst.len();
     dst.put_u32(0);
     frame.encode(dst);
     let len = dst.len() - start - LENGTH_PREFIX;
     dst[start..start + LENGTH_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
-    len
+    Ok(len)
+}
+
+/// Writes one ACK frame straight into an output buffer, never past the
+/// connection's max-frame-size: actions are added all-or-nothing per message,
+/// and [`AckEncoder::room`] says how much space is left for them.
+pub struct AckEncoder<'a> {
+    dst: &'a mut BytesMut,
+    start: usize,
+    /// Largest frame (without its length prefix) allowed.
+    max_frame_size: usize,
+    actions: usize,
+}
+
+/// The actions did not fit: `needed` bytes, `room` left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckFull {
+    pub needed: usize,
+    pub room: usize,
+}
+
+impl<'a> AckEncoder<'a> {
+    /// Starts an ACK for `stream_id`/`frame_id`. The header always fits: the
+    /// smallest max-frame-size SPOP allows (256) exceeds the largest header.
+    pub fn begin(
+        dst: &'a mut BytesMut,
+        stream_id: u64,
+        frame_id: u64,
+        max_frame_size: u32,
+    ) -> AckEncoder<'a> {
+        let start = dst.len();
+        dst.put_u32(0);
+        dst.put_u8(crate::spop::FrameType::Ack.code());
+        dst.put_u32(crate::spop::FLAG_FIN);
+        crate::spop::varint::encode(stream_id, dst);
+        crate::spop::varint::encode(frame_id, dst);
+        AckEncoder {
+            dst,
+            start,
+            max_frame_size: max_frame_size as usize,
+            actions: 0,
+        }
+    }
+
+    fn frame_len(&self) -> usize {
+        self.dst.len() - self.start - LENGTH_PREFIX
+    }
+
+    /// Bytes still available for actions in this frame.
+    pub fn room(&self) -> usize {
+        self.max_frame_size.saturating_sub(self.frame_len())
+    }
+
+    /// Appends every action of one message, or none of them if they do not
+    /// all fit.
+    pub fn push_all(&mut self, actions: &[Action]) -> Result<(), AckFull> {
+        let needed: usize = actions.iter().map(Action::encoded_len).sum();
+        let room = self.room();
+        if needed > room {
+            return Err(AckFull { needed, room });
+        }
+        for action in actions {
+            action.encode(self.dst);
+        }
+        self.actions += actions.len();
+        Ok(())
+    }
+
+    /// Completes the frame's length prefix; returns the number of actions.
+    pub fn finish(self) -> usize {
+        let len = self.frame_len() as u32;
+        self.dst[self.start..self.start + LENGTH_PREFIX].copy_from_slice(&len.to_be_bytes());
+        self.actions
+    }
 }
 
 #[cfg(test)]
@@ -128,7 +218,7 @@ mod tests {
 
     fn encoded(frame: &Frame) -> BytesMut {
         let mut out = BytesMut::new();
-        encode_frame(frame, &mut out);
+        encode_frame(frame, &mut out).expect("encodable");
         out
     }
 

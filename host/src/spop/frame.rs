@@ -19,6 +19,20 @@ pub enum FrameType {
 }
 
 impl FrameType {
+    pub const ALL: [FrameType; 6] = [
+        FrameType::HaproxyHello,
+        FrameType::HaproxyDisconnect,
+        FrameType::Notify,
+        FrameType::AgentHello,
+        FrameType::AgentDisconnect,
+        FrameType::Ack,
+    ];
+
+    /// Position in [`FrameType::ALL`], for counter arrays.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn code(self) -> u8 {
         match self {
             FrameType::HaproxyHello => 1,
@@ -112,6 +126,31 @@ impl KvList {
     }
 }
 
+/// The payload of a DISCONNECT frame (either direction), typed. Parsed here
+/// only, so the agent and every client read it the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disconnect {
+    /// `status-code`; absent or not an integer reads as `None`.
+    pub status_code: Option<u32>,
+    /// `message`, lossily decoded; absent reads as empty.
+    pub message: String,
+}
+
+impl Disconnect {
+    pub fn parse(kv: &KvList) -> Disconnect {
+        Disconnect {
+            status_code: kv
+                .get("status-code")
+                .and_then(TypedData::as_u64)
+                .and_then(|code| u32::try_from(code).ok()),
+            message: kv
+                .get_str("message")
+                .map(|m| String::from_utf8_lossy(m).into_owned())
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// One argument of a message. `name` is empty for unnamed arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Arg {
@@ -146,7 +185,8 @@ impl Message {
 
     fn encode(&self, dst: &mut impl BufMut) {
         encode_bytes(&self.name, dst);
-        dst.put_u8(self.args.len() as u8);
+        // `encode_frame` refuses messages of more than 255 arguments.
+        dst.put_u8(u8::try_from(self.args.len()).unwrap_or(u8::MAX));
         for arg in &self.args {
             encode_bytes(&arg.name, dst);
             arg.value.encode(dst);
@@ -173,6 +213,17 @@ pub enum VarScope {
 }
 
 impl VarScope {
+    /// HAProxy's name for the scope.
+    pub fn name(self) -> &'static str {
+        match self {
+            VarScope::Proc => "proc",
+            VarScope::Sess => "sess",
+            VarScope::Txn => "txn",
+            VarScope::Req => "req",
+            VarScope::Res => "res",
+        }
+    }
+
     pub fn code(self) -> u8 {
         match self {
             VarScope::Proc => 0,
@@ -193,6 +244,21 @@ impl VarScope {
             _ => return None,
         })
     }
+}
+
+/// Longest variable name an action may carry (HAProxy's own names are short;
+/// this bounds what one action can cost in an ACK).
+pub const MAX_VAR_NAME: usize = 255;
+
+/// Checks a variable name for a SET-VAR or UNSET-VAR action.
+pub fn check_var_name(name: &[u8]) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_VAR_NAME {
+        return Err(format!(
+            "variable name of {} bytes (must be 1..={MAX_VAR_NAME})",
+            name.len()
+        ));
+    }
+    Ok(())
 }
 
 pub const ACTION_SET_VAR: u8 = 1;
@@ -235,7 +301,7 @@ impl Action {
         }
     }
 
-    fn encode(&self, dst: &mut impl BufMut) {
+    pub(crate) fn encode(&self, dst: &mut impl BufMut) {
         match self {
             Action::SetVar { scope, name, value } => {
                 dst.put_slice(&[ACTION_SET_VAR, 3, scope.code()]);
@@ -264,13 +330,6 @@ pub struct Ack {
     pub stream_id: u64,
     pub frame_id: u64,
     pub actions: Vec<Action>,
-}
-
-impl Ack {
-    /// The size of the frame without its length prefix and actions.
-    pub fn header_len(stream_id: u64, frame_id: u64) -> usize {
-        1 + 4 + varint::encoded_len(stream_id) + varint::encoded_len(frame_id)
-    }
 }
 
 /// One SPOP frame.

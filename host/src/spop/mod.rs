@@ -11,7 +11,10 @@ pub mod varint;
 pub use codec::SpopCodec;
 pub use data::TypedData;
 pub use error::{DecodeError, Status};
-pub use frame::{Ack, Action, Arg, Frame, FrameType, KvList, Message, Notify, VarScope};
+pub use frame::{
+    Ack, Action, Arg, Disconnect, Frame, FrameType, KvList, MAX_VAR_NAME, Message, Notify,
+    VarScope, check_var_name,
+};
 
 /// The only SPOP version this crate speaks.
 pub const SPOP_VERSION: &str = "2.0";

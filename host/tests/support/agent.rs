@@ -7,27 +7,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::{free_port, wait_for_port, workspace_root};
+use super::{eventually, free_port};
 
-/// The `spoa-host` binary built by `make` (debug or release, newest wins),
-/// or `$SPOA_HOST_BIN`.
+/// The `spoa-host` binary cargo built for this very test run (same profile
+/// and features), so a test can never run a stale one.
 pub fn host_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("SPOA_HOST_BIN") {
-        return PathBuf::from(path);
-    }
-    let candidates = ["release", "debug"].map(|profile| {
-        workspace_root()
-            .join("target")
-            .join(profile)
-            .join("spoa-host")
-    });
-    candidates
-        .iter()
-        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p.clone())))
-        .max()
-        .map(|(_, p)| p)
-        .unwrap_or_else(|| panic!("spoa-host is not built: run `make test`"))
+    PathBuf::from(env!("CARGO_BIN_EXE_spoa-host"))
 }
+
+/// The log line the agent writes once its listener is bound.
+const LISTENING: &str = "spoa-host listening";
 
 /// A running agent; killed on drop.
 pub struct Agent {
@@ -56,6 +45,7 @@ impl Agent {
                     "RUST_LOG",
                     std::env::var("SPOA_TEST_LOG").unwrap_or_else(|_| "info".into()),
                 )
+                .env("XDG_CACHE_HOME", test_cache_dir())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -74,7 +64,12 @@ impl Agent {
             }
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
             let mut agent = Agent { child, port, log };
-            if wait_for_port(addr, Duration::from_secs(20)) {
+            // Readiness from the log, not by connecting: a probe connection
+            // would hold one of the agent's --max-connections slots.
+            if eventually(Duration::from_secs(30), || {
+                agent.log_text().contains(LISTENING) || !agent.is_alive()
+            }) && agent.log_text().contains(LISTENING)
+            {
                 return agent;
             }
             if let Ok(Some(status)) = agent.child.try_wait() {
@@ -143,6 +138,12 @@ impl Drop for Agent {
 pub fn run_host(args: &[&str]) -> std::process::Output {
     Command::new(host_binary())
         .args(args)
+        .env("XDG_CACHE_HOME", test_cache_dir())
         .output()
         .expect("running spoa-host")
+}
+
+/// The compiled-module cache the tests' agents share, inside `target/`.
+pub fn test_cache_dir() -> PathBuf {
+    super::workspace_root().join("target").join("test-cache")
 }

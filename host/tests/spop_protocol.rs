@@ -1,13 +1,15 @@
 //! spoa-host over real TCP with the IP-reputation guest: handshake, health
 //! check, pipelined NOTIFYs, ACK contents and ids.
 
+mod support;
+
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
 use spoa_host::spop::{Frame, TypedData};
-use spoa_tests::agent::Agent;
-use spoa_tests::iprep_guest;
-use spoa_tests::spop_client::{
+use support::agent::Agent;
+use support::iprep_guest;
+use support::spop_client::{
     SpopClient, check_client_ip, encoded, hello_frame, message, notify_frame, score_of,
 };
 

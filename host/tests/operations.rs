@@ -1,15 +1,17 @@
 //! What an operator relies on: the metrics endpoint, JSON logs, the example
 //! files, and failover between two agents behind one HAProxy.
 
+mod support;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use spoa_tests::agent::Agent;
-use spoa_tests::haproxy::{self, haproxy_binary};
-use spoa_tests::spop_client::{SpopClient, check_client_ip, message, notify_frame};
-use spoa_tests::{eventually, free_port, hostile_guest, http, iprep_guest, workspace_root};
+use support::agent::Agent;
+use support::haproxy::{self, haproxy_binary};
+use support::spop_client::{SpopClient, check_client_ip, message, notify_frame};
+use support::{eventually, free_port, hostile_guest, http, iprep_guest, workspace_root};
 
 fn scrape(addr: SocketAddr) -> String {
     let response = http::get(addr, "/metrics").expect("scraping /metrics");

@@ -1,4 +1,4 @@
-//! A per-call arena in front of the system allocator.
+//! A per-call arena in front of the system allocator (feature `arena`).
 //!
 //! A guest handles one message at a time, and everything allocated for a
 //! call — the message the host lowers into guest memory, the actions
@@ -9,8 +9,15 @@
 //! of a whole `handle-message` call.
 //!
 //! Anything that does not fit, or arrives while the arena is pinned by a
-//! long-lived allocation, goes to the system allocator: the arena can make
-//! the guest faster, never wrong.
+//! long-lived allocation (a cache kept across calls), goes to the system
+//! allocator: the arena can make the guest faster, never wrong.
+//!
+//! It is not thread-safe, and it is only `Sync` (which a
+//! `#[global_allocator]` static must be) on `wasm32` without the `atomics`
+//! feature, where a guest cannot run two threads: `wasm32-unknown-unknown`
+//! and `wasm32-wasip2`. Install it with [`arena_allocator!`](crate::arena_allocator),
+//! which does nothing on other targets, so native unit tests keep the
+//! system allocator.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::UnsafeCell;
@@ -34,11 +41,25 @@ struct State {
     live: usize,
 }
 
-// SAFETY: only used as the global allocator of a single-threaded wasm guest,
-// or behind `&mut`-free single-threaded unit tests.
+// SAFETY: a wasm32 guest without the `atomics` target feature has a single
+// thread, so the cells are never accessed concurrently.
+#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
 unsafe impl Sync for Arena {}
 
+/// Makes [`Arena`] the guest's global allocator on single-threaded `wasm32`;
+/// expands to nothing on other targets. Use it once, at the crate root:
+/// `spoa_guest::arena_allocator!();`
+#[macro_export]
+macro_rules! arena_allocator {
+    () => {
+        #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+        #[global_allocator]
+        static SPOA_GUEST_ARENA: $crate::arena::Arena = $crate::arena::Arena::new();
+    };
+}
+
 impl Arena {
+    /// An empty arena (64 KiB, in the static data of the module).
     pub const fn new() -> Arena {
         Arena {
             buffer: UnsafeCell::new(Buffer([0; ARENA_SIZE])),

@@ -2,12 +2,14 @@
 //! `examples/`) → SPOE → real spoa-host → wasm guest → ACK → HAProxy's
 //! decision and the X-IP-Score header.
 
+mod support;
+
 use std::collections::HashSet;
 use std::time::Duration;
 
-use spoa_tests::agent::Agent;
-use spoa_tests::haproxy::{self, haproxy_binary};
-use spoa_tests::{eventually, http, iprep_guest};
+use support::agent::Agent;
+use support::haproxy::{self, haproxy_binary};
+use support::{eventually, http, iprep_guest};
 
 const THRESHOLD: u32 = 30;
 

@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use spoa_host::spop::codec::{CodecError, encode_frame};
+use spoa_host::spop::codec::encode_frame;
 use spoa_host::spop::{
     Ack, Action, Arg, Frame, KvList, Message, Notify, SpopCodec, TypedData, VarScope,
 };
@@ -68,8 +68,7 @@ impl SpopClient {
             match self.codec.decode(&mut self.buf) {
                 Ok(Some(frame)) => return Ok(frame),
                 Ok(None) => {}
-                Err(CodecError::Decode(err)) => return Err(RecvError::Decode(err.to_string())),
-                Err(CodecError::Io(err)) => return Err(RecvError::Decode(err.to_string())),
+                Err(err) => return Err(RecvError::Decode(err.to_string())),
             }
             let mut chunk = [0u8; 65536];
             match self.stream.read(&mut chunk) {
@@ -117,20 +116,16 @@ impl SpopClient {
 }
 
 pub fn disconnect_fields(kv: &KvList) -> (u32, String) {
-    let code = kv
-        .get("status-code")
-        .and_then(TypedData::as_u64)
-        .expect("status-code present") as u32;
-    let message = kv
-        .get_str("message")
-        .map(|m| String::from_utf8_lossy(m).into_owned())
-        .expect("message present");
-    (code, message)
+    let disconnect = spoa_host::spop::Disconnect::parse(kv);
+    (
+        disconnect.status_code.expect("status-code present"),
+        disconnect.message,
+    )
 }
 
 pub fn encoded(frame: &Frame) -> Vec<u8> {
     let mut out = BytesMut::new();
-    encode_frame(frame, &mut out);
+    encode_frame(frame, &mut out).expect("test frames are encodable");
     out.to_vec()
 }
 

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::{free_port, wait_for_port, workspace_root};
+use super::{free_port, wait_for_port, workspace_root};
 
 /// The `haproxy` binary, or a loud failure. Tests never skip silently: set
 /// `SPOA_SKIP_HAPROXY=1` to skip them explicitly (never done in CI).

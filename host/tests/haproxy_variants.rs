@@ -2,14 +2,16 @@
 //! pipelining and async on and off, several messages per NOTIFY, and a
 //! HAProxy reload (`-sf`) under traffic.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use spoa_tests::agent::Agent;
-use spoa_tests::haproxy::{self, haproxy_binary, haproxy_version};
-use spoa_tests::{eventually, free_port, http, iprep_guest};
+use support::agent::Agent;
+use support::haproxy::{self, haproxy_binary, haproxy_version};
+use support::{eventually, free_port, http, iprep_guest};
 
 fn metric(addr: SocketAddr, series: &str) -> f64 {
     let body = http::get(addr, "/metrics").expect("metrics").body;

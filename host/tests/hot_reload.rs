@@ -1,6 +1,8 @@
 //! Hot reload under continuous pipelined load: swap guest A for guest B, then
 //! a broken module, then back — with zero lost or failed messages.
 
+mod support;
+
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use spoa_host::spop::{Action, TypedData};
-use spoa_tests::agent::{Agent, run_host};
-use spoa_tests::haproxy::{self, haproxy_binary};
-use spoa_tests::spop_client::{SpopClient, encoded, message, notify_frame};
-use spoa_tests::{eventually, hostile_guest, http};
+use support::agent::{Agent, run_host};
+use support::haproxy::{self, haproxy_binary};
+use support::spop_client::{SpopClient, encoded, message, notify_frame};
+use support::{eventually, hostile_guest, http};
 
 /// What the load generator saw.
 #[derive(Default)]
@@ -231,24 +233,17 @@ fn sighup_reloads_a_module_replaced_without_watching() {
     client.send(&notify_frame(
         1,
         3,
-        vec![spoa_tests::spop_client::check_client_ip(
-            Ipv4Addr::LOCALHOST,
-        )],
+        vec![support::spop_client::check_client_ip(Ipv4Addr::LOCALHOST)],
     ));
-    assert_eq!(
-        spoa_tests::spop_client::score_of(&client.recv_ack()),
-        Some(42)
-    );
+    assert_eq!(support::spop_client::score_of(&client.recv_ack()), Some(42));
     agent.signal("HUP");
     assert!(eventually(Duration::from_secs(3), || {
         client.send(&notify_frame(
             1,
             4,
-            vec![spoa_tests::spop_client::check_client_ip(
-                Ipv4Addr::LOCALHOST,
-            )],
+            vec![support::spop_client::check_client_ip(Ipv4Addr::LOCALHOST)],
         ));
-        spoa_tests::spop_client::score_of(&client.recv_ack()) == Some(58)
+        support::spop_client::score_of(&client.recv_ack()) == Some(58)
     }));
 }
 
@@ -261,7 +256,7 @@ fn check_subcommand_validates_like_a_reload() {
     std::fs::write(&bad, b"not wasm").expect("write");
     let output = run_host(&["check", bad.to_str().expect("utf-8")]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("rejected"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("rejected (cause: compile)"));
 }
 
 #[test]

@@ -1,15 +1,17 @@
 //! Every hostile input from the protocol reference gets its DISCONNECT status
 //! (or a clean close), and the agent keeps serving every other connection.
 
+mod support;
+
 use std::io::Write;
 use std::net::{Ipv4Addr, Shutdown};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use spoa_host::spop::{Frame, KvList, TypedData};
-use spoa_tests::agent::Agent;
-use spoa_tests::iprep_guest;
-use spoa_tests::spop_client::{
+use support::agent::Agent;
+use support::iprep_guest;
+use support::spop_client::{
     SpopClient, check_client_ip, encoded, hello_frame, message, notify_frame, score_of,
 };
 
@@ -437,7 +439,7 @@ fn sigterm_answers_every_received_notify_then_disconnects_with_status_0() {
                     acked += 1;
                 }
                 Ok(Frame::AgentDisconnect(kv)) => {
-                    assert_eq!(spoa_tests::spop_client::disconnect_fields(&kv).0, 0);
+                    assert_eq!(support::spop_client::disconnect_fields(&kv).0, 0);
                     break;
                 }
                 other => panic!("unexpected {other:?} after {acked} ACKs"),

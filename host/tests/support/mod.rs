@@ -1,6 +1,8 @@
 //! Test harness: real `spoa-host` and `haproxy` processes on free loopback
 //! ports, an SPOP client built on the host's own codec, and a plain HTTP
 //! client. Every process started here is killed when its guard drops.
+//! Each test binary uses part of it.
+#![allow(dead_code)]
 
 pub mod agent;
 pub mod haproxy;
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("tests/ has a parent")
+        .expect("host/ has a parent")
         .to_path_buf()
 }
 

@@ -1,0 +1,268 @@
+//! `spoa-host call`: one guest call, or a file of cases, with the serving
+//! sandbox and no network — how a guest author tries a guest without HAProxy.
+//!
+//! Output (one JSON object on stdout):
+//! - success: `{"ok":true,"actions":[{"action":"set-var","scope":"sess",
+//!   "name":"ip_score","value":{"type":"int32","value":42}}]}`
+//! - failure: `{"ok":false,"failure":{"kind":"timeout","reason":"…"}}`
+//!
+//! A value is `{"type":T,"value":V}`: `null` has no value; `bool` a boolean;
+//! the integer types a number; `ipv4`/`ipv6` the address text; `str` the text
+//! (invalid UTF-8 replaced by U+FFFD); `bin` lowercase hex.
+//!
+//! A cases file is a JSON array of
+//! `{"name":"…","message":"check-client-ip","args":["ip=ipv4:192.0.2.1"],
+//!   "expect":[…actions…]}` or `…,"expect_failure":"error"}`. In an expected
+//! action, a value without `"value"` matches any value of that type (for
+//! random scores).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cli::{CallArgs, parse_typed_arg};
+use crate::sandbox::{GuestFailure, LoadedModule, Sandbox};
+use crate::spop::{self, TypedData};
+
+/// A typed value as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JsonValue {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<serde_json::Value>,
+}
+
+/// An action as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JsonAction {
+    pub action: String,
+    pub scope: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<JsonValue>,
+}
+
+#[derive(Debug, Serialize)]
+struct JsonFailure {
+    kind: &'static str,
+    reason: String,
+}
+
+#[derive(Debug, Serialize)]
+struct CallReport {
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    actions: Option<Vec<JsonAction>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failure: Option<JsonFailure>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    #[serde(default)]
+    name: Option<String>,
+    message: String,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    expect: Option<Vec<JsonAction>>,
+    #[serde(default)]
+    expect_failure: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct CaseResult {
+    name: String,
+    passed: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    differences: Vec<String>,
+    result: CallReport,
+}
+
+#[derive(Debug, Serialize)]
+struct CasesReport {
+    ok: bool,
+    cases: usize,
+    passed: usize,
+    results: Vec<CaseResult>,
+}
+
+pub fn value_to_json(value: &TypedData) -> JsonValue {
+    use serde_json::json;
+    let (kind, value) = match value {
+        TypedData::Null => ("null", None),
+        TypedData::Bool(v) => ("bool", Some(json!(v))),
+        TypedData::Int32(v) => ("int32", Some(json!(v))),
+        TypedData::Uint32(v) => ("uint32", Some(json!(v))),
+        TypedData::Int64(v) => ("int64", Some(json!(v))),
+        TypedData::Uint64(v) => ("uint64", Some(json!(v))),
+        TypedData::Ipv4(v) => ("ipv4", Some(json!(v.to_string()))),
+        TypedData::Ipv6(v) => ("ipv6", Some(json!(v.to_string()))),
+        TypedData::String(v) => ("str", Some(json!(String::from_utf8_lossy(v)))),
+        TypedData::Binary(v) => (
+            "bin",
+            Some(json!(
+                v.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            )),
+        ),
+    };
+    JsonValue {
+        kind: kind.to_owned(),
+        value,
+    }
+}
+
+pub fn action_to_json(action: &spop::Action) -> JsonAction {
+    let text = |name: &[u8]| String::from_utf8_lossy(name).into_owned();
+    match action {
+        spop::Action::SetVar { scope, name, value } => JsonAction {
+            action: "set-var".into(),
+            scope: scope.name().into(),
+            name: text(name),
+            value: Some(value_to_json(value)),
+        },
+        spop::Action::UnsetVar { scope, name } => JsonAction {
+            action: "unset-var".into(),
+            scope: scope.name().into(),
+            name: text(name),
+            value: None,
+        },
+    }
+}
+
+fn report(outcome: &Result<Vec<spop::Action>, GuestFailure>) -> CallReport {
+    match outcome {
+        Ok(actions) => CallReport {
+            ok: true,
+            actions: Some(actions.iter().map(action_to_json).collect()),
+            failure: None,
+        },
+        Err(failure) => CallReport {
+            ok: false,
+            actions: None,
+            failure: Some(JsonFailure {
+                kind: crate::exec::failure_kind(failure).name(),
+                reason: failure.to_string(),
+            }),
+        },
+    }
+}
+
+/// Whether `got` matches `expected`; a value without `value` matches any
+/// value of its type.
+fn matches(expected: &JsonAction, got: &JsonAction) -> bool {
+    let value_matches = match (&expected.value, &got.value) {
+        (None, None) => true,
+        (Some(want), Some(have)) => {
+            want.kind == have.kind && (want.value.is_none() || want.value == have.value)
+        }
+        _ => false,
+    };
+    expected.action == got.action
+        && expected.scope == got.scope
+        && expected.name == got.name
+        && value_matches
+}
+
+fn differences(case: &Case, outcome: &Result<Vec<spop::Action>, GuestFailure>) -> Vec<String> {
+    let mut found = Vec::new();
+    match (outcome, &case.expect_failure) {
+        (Err(failure), Some(kind)) if crate::exec::failure_kind(failure).name() == kind => {}
+        (Err(failure), Some(kind)) => {
+            found.push(format!(
+                "expected failure `{kind}`, got `{}`: {failure}",
+                crate::exec::failure_kind(failure).name()
+            ));
+        }
+        (Ok(_), Some(kind)) => found.push(format!("expected failure `{kind}`, got actions")),
+        (Err(failure), None) => found.push(format!("expected actions, got failure: {failure}")),
+        (Ok(actions), None) => {
+            let got: Vec<JsonAction> = actions.iter().map(action_to_json).collect();
+            let expected = case.expect.as_deref().unwrap_or_default();
+            if got.len() != expected.len() {
+                found.push(format!(
+                    "expected {} actions, got {}",
+                    expected.len(),
+                    got.len()
+                ));
+            }
+            for (index, (want, have)) in expected.iter().zip(&got).enumerate() {
+                if !matches(want, have) {
+                    found.push(format!(
+                        "action {index}: expected {}, got {}",
+                        serde_json::to_string(want).unwrap_or_default(),
+                        serde_json::to_string(have).unwrap_or_default()
+                    ));
+                }
+            }
+        }
+    }
+    found
+}
+
+fn message(name: &str, args: Vec<spop::Arg>) -> spop::Message {
+    spop::Message {
+        name: bytes::Bytes::copy_from_slice(name.as_bytes()),
+        args,
+    }
+}
+
+/// Runs `spoa-host call`; returns whether everything succeeded (or every
+/// case passed).
+pub fn run(args: &CallArgs) -> anyhow::Result<bool> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let sandbox = Sandbox::new(args.sandbox.to_config())?;
+        let module = crate::reload::load(&sandbox, None, &args.module, &args.sandbox.grants())
+            .await
+            .map_err(|err| crate::run::rejected(&args.module, err))?;
+        match &args.cases {
+            Some(path) => run_cases(&module, path).await,
+            None => {
+                let name = args.message.as_deref().unwrap_or_default();
+                let outcome = module.call(&message(name, args.args.clone())).await;
+                println!("{}", serde_json::to_string(&report(&outcome))?);
+                Ok(outcome.is_ok())
+            }
+        }
+    })
+}
+
+async fn run_cases(module: &LoadedModule, path: &Path) -> anyhow::Result<bool> {
+    use anyhow::Context;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let cases: Vec<Case> =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let mut results = Vec::with_capacity(cases.len());
+    for (index, case) in cases.iter().enumerate() {
+        let name = case.name.clone().unwrap_or_else(|| format!("case {index}"));
+        let args = case
+            .args
+            .iter()
+            .map(|arg| parse_typed_arg(arg))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| anyhow::anyhow!("{name}: {err}"))?;
+        let outcome = module.call(&message(&case.message, args)).await;
+        let differences = differences(case, &outcome);
+        results.push(CaseResult {
+            name,
+            passed: differences.is_empty(),
+            differences,
+            result: report(&outcome),
+        });
+    }
+    let passed = results.iter().filter(|r| r.passed).count();
+    let summary = CasesReport {
+        ok: passed == results.len(),
+        cases: results.len(),
+        passed,
+        results,
+    };
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(summary.ok)
+}

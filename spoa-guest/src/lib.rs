@@ -1,0 +1,406 @@
+//! Write `spoa-host` SPOE message handlers in Rust.
+//!
+//! This crate runs `wit_bindgen::generate!` on the `handler` world of
+//! `spoa:agent` and adds a few helpers, so a guest depends on it alone:
+//!
+//! ```
+//! use spoa_guest::{Action, Guest, Message, VarScope};
+//!
+//! struct Echo;
+//!
+//! impl Guest for Echo {
+//!     fn handle_message(msg: Message) -> Result<Vec<Action>, String> {
+//!         let Some(n) = msg.int("n") else { return Ok(vec![]) };
+//!         Ok(vec![Action::set(VarScope::Txn, "n_plus_one", n + 1)])
+//!     }
+//! }
+//!
+//! spoa_guest::export_handler!(Echo);
+//! ```
+//!
+//! Build a `cdylib` for `wasm32-wasip2` (a component as is) or for
+//! `wasm32-unknown-unknown` (then wrap it with `componentize`).
+//!
+//! Everything here except [`random`], [`log`] and [`config`] is plain Rust
+//! and runs natively too, so a guest's logic can be unit-tested with
+//! `cargo test`. Those three call into the host and only work inside it.
+
+use std::borrow::Cow;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+#[cfg(any(feature = "arena", test))]
+pub mod arena;
+
+/// The raw output of `wit_bindgen::generate!` for the `handler` world.
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "handler",
+        path: "wit",
+        // `wasi:config/store` too: the guest crate gets no bindings of its own.
+        generate_all,
+        additional_derives: [PartialEq],
+        pub_export_macro: true,
+        export_macro_name: "export_handler",
+        default_bindings_module: "$crate::bindings",
+    });
+}
+
+pub use bindings::Guest;
+/// Exports a type implementing [`Guest`] as the component's `handle-message`:
+/// `spoa_guest::export_handler!(MyGuest);`, once per guest crate.
+pub use bindings::export_handler;
+pub use bindings::spoa::agent::types::{
+    Action, Arg, Message, SetVar, TypedData, UnsetVar, VarScope,
+};
+
+/// The host's randomness (cryptographically seeded); a guest has no other.
+pub mod random {
+    pub use crate::bindings::spoa::agent::random::{get_random_bytes, get_random_u64};
+
+    /// A uniform integer in `0..n` (multiply-shift: no `%` bias worth the
+    /// name, no retry loop). `n == 0` gives 0.
+    pub fn below(n: u64) -> u64 {
+        ((u128::from(get_random_u64()) * u128::from(n)) >> 64) as u64
+    }
+}
+
+/// Log records in the host's log, tagged with the module name.
+pub mod log {
+    pub use crate::bindings::spoa::agent::log::{Level, log};
+
+    /// `log(Level::Debug, message)`.
+    pub fn debug(message: &str) {
+        log(Level::Debug, message)
+    }
+    /// `log(Level::Info, message)`.
+    pub fn info(message: &str) {
+        log(Level::Info, message)
+    }
+    /// `log(Level::Warn, message)`.
+    pub fn warn(message: &str) {
+        log(Level::Warn, message)
+    }
+    /// `log(Level::Error, message)`.
+    pub fn error(message: &str) {
+        log(Level::Error, message)
+    }
+}
+
+/// The operator's settings (`spoa-host --guest-config KEY=VALUE`), through
+/// `wasi:config/store`.
+pub mod config {
+    use crate::bindings::wasi::config::store;
+    pub use store::Error;
+
+    /// The value of `key`; `None` if it is not set (or the store failed).
+    pub fn get(key: &str) -> Option<String> {
+        store::get(key).ok().flatten()
+    }
+
+    /// The value of `key` parsed as a `T` (surrounding whitespace ignored),
+    /// or `default` if `key` is not set. A value that does not parse is an
+    /// error naming the key, for the guest to return from `handle_message`.
+    pub fn get_or<T: std::str::FromStr>(key: &str, default: T) -> Result<T, String> {
+        parse_or(key, get(key), default)
+    }
+
+    pub(crate) fn parse_or<T: std::str::FromStr>(
+        key: &str,
+        value: Option<String>,
+        default: T,
+    ) -> Result<T, String> {
+        match value {
+            None => Ok(default),
+            Some(v) => v
+                .trim()
+                .parse()
+                .map_err(|_| format!("config {key}: invalid value {v:?}")),
+        }
+    }
+
+    /// Every `(key, value)` pair; empty if the store failed.
+    pub fn get_all() -> Vec<(String, String)> {
+        store::get_all().unwrap_or_default()
+    }
+
+    /// [`get`] with the store's error.
+    pub fn try_get(key: &str) -> Result<Option<String>, Error> {
+        store::get(key)
+    }
+}
+
+impl TypedData {
+    /// The address of an `ipv4` or `ipv6` value.
+    pub fn as_ip(&self) -> Option<IpAddr> {
+        match *self {
+            TypedData::Ipv4((a, b, c, d)) => Some(Ipv4Addr::new(a, b, c, d).into()),
+            TypedData::Ipv6((a, b, c, d, e, f, g, h)) => {
+                Some(Ipv6Addr::new(a, b, c, d, e, f, g, h).into())
+            }
+            _ => None,
+        }
+    }
+
+    /// The value of any of the four integer types, if it fits an `i64`.
+    pub fn as_int(&self) -> Option<i64> {
+        match *self {
+            TypedData::Int32(n) => Some(n.into()),
+            TypedData::Uint32(n) => Some(n.into()),
+            TypedData::Int64(n) => Some(n),
+            TypedData::Uint64(n) => n.try_into().ok(),
+            _ => None,
+        }
+    }
+
+    /// The value of a `boolean`.
+    pub fn as_bool(&self) -> Option<bool> {
+        match *self {
+            TypedData::Boolean(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// The raw bytes of a `string` or `binary` value (SPOP strings are not
+    /// guaranteed to be UTF-8).
+    pub fn as_bytes(&self) -> Option<&[u8]> {
+        match self {
+            TypedData::String(bytes) | TypedData::Binary(bytes) => Some(bytes),
+            _ => None,
+        }
+    }
+
+    /// Whether this is `null` (HAProxy sends it when a sample fetch fails).
+    pub fn is_null(&self) -> bool {
+        matches!(self, TypedData::Null)
+    }
+}
+
+impl Message {
+    /// The value of the first argument named `name`.
+    pub fn arg(&self, name: &str) -> Option<&TypedData> {
+        self.args.iter().find(|a| a.name == name).map(|a| &a.value)
+    }
+
+    /// The argument `name` as an address (`ipv4` or `ipv6`).
+    pub fn ip(&self, name: &str) -> Option<IpAddr> {
+        self.arg(name)?.as_ip()
+    }
+
+    /// The argument `name` as an integer (any integer type that fits `i64`).
+    pub fn int(&self, name: &str) -> Option<i64> {
+        self.arg(name)?.as_int()
+    }
+
+    /// The argument `name` as a boolean.
+    pub fn bool(&self, name: &str) -> Option<bool> {
+        self.arg(name)?.as_bool()
+    }
+
+    /// The raw bytes of the `string` or `binary` argument `name`.
+    pub fn str(&self, name: &str) -> Option<&[u8]> {
+        self.arg(name)?.as_bytes()
+    }
+
+    /// [`Message::str`] as text, invalid UTF-8 replaced by U+FFFD.
+    pub fn str_lossy(&self, name: &str) -> Option<Cow<'_, str>> {
+        self.str(name).map(String::from_utf8_lossy)
+    }
+}
+
+impl Action {
+    /// Sets the variable `name` in `scope` (HAProxy adds the SPOE prefix).
+    pub fn set(scope: VarScope, name: impl Into<String>, value: impl Into<TypedData>) -> Action {
+        Action::SetVar(SetVar {
+            scope,
+            name: name.into(),
+            value: value.into(),
+        })
+    }
+
+    /// Unsets the variable `name` in `scope`.
+    pub fn unset(scope: VarScope, name: impl Into<String>) -> Action {
+        Action::UnsetVar(UnsetVar {
+            scope,
+            name: name.into(),
+        })
+    }
+}
+
+/// [`Action::set`].
+pub fn set_var(scope: VarScope, name: impl Into<String>, value: impl Into<TypedData>) -> Action {
+    Action::set(scope, name, value)
+}
+
+/// [`Action::unset`].
+pub fn unset_var(scope: VarScope, name: impl Into<String>) -> Action {
+    Action::unset(scope, name)
+}
+
+macro_rules! typed_data_from {
+    ($($t:ty => $variant:ident),* $(,)?) => {
+        $(impl From<$t> for TypedData {
+            fn from(value: $t) -> TypedData {
+                TypedData::$variant(value.into())
+            }
+        })*
+    };
+}
+
+typed_data_from! {
+    bool => Boolean,
+    i32 => Int32,
+    u32 => Uint32,
+    i64 => Int64,
+    u64 => Uint64,
+    &str => String,
+    String => String,
+    &[u8] => Binary,
+    Vec<u8> => Binary,
+}
+
+impl From<Ipv4Addr> for TypedData {
+    fn from(ip: Ipv4Addr) -> TypedData {
+        let [a, b, c, d] = ip.octets();
+        TypedData::Ipv4((a, b, c, d))
+    }
+}
+
+impl From<Ipv6Addr> for TypedData {
+    fn from(ip: Ipv6Addr) -> TypedData {
+        let [a, b, c, d, e, f, g, h] = ip.segments();
+        TypedData::Ipv6((a, b, c, d, e, f, g, h))
+    }
+}
+
+impl From<IpAddr> for TypedData {
+    fn from(ip: IpAddr) -> TypedData {
+        match ip {
+            IpAddr::V4(ip) => ip.into(),
+            IpAddr::V6(ip) => ip.into(),
+        }
+    }
+}
+
+/// `None` becomes `null`.
+impl<T: Into<TypedData>> From<Option<T>> for TypedData {
+    fn from(value: Option<T>) -> TypedData {
+        value.map_or(TypedData::Null, Into::into)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(args: Vec<(&str, TypedData)>) -> Message {
+        Message {
+            name: "test".into(),
+            args: args
+                .into_iter()
+                .map(|(name, value)| Arg {
+                    name: name.into(),
+                    value,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn arguments_by_name_and_type() {
+        let msg = message(vec![
+            ("ip", TypedData::Ipv4((192, 0, 2, 1))),
+            ("ip6", TypedData::Ipv6((0x2001, 0xdb8, 0, 0, 0, 0, 0, 1))),
+            ("n", TypedData::Uint32(7)),
+            ("big", TypedData::Uint64(u64::MAX)),
+            ("neg", TypedData::Int64(-3)),
+            ("ok", TypedData::Boolean(true)),
+            ("host", TypedData::String(b"ex\xffample".to_vec())),
+            ("body", TypedData::Binary(vec![1, 2])),
+            ("missing", TypedData::Null),
+            ("", TypedData::Int32(1)),
+        ]);
+        assert_eq!(msg.ip("ip"), Some("192.0.2.1".parse().unwrap()));
+        assert_eq!(msg.ip("ip6"), Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(msg.ip("n"), None);
+        assert_eq!(msg.int("n"), Some(7));
+        assert_eq!(msg.int("neg"), Some(-3));
+        assert_eq!(msg.int("big"), None, "u64 above i64::MAX does not fit");
+        assert_eq!(msg.int(""), Some(1), "unnamed arguments have an empty name");
+        assert_eq!(msg.bool("ok"), Some(true));
+        assert_eq!(msg.str("host"), Some(&b"ex\xffample"[..]));
+        assert_eq!(msg.str_lossy("host").as_deref(), Some("ex\u{fffd}ample"));
+        assert_eq!(msg.str("body"), Some(&[1u8, 2][..]));
+        assert!(msg.arg("missing").is_some_and(TypedData::is_null));
+        assert_eq!(msg.int("missing"), None);
+        assert_eq!(msg.arg("nope"), None);
+    }
+
+    #[test]
+    fn the_first_argument_of_a_name_wins() {
+        let msg = message(vec![("a", 1i32.into()), ("a", 2i32.into())]);
+        assert_eq!(msg.int("a"), Some(1));
+    }
+
+    #[test]
+    fn conversions_into_typed_data() {
+        assert_eq!(TypedData::from(7i32), TypedData::Int32(7));
+        assert_eq!(TypedData::from(7u32), TypedData::Uint32(7));
+        assert_eq!(TypedData::from(-7i64), TypedData::Int64(-7));
+        assert_eq!(TypedData::from(7u64), TypedData::Uint64(7));
+        assert_eq!(TypedData::from(true), TypedData::Boolean(true));
+        assert_eq!(TypedData::from("é"), TypedData::String("é".into()));
+        assert_eq!(
+            TypedData::from(String::from("x")),
+            TypedData::String(b"x".to_vec())
+        );
+        assert_eq!(
+            TypedData::from(&[0u8, 1][..]),
+            TypedData::Binary(vec![0, 1])
+        );
+        assert_eq!(TypedData::from(vec![9u8]), TypedData::Binary(vec![9]));
+        assert_eq!(TypedData::from(None::<i32>), TypedData::Null);
+        assert_eq!(TypedData::from(Some(false)), TypedData::Boolean(false));
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        let v6: IpAddr = "2001:db8::ff:1".parse().unwrap();
+        assert_eq!(TypedData::from(v4), TypedData::Ipv4((192, 0, 2, 1)));
+        assert_eq!(TypedData::from(v4).as_ip(), Some(v4));
+        assert_eq!(TypedData::from(v6).as_ip(), Some(v6));
+    }
+
+    #[test]
+    fn config_values_parse_or_default() {
+        assert_eq!(config::parse_or("t", None, 20i64), Ok(20));
+        assert_eq!(config::parse_or("t", Some(" 30\n".into()), 20i64), Ok(30));
+        assert_eq!(
+            config::parse_or("t", Some("x".into()), 20i64),
+            Err(r#"config t: invalid value "x""#.to_string())
+        );
+        assert_eq!(
+            config::parse_or("t", Some("on".into()), false),
+            Err(r#"config t: invalid value "on""#.into())
+        );
+    }
+
+    #[test]
+    fn actions() {
+        assert_eq!(
+            Action::set(VarScope::Sess, "ip_score", 7),
+            Action::SetVar(SetVar {
+                scope: VarScope::Sess,
+                name: "ip_score".into(),
+                value: TypedData::Int32(7),
+            })
+        );
+        assert_eq!(
+            set_var(VarScope::Txn, String::from("blocked"), true),
+            Action::set(VarScope::Txn, "blocked", TypedData::Boolean(true))
+        );
+        assert_eq!(
+            unset_var(VarScope::Req, "x"),
+            Action::UnsetVar(UnsetVar {
+                scope: VarScope::Req,
+                name: "x".into(),
+            })
+        );
+    }
+}
