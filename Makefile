@@ -1,8 +1,9 @@
 # spoa-host — build, run, test, benchmark.
 #
-#   make run     build the guest and the host (release), start the agent on :12345
-#   make test    build everything the tests need, then run every test
-#   make bench   run the SPOP load generator against the agent (see BENCHMARKS.md)
+#   make run       build the guest and the host (release), start the agent on :12345
+#   make test      build everything the tests need, then run every test
+#   make examples  build the example guests (Rust, Python, JavaScript)
+#   make bench     run the SPOP load generator against the agent (see BENCHMARKS.md)
 
 CARGO        ?= cargo
 WASM_TARGET  := wasm32-unknown-unknown
@@ -12,13 +13,17 @@ FIXTURES     := target/fixtures
 PORT         ?= 12345
 AGENT_ARGS   ?=
 
-.PHONY: all setup build guest fixtures host run test lint fmt bench fuzz clean
+EXAMPLES     := target/examples
+EXAMPLE_RUST := examples/guests/rust/target/wasm32-wasip2/release/iprep_rust.wasm
+
+.PHONY: all setup build guest fixtures host run test test-deps examples lint fmt bench fuzz clean
 
 all: build
 
-## Installs the wasm target the guests are built for, if it is missing.
+## Installs the wasm targets the guests are built for, if they are missing.
 setup:
 	@rustup target list --installed | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
+	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
 $(COMPONENTIZE): componentize/src/main.rs componentize/Cargo.toml
 	$(CARGO) build --release -p componentize
@@ -45,10 +50,23 @@ build: guest host
 run: build
 	./target/release/spoa-host --module target/guest_iprep.wasm -p $(PORT) $(AGENT_ARGS)
 
+## The example guests, each built with its language's own toolchain:
+## target/examples/iprep_{rust,python,js}.wasm
+examples: setup
+	cd examples/guests/rust && $(CARGO) build --release
+	@mkdir -p $(EXAMPLES) && cp $(EXAMPLE_RUST) $(EXAMPLES)/iprep_rust.wasm
+	examples/guests/python/build.sh
+	examples/guests/javascript/build.sh
+
+## HAProxy and the example toolchains, installed when missing (apt-get).
+test-deps:
+	@scripts/test-deps.sh
+
 ## Every test: codec and unit tests, guest logic (native), SPOP over TCP,
-## hostile peers and guests, hot reload, and end to end with a real HAProxy.
-test: guest fixtures host
-	$(CARGO) test --release --workspace --exclude guest-hostile
+## hostile peers and guests, hot reload, the example guests, and end to end
+## with a real HAProxy. Every test binary runs even when one fails.
+test: test-deps guest fixtures examples host
+	$(CARGO) test --release --workspace --exclude guest-hostile --no-fail-fast
 
 ## Load generator figures for BENCHMARKS.md (DURATION=10s by default).
 bench: guest
@@ -65,7 +83,8 @@ fuzz:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --workspace --exclude guest-hostile -- -D warnings
-	$(CARGO) clippy -p guest-hostile -p guest-iprep --target $(WASM_TARGET) -- -D warnings
+	$(CARGO) clippy -p guest-hostile -p guest-iprep -p spoa-guest --target $(WASM_TARGET) -- -D warnings
+	cd examples/guests/rust && $(CARGO) fmt --check && $(CARGO) clippy -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

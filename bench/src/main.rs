@@ -60,6 +60,18 @@ struct Args {
     /// A name for this run in the report.
     #[arg(long, default_value = "")]
     label: String,
+    /// Extra connections that keep sending the message `--spin-message`
+    /// (one NOTIFY in flight each), unmeasured: a guest that loops to its
+    /// deadline on them shows what slow guests cost everyone else.
+    #[arg(long, default_value_t = 0)]
+    spin: usize,
+    /// The message the `--spin` connections send.
+    #[arg(long, default_value = "loop")]
+    spin_message: String,
+    /// Health-check HELLOs per second during the measured window; their
+    /// latency (connect to AGENT-HELLO) is reported.
+    #[arg(long, default_value_t = 0)]
+    healthchecks_per_sec: u32,
 }
 
 /// What one connection measured.
@@ -102,6 +114,24 @@ async fn run(args: Args) -> Result<()> {
     let started = Instant::now();
     let measure_from = started + args.warmup;
     let measure_until = measure_from + args.duration;
+    let spinners: Vec<_> = (0..args.spin)
+        .map(|id| {
+            tokio::spawn(spin_connection(
+                args.addr,
+                args.spin_message.clone(),
+                1000 + id as u64,
+                measure_until,
+            ))
+        })
+        .collect();
+    let prober = (args.healthchecks_per_sec > 0).then(|| {
+        tokio::spawn(probe_healthchecks(
+            args.addr,
+            args.healthchecks_per_sec,
+            measure_from,
+            measure_until,
+        ))
+    });
     let mut tasks = Vec::new();
     for id in 0..args.connections {
         tasks.push(tokio::spawn(drive_connection(
@@ -134,6 +164,24 @@ async fn run(args: Args) -> Result<()> {
         total.latency.add(&stats.latency)?;
     }
     report(&args, &total, cpu_before.zip(cpu_after), rss_under_load);
+    for spinner in spinners {
+        let spun = spinner.await.context("spinner task")??;
+        if args.spin > 0 && spun == 0 {
+            bail!("a --spin connection got no ACK");
+        }
+    }
+    if let Some(prober) = prober {
+        let (latency, failed) = prober.await.context("health-check task")??;
+        let q = |p: f64| latency.value_at_quantile(p);
+        println!(
+            "  health checks: {}  failed {}  latency us: p50 {}  p99 {}  max {}",
+            latency.len(),
+            failed,
+            q(0.50),
+            q(0.99),
+            latency.max()
+        );
+    }
     drop(idle);
     if total.lost > 0 || total.errors > 0 {
         bail!("{} lost ACKs, {} errors", total.lost, total.errors);
@@ -300,6 +348,85 @@ async fn drive_connection(
     }
     stats.lost = in_flight.len() as u64;
     Ok(stats)
+}
+
+/// Keeps one NOTIFY of `message` in flight until `until`; returns the ACKs.
+async fn spin_connection(
+    addr: SocketAddr,
+    message: String,
+    stream_id: u64,
+    until: Instant,
+) -> Result<u64> {
+    let mut stream = TcpStream::connect(addr).await.context("connecting")?;
+    stream.set_nodelay(true)?;
+    let mut codec = SpopCodec::new(16 * 1024 * 1024);
+    let mut read_buf = BytesMut::new();
+    let mut write_buf = BytesMut::new();
+    encode_frame(&hello(), &mut write_buf)?;
+    stream.write_all(&write_buf).await?;
+    next_frame(&mut stream, &mut codec, &mut read_buf).await?;
+    let mut acks = 0u64;
+    let mut frame_id = 1u64;
+    while Instant::now() < until {
+        write_buf.clear();
+        let notify = Frame::Notify(Notify {
+            stream_id,
+            frame_id,
+            messages: vec![Message {
+                name: Bytes::copy_from_slice(message.as_bytes()),
+                args: Vec::new(),
+            }],
+        });
+        encode_frame(&notify, &mut write_buf)?;
+        stream.write_all(&write_buf).await?;
+        match next_frame(&mut stream, &mut codec, &mut read_buf).await? {
+            Frame::Ack(_) => acks += 1,
+            other => bail!("spinner: expected ACK, got {other:?}"),
+        }
+        frame_id += 1;
+    }
+    Ok(acks)
+}
+
+/// Health-check HELLOs at `per_sec`, each on a new connection, timed from
+/// connect to AGENT-HELLO.
+async fn probe_healthchecks(
+    addr: SocketAddr,
+    per_sec: u32,
+    from: Instant,
+    until: Instant,
+) -> Result<(Histogram<u64>, u64)> {
+    let mut latency = Histogram::<u64>::new(3)?;
+    let mut failed = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / per_sec.max(1));
+    tokio::time::sleep_until(from.into()).await;
+    while Instant::now() < until {
+        tick.tick().await;
+        let started = Instant::now();
+        let probe = async {
+            let mut stream = TcpStream::connect(addr).await?;
+            let mut out = BytesMut::new();
+            let hello = match hello() {
+                Frame::HaproxyHello(kv) => {
+                    Frame::HaproxyHello(kv.with("healthcheck", TypedData::Bool(true)))
+                }
+                other => other,
+            };
+            encode_frame(&hello, &mut out)?;
+            stream.write_all(&out).await?;
+            let mut codec = SpopCodec::new(16 * 1024 * 1024);
+            let mut buf = BytesMut::new();
+            match next_frame(&mut stream, &mut codec, &mut buf).await? {
+                Frame::AgentHello(_) => Ok(()),
+                other => bail!("health check: expected AGENT-HELLO, got {other:?}"),
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(2), probe).await {
+            Ok(Ok(())) => latency.record((started.elapsed().as_micros() as u64).max(1))?,
+            _ => failed += 1,
+        }
+    }
+    Ok((latency, failed))
 }
 
 async fn read_frames(

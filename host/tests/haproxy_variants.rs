@@ -14,12 +14,7 @@ use support::haproxy::{self, haproxy_binary, haproxy_version};
 use support::{eventually, free_port, http, iprep_guest};
 
 fn metric(addr: SocketAddr, series: &str) -> f64 {
-    let body = http::get(addr, "/metrics").expect("metrics").body;
-    body.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{series} missing"))
+    http::metric_value(&http::scrape_metrics(addr), series)
 }
 
 /// Sends `count` requests and checks each carries a score in 0..=100.

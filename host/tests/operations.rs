@@ -14,19 +14,11 @@ use support::spop_client::{SpopClient, check_client_ip, message, notify_frame};
 use support::{eventually, free_port, hostile_guest, http, iprep_guest, workspace_root};
 
 fn scrape(addr: SocketAddr) -> String {
-    let response = http::get(addr, "/metrics").expect("scraping /metrics");
-    assert_eq!(response.status, 200);
-    response.body
+    http::scrape_metrics(addr)
 }
 
-/// The value of the series whose line starts with `series` (name plus labels).
 fn value(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("series `{series}` missing from:\n{metrics}"))
+    http::metric_value(metrics, series)
 }
 
 #[test]

@@ -67,10 +67,12 @@ impl Arena {
         }
     }
 
+    #[inline]
     fn base(&self) -> usize {
         self.buffer.get() as usize
     }
 
+    #[inline]
     fn contains(&self, ptr: *mut u8) -> bool {
         let address = ptr as usize;
         address >= self.base() && address < self.base() + ARENA_SIZE
@@ -91,6 +93,7 @@ impl Default for Arena {
 }
 
 unsafe impl GlobalAlloc for Arena {
+    #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: single-threaded; the state is only touched inside these calls.
         let state = unsafe { &mut *self.state.get() };
@@ -106,6 +109,7 @@ unsafe impl GlobalAlloc for Arena {
         }
     }
 
+    #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if !self.contains(ptr) {
             // SAFETY: it came from System.alloc above.
@@ -122,6 +126,7 @@ unsafe impl GlobalAlloc for Arena {
         }
     }
 
+    #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if self.contains(ptr) {
             // SAFETY: single-threaded; the state is only touched inside these calls.

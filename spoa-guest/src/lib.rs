@@ -36,8 +36,10 @@ pub mod bindings {
     wit_bindgen::generate!({
         world: "handler",
         path: "wit",
-        // `wasi:config/store` too: the guest crate gets no bindings of its own.
+        // The world imports `wasi:config/store` from another package: generate
+        // its bindings here too (else wit-bindgen wants a `with` mapping).
         generate_all,
+        // Lets guests (and their unit tests) compare values and actions.
         additional_derives: [PartialEq],
         pub_export_macro: true,
         export_macro_name: "export_handler",
@@ -131,6 +133,7 @@ pub mod config {
 
 impl TypedData {
     /// The address of an `ipv4` or `ipv6` value.
+    #[inline]
     pub fn as_ip(&self) -> Option<IpAddr> {
         match *self {
             TypedData::Ipv4((a, b, c, d)) => Some(Ipv4Addr::new(a, b, c, d).into()),
@@ -142,6 +145,7 @@ impl TypedData {
     }
 
     /// The value of any of the four integer types, if it fits an `i64`.
+    #[inline]
     pub fn as_int(&self) -> Option<i64> {
         match *self {
             TypedData::Int32(n) => Some(n.into()),
@@ -153,6 +157,7 @@ impl TypedData {
     }
 
     /// The value of a `boolean`.
+    #[inline]
     pub fn as_bool(&self) -> Option<bool> {
         match *self {
             TypedData::Boolean(b) => Some(b),
@@ -162,6 +167,7 @@ impl TypedData {
 
     /// The raw bytes of a `string` or `binary` value (SPOP strings are not
     /// guaranteed to be UTF-8).
+    #[inline]
     pub fn as_bytes(&self) -> Option<&[u8]> {
         match self {
             TypedData::String(bytes) | TypedData::Binary(bytes) => Some(bytes),
@@ -170,6 +176,7 @@ impl TypedData {
     }
 
     /// Whether this is `null` (HAProxy sends it when a sample fetch fails).
+    #[inline]
     pub fn is_null(&self) -> bool {
         matches!(self, TypedData::Null)
     }
@@ -177,31 +184,37 @@ impl TypedData {
 
 impl Message {
     /// The value of the first argument named `name`.
+    #[inline]
     pub fn arg(&self, name: &str) -> Option<&TypedData> {
         self.args.iter().find(|a| a.name == name).map(|a| &a.value)
     }
 
     /// The argument `name` as an address (`ipv4` or `ipv6`).
+    #[inline]
     pub fn ip(&self, name: &str) -> Option<IpAddr> {
         self.arg(name)?.as_ip()
     }
 
     /// The argument `name` as an integer (any integer type that fits `i64`).
+    #[inline]
     pub fn int(&self, name: &str) -> Option<i64> {
         self.arg(name)?.as_int()
     }
 
     /// The argument `name` as a boolean.
+    #[inline]
     pub fn bool(&self, name: &str) -> Option<bool> {
         self.arg(name)?.as_bool()
     }
 
     /// The raw bytes of the `string` or `binary` argument `name`.
+    #[inline]
     pub fn str(&self, name: &str) -> Option<&[u8]> {
         self.arg(name)?.as_bytes()
     }
 
     /// [`Message::str`] as text, invalid UTF-8 replaced by U+FFFD.
+    #[inline]
     pub fn str_lossy(&self, name: &str) -> Option<Cow<'_, str>> {
         self.str(name).map(String::from_utf8_lossy)
     }
@@ -239,6 +252,7 @@ pub fn unset_var(scope: VarScope, name: impl Into<String>) -> Action {
 macro_rules! typed_data_from {
     ($($t:ty => $variant:ident),* $(,)?) => {
         $(impl From<$t> for TypedData {
+            #[inline]
             fn from(value: $t) -> TypedData {
                 TypedData::$variant(value.into())
             }
@@ -259,6 +273,7 @@ typed_data_from! {
 }
 
 impl From<Ipv4Addr> for TypedData {
+    #[inline]
     fn from(ip: Ipv4Addr) -> TypedData {
         let [a, b, c, d] = ip.octets();
         TypedData::Ipv4((a, b, c, d))
@@ -266,6 +281,7 @@ impl From<Ipv4Addr> for TypedData {
 }
 
 impl From<Ipv6Addr> for TypedData {
+    #[inline]
     fn from(ip: Ipv6Addr) -> TypedData {
         let [a, b, c, d, e, f, g, h] = ip.segments();
         TypedData::Ipv6((a, b, c, d, e, f, g, h))
@@ -273,6 +289,7 @@ impl From<Ipv6Addr> for TypedData {
 }
 
 impl From<IpAddr> for TypedData {
+    #[inline]
     fn from(ip: IpAddr) -> TypedData {
         match ip {
             IpAddr::V4(ip) => ip.into(),
@@ -283,6 +300,7 @@ impl From<IpAddr> for TypedData {
 
 /// `None` becomes `null`.
 impl<T: Into<TypedData>> From<Option<T>> for TypedData {
+    #[inline]
     fn from(value: Option<T>) -> TypedData {
         value.map_or(TypedData::Null, Into::into)
     }

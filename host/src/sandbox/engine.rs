@@ -108,11 +108,13 @@ impl Sandbox {
     }
 }
 
-/// A fifth of the deadline (at least 1 ms): a runaway call is cut between
-/// the deadline and 1.2 × the deadline, and a long call yields its thread to
-/// the other calls that often.
+/// The epoch tick is also the time slice of a long call: at every tick a
+/// running call yields its thread to the other calls waiting for it. 1 ms
+/// (a fifth of the deadline when that is shorter, but at least 100 µs): a
+/// runaway call is cut within a tick of its deadline, and a message queued
+/// behind calls that loop waits about a millisecond per looping call.
 fn epoch_tick(call_timeout: Duration) -> Duration {
-    (call_timeout / 5).max(Duration::from_millis(1))
+    (call_timeout / 5).clamp(Duration::from_micros(100), Duration::from_millis(1))
 }
 
 fn spawn_epoch_ticker(engine: &Engine, tick: Duration) -> Result<()> {

@@ -47,3 +47,20 @@ fn parse(raw: &str) -> Option<Response> {
         body: body.to_string(),
     })
 }
+
+/// The agent's Prometheus text from `/metrics` at `addr`.
+pub fn scrape_metrics(addr: SocketAddr) -> String {
+    let response = get(addr, "/metrics").expect("scraping /metrics");
+    assert_eq!(response.status, 200);
+    response.body
+}
+
+/// The value of the series whose line starts with `series` (name plus labels).
+pub fn metric_value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("series `{series}` missing from:\n{metrics}"))
+}

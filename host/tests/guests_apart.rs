@@ -1,0 +1,205 @@
+//! Guest calls never run on the network threads: while four connections keep
+//! every guest call looping to its deadline, health checks, new connections,
+//! `/metrics`, other connections' messages and SIGTERM are still served.
+//!
+//! The deadline here is long (200 ms) so the bounds can be loose on a busy
+//! CI machine and still tell the designs apart: a guest call on a network
+//! thread holds that thread for the whole deadline, so a health check queued
+//! behind it takes ~200 ms; apart, it takes about a millisecond. The exact
+//! figures with the default 10 ms deadline are in BENCHMARKS.md
+//! (`spoa-bench --spin 4 --healthchecks-per-sec 100`).
+
+mod support;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use spoa_host::spop::Frame;
+use support::agent::Agent;
+use support::spop_client::{
+    SpopClient, check_client_ip, hello_frame, message, notify_frame, score_of,
+};
+use support::{free_port, hostile_guest, http};
+
+const DEADLINE_MS: u64 = 200;
+
+/// Four connections that keep one `loop` message in flight each.
+struct Spinners {
+    stop: Arc<AtomicBool>,
+    acks: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Spinners {
+    fn start(addr: SocketAddr) -> Spinners {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acks = Arc::new(AtomicU64::new(0));
+        let threads = (0..4)
+            .map(|id| {
+                let (stop, acks) = (stop.clone(), acks.clone());
+                std::thread::spawn(move || {
+                    let mut client = SpopClient::connect(addr);
+                    client.hello("pipelining");
+                    let mut frame_id = 1;
+                    while !stop.load(Ordering::Relaxed) {
+                        client.send(&notify_frame(id, frame_id, vec![message("loop", vec![])]));
+                        match client.recv() {
+                            Ok(Frame::Ack(_)) => acks.fetch_add(1, Ordering::Relaxed),
+                            _ => return,
+                        };
+                        frame_id += 1;
+                    }
+                })
+            })
+            .collect();
+        Spinners {
+            stop,
+            acks,
+            threads,
+        }
+    }
+
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+        self.acks.load(Ordering::Relaxed)
+    }
+}
+
+fn p99(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[(samples.len() * 99).div_ceil(100) - 1]
+}
+
+fn healthcheck(addr: SocketAddr) -> Duration {
+    let started = Instant::now();
+    let mut client = SpopClient::connect(addr);
+    client.send(&hello_frame("2.0", 16380, "", true));
+    match client.recv() {
+        Ok(Frame::AgentHello(_)) => started.elapsed(),
+        other => panic!("health check answered with {other:?}"),
+    }
+}
+
+#[test]
+fn spinning_guests_do_not_delay_the_network() {
+    let metrics_port = free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let deadline = format!("{DEADLINE_MS}ms");
+    let mut agent = Agent::start(
+        &hostile_guest('A'),
+        &[
+            "--guest-timeout",
+            &deadline,
+            "--metrics-address",
+            &metrics_addr,
+            "--shutdown-timeout",
+            "5s",
+        ],
+    );
+    let spinners = Spinners::start(agent.addr());
+    // Let every spinner get its first call going.
+    std::thread::sleep(Duration::from_millis(3 * DEADLINE_MS));
+
+    let checks: Vec<Duration> = (0..40)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            healthcheck(agent.addr())
+        })
+        .collect();
+    let checks_p99 = p99(checks);
+
+    let mut other = SpopClient::connect(agent.addr());
+    other.hello("pipelining");
+    let others: Vec<Duration> = (1..=40)
+        .map(|frame_id| {
+            let started = Instant::now();
+            other.send(&notify_frame(
+                9,
+                frame_id,
+                vec![check_client_ip(Ipv4Addr::new(192, 0, 2, 1))],
+            ));
+            let ack = other.recv_ack();
+            assert!(score_of(&ack).is_some(), "the other connection is scored");
+            started.elapsed()
+        })
+        .collect();
+    let others_p99 = p99(others);
+
+    let scrape_started = Instant::now();
+    let metrics = http::scrape_metrics(metrics_port_addr(metrics_port));
+    let scrape_took = scrape_started.elapsed();
+    assert!(
+        metrics.contains("spoa_guest_failures_total{kind=\"timeout\"}"),
+        "{metrics}"
+    );
+
+    // SIGTERM while guests spin: every received NOTIFY is answered, then the
+    // agent exits cleanly.
+    agent.signal("TERM");
+    let status = agent.wait_exit(Duration::from_secs(10));
+    let spun = spinners.stop();
+    let log = agent.log_text();
+
+    assert!(spun >= 4, "spinners got their ACKs ({spun})");
+    assert!(
+        checks_p99 <= Duration::from_millis(50),
+        "health checks waited {checks_p99:?} at p99 behind guests looping for {DEADLINE_MS} ms"
+    );
+    assert!(
+        others_p99 <= Duration::from_millis(100),
+        "another connection waited {others_p99:?} at p99"
+    );
+    assert!(
+        scrape_took <= Duration::from_millis(100),
+        "/metrics took {scrape_took:?}"
+    );
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "SIGTERM drained and exited:\n{log}"
+    );
+    eprintln!(
+        "health check p99 {checks_p99:?}, other connection p99 {others_p99:?}, /metrics {scrape_took:?}"
+    );
+}
+
+fn metrics_port_addr(port: u16) -> SocketAddr {
+    ([127, 0, 0, 1], port).into()
+}
+
+/// A NOTIFY of k looping messages costs k deadlines of its own connection's
+/// time, and nobody else's: each call has its own deadline.
+#[test]
+fn deadline_is_per_call_not_per_notify() {
+    let agent = Agent::start(&hostile_guest('A'), &["--guest-timeout", "50ms"]);
+    let mut client = SpopClient::connect(agent.addr());
+    client.hello("pipelining");
+    let started = Instant::now();
+    client.send(&notify_frame(
+        1,
+        1,
+        vec![
+            message("loop", vec![]),
+            message("loop", vec![]),
+            message("loop", vec![]),
+            check_client_ip(Ipv4Addr::new(192, 0, 2, 9)),
+        ],
+    ));
+    let ack = client.recv_ack();
+    let took = started.elapsed();
+    assert!(score_of(&ack).is_some(), "the last message still answered");
+    assert!(
+        took >= Duration::from_millis(150),
+        "three calls each ran to their own 50 ms deadline, not a shared one ({took:?})"
+    );
+    assert!(
+        agent.log_text().matches("time budget").count() >= 3,
+        "{}",
+        agent.log_text()
+    );
+}

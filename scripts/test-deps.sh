@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# What `make test` needs outside cargo: HAProxy (the end-to-end tests run a
+# real one) and the Python and JavaScript toolchains the example guests are
+# built with (python3 with venv, node and npm). Installs what is missing with
+# apt-get when it can (root and apt-get present); otherwise says what to
+# install. The HAProxy tests fail, never skip, without HAProxy.
+set -euo pipefail
+
+missing=()
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3 python3-venv python3-pip)
+
+if [ ${#missing[@]} -gt 0 ]; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        echo "test-deps: installing ${missing[*]} with apt-get"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        echo "test-deps: missing ${missing[*]}; install them (Debian/Ubuntu: sudo apt-get install ${missing[*]})." >&2
+        echo "test-deps: the tests that need them will fail." >&2
+    fi
+fi
+if command -v haproxy >/dev/null 2>&1; then
+    haproxy -v | head -n 1
+fi
