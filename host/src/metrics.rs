@@ -61,6 +61,7 @@ pub struct Metrics {
     guest_failures: [Counter; FailureKind::ALL.len()],
     pub guest_call_seconds: Histogram,
     reloads_ok: Counter,
+    reloads_unchanged: Counter,
     reloads_failed: Counter,
     reload_failure_causes: [Counter; LoadFailureCause::ALL.len()],
     module_info: Family<ModuleLabels, Gauge<i64, AtomicI64Compat>>,
@@ -164,6 +165,11 @@ impl Metrics {
         let reloads_ok = reloads
             .get_or_create(&ResultLabels { result: "ok" })
             .clone();
+        let reloads_unchanged = reloads
+            .get_or_create(&ResultLabels {
+                result: "unchanged",
+            })
+            .clone();
         let reloads_failed = reloads
             .get_or_create(&ResultLabels { result: "failed" })
             .clone();
@@ -202,6 +208,7 @@ impl Metrics {
             guest_failures,
             guest_call_seconds,
             reloads_ok,
+            reloads_unchanged,
             reloads_failed,
             reload_failure_causes,
             module_info,
@@ -269,6 +276,11 @@ impl Metrics {
                 sha256: identity.sha256.clone(),
             })
             .set(1);
+    }
+
+    /// A reload found the module, configuration and data unchanged.
+    pub fn reload_unchanged(&self) {
+        self.reloads_unchanged.inc();
     }
 
     pub fn reload_failed(&self, cause: LoadFailureCause) {

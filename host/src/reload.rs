@@ -118,10 +118,11 @@ impl Reloader {
             .as_ref()
             .is_some_and(|files| *self.active.lock().unwrap_or_else(|p| p.into_inner()) == *files);
         if unchanged {
-            tracing::debug!(
+            tracing::info!(
                 reason,
                 "module, configuration and data unchanged; not swapping"
             );
+            self.metrics.reload_unchanged();
             return ReloadResult::Unchanged;
         }
         let started = Instant::now();

@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, Shutdown};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use spoa_host::spop::{Frame, KvList, TypedData};
+use spoa_host::spop::{Action, Frame, KvList, TypedData};
 use support::agent::Agent;
 use support::iprep_guest;
 use support::spop_client::{
@@ -288,8 +288,9 @@ fn close_or_reset_without_disconnect_is_a_normal_end() {
         drop(client);
     }
     assert_still_serving(&mut agent);
-    std::thread::sleep(Duration::from_millis(200));
-    let log = agent.log_text();
+    // The whole log, read to its end after the agent exited.
+    let log = agent.stop();
+    assert!(log.contains("spoa-host stopped"), "{log}");
     assert!(
         !log.contains("WARN") && !log.contains("ERROR"),
         "EOF/reset logged as a problem:\n{log}"
@@ -351,7 +352,9 @@ fn notifies_before_a_bad_frame_are_answered_first() {
 
 #[test]
 fn non_utf8_strings_binary_and_every_type_reach_the_guest() {
-    let agent = Agent::start(&iprep_guest(), &[]);
+    // The fixture's `echo` returns every argument as a variable of the same
+    // name and value: what comes back is what the guest received.
+    let agent = Agent::start(&support::hostile_guest('A'), &[]);
     let mut client = ready(&agent);
     let args = vec![
         ("ip", TypedData::Ipv6("2001:db8::1".parse().expect("addr"))),
@@ -368,8 +371,31 @@ fn non_utf8_strings_binary_and_every_type_reach_the_guest() {
         ("q", TypedData::Uint64(u64::MAX)),
         ("", TypedData::Ipv4(Ipv4Addr::BROADCAST)),
     ];
-    client.send(&notify_frame(4, 4, vec![message("check-client-ip", args)]));
-    assert!(score_of(&client.recv_ack()).is_some());
+    client.send(&notify_frame(4, 4, vec![message("echo", args.clone())]));
+    let ack = client.recv_ack();
+    let echoed: Vec<(String, TypedData)> = ack
+        .actions
+        .iter()
+        .map(|action| match action {
+            Action::SetVar { name, value, .. } => {
+                (String::from_utf8_lossy(name).into_owned(), value.clone())
+            }
+            other => panic!("unexpected action {other:?}"),
+        })
+        .collect();
+    let expected: Vec<(String, TypedData)> = args
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, value))| {
+            let name = if name.is_empty() {
+                format!("arg{i}")
+            } else {
+                name.to_owned()
+            };
+            (name, value)
+        })
+        .collect();
+    assert_eq!(echoed, expected, "every value reaches the guest unchanged");
 }
 
 #[test]

@@ -120,7 +120,22 @@ fn swap_under_pipelined_load_loses_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let module = dir.path().join("handler.wasm");
     std::fs::copy(hostile_guest('A'), &module).expect("copy A");
-    let mut agent = Agent::start(&module, &["--guest-timeout", "200ms"]);
+    let metrics_addr: std::net::SocketAddr = ([127, 0, 0, 1], support::free_port()).into();
+    let mut agent = Agent::start(
+        &module,
+        &[
+            "--guest-timeout",
+            "200ms",
+            "--metrics-address",
+            &metrics_addr.to_string(),
+        ],
+    );
+    let reloads = |result: &str| {
+        support::http::metric_value(
+            &support::http::scrape_metrics(metrics_addr),
+            &format!("spoa_module_reloads_total{{result=\"{result}\"}}"),
+        )
+    };
 
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Mutex::new(Observed::default()));
@@ -171,9 +186,17 @@ fn swap_under_pipelined_load_loses_nothing() {
     eprintln!("B → A (in-place write): first answer from A after {to_a:?}");
     assert!(to_a < Duration::from_secs(1), "{to_a:?}");
 
-    // SIGHUP with unchanged bytes: validated, not swapped, still serving.
+    // SIGHUP with unchanged bytes: not swapped (no new "ok" reload, one
+    // "unchanged"), still serving.
+    assert_eq!(reloads("ok"), 2.0, "A → B and B → A");
     agent.signal("HUP");
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        eventually(Duration::from_secs(3), || reloads("unchanged") == 1.0),
+        "{}",
+        agent.log_text()
+    );
+    assert_eq!(reloads("ok"), 2.0, "an unchanged module is not swapped");
+    std::thread::sleep(Duration::from_millis(200));
 
     stop.store(true, Ordering::Relaxed);
     let sent: u64 = loaders.into_iter().map(|h| h.join().expect("loader")).sum();
@@ -190,10 +213,9 @@ fn swap_under_pipelined_load_loses_nothing() {
     assert_eq!(seen.answers.len() as u64, sent, "every message answered");
     assert!(agent.is_alive());
     assert!(
-        eventually(Duration::from_secs(2), || {
-            let log = agent.log_text();
-            log.contains("module unchanged") || log.contains("SIGHUP")
-        }),
+        agent
+            .log_text()
+            .contains("module, configuration and data unchanged; not swapping"),
         "{}",
         agent.log_text()
     );

@@ -44,7 +44,7 @@ fn max_frame_size_is_the_smaller_of_both_sides() {
 
 #[test]
 fn health_check_is_answered_then_closed() {
-    let agent = Agent::start(&iprep_guest(), &[]);
+    let mut agent = Agent::start(&iprep_guest(), &[]);
     // The exact bytes HAProxy 2.6's `option spop-check` sends.
     let healthcheck: Vec<u8> = "00 00 00 4e 01 00 00 00 01 00 00 12 73 75 70 70 6f 72 74 65 64 2d 76 65 72 73 69 6f 6e 73 08 03 32 2e 30 0e 6d 61 78 2d 66 72 61 6d 65 2d 73 69 7a 65 03 fc f0 06 0c 63 61 70 61 62 69 6c 69 74 69 65 73 08 00 0b 68 65 61 6c 74 68 63 68 65 63 6b 11"
         .split_whitespace()
@@ -61,7 +61,10 @@ fn health_check_is_answered_then_closed() {
         }
         client.expect_closed();
     }
-    assert!(!agent.log_text().contains("WARN"), "{}", agent.log_text());
+    // The whole log, read to its end after the agent exited.
+    let log = agent.stop();
+    assert!(log.contains("spoa-host stopped"), "{log}");
+    assert!(!log.contains("WARN"), "{log}");
 }
 
 #[test]

@@ -23,6 +23,7 @@ pub struct Agent {
     child: Child,
     pub port: u16,
     log: Arc<Mutex<Vec<String>>>,
+    log_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Agent {
@@ -51,19 +52,25 @@ impl Agent {
                 .spawn()
                 .expect("spawning spoa-host");
             let log = Arc::new(Mutex::new(Vec::new()));
+            let mut log_reader = None;
             if let Some(stderr) = child.stderr.take() {
                 let log = log.clone();
-                std::thread::spawn(move || {
+                log_reader = Some(std::thread::spawn(move || {
                     for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                         if std::env::var_os("SPOA_TEST_ECHO").is_some() {
                             eprintln!("[agent] {line}");
                         }
                         log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
                     }
-                });
+                }));
             }
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-            let mut agent = Agent { child, port, log };
+            let mut agent = Agent {
+                child,
+                port,
+                log,
+                log_reader,
+            };
             // Readiness from the log, not by connecting: a probe connection
             // would hold one of the agent's --max-connections slots.
             if eventually(Duration::from_secs(30), || {
@@ -112,6 +119,19 @@ impl Agent {
             .status()
             .expect("running kill");
         assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Stops the agent with SIGTERM, waits for it to exit and for its log to
+    /// be read to the end, and returns the whole log: a check for what the
+    /// agent did *not* log is only sound on all of it.
+    pub fn stop(&mut self) -> String {
+        self.signal("TERM");
+        let status = self.wait_exit(Duration::from_secs(15));
+        assert!(status.is_some(), "agent did not exit on SIGTERM");
+        if let Some(reader) = self.log_reader.take() {
+            let _ = reader.join();
+        }
+        self.log_text()
     }
 
     /// Waits for the process to exit; `None` if it is still running after `limit`.
