@@ -12,9 +12,9 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 AGENT_PID=""
 stop_agent() { if [ -n "$AGENT_PID" ]; then kill "$AGENT_PID" 2>/dev/null || true; wait "$AGENT_PID" 2>/dev/null || true; AGENT_PID=""; fi; }
 trap stop_agent EXIT
-start_agent() {  # start_agent ARGS…  → sets AGENT_PID, PORT
+start_agent() {  # start_agent ARGS…  → sets AGENT_PID, PORT (AGENT_BIN overrides the binary)
     PORT=$(free_port)
-    "$HOST" "$@" -a 127.0.0.1 -p "$PORT" 2>>target/bench-agent.log &
+    "${AGENT_BIN:-$HOST}" "$@" -a 127.0.0.1 -p "$PORT" 2>>target/bench-agent.log &
     AGENT_PID=$!
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && return 0; sleep 0.1; done
     echo "agent did not start" >&2; exit 1
@@ -30,6 +30,13 @@ echo
 ./target/release/spoa-callcost "$GUEST"
 echo
 
+# Before/after in one run: OLD_HOST=/path/to/an/older/spoa-host make bench
+if [ -n "${OLD_HOST:-}" ]; then
+    AGENT_BIN=$OLD_HOST start_agent --module "$GUEST"
+    run -d "$DURATION" -c 4 -p 16 --label "OLD_HOST ($OLD_HOST), wasm guest"
+    stop_agent
+fi
+
 start_agent --module "$GUEST"
 run -d "$DURATION" -c 4 -p 16 --label "wasm guest (reused instances)"
 run -d "$DURATION" -c 16 -p 64 --label "wasm guest, 16x64"
@@ -37,6 +44,32 @@ run -d "$DURATION" -c 4 -p 16 -m 4 --label "wasm guest, 4 messages per NOTIFY"
 run -d "$DURATION" -c 1 -p 1 --label "wasm guest, no pipelining (latency floor)"
 run -c 4 -p 16 -d 3s --idle 1000 --label "wasm guest with 1000 idle connections"
 stop_agent
+
+# Guests apart from the network: 4 connections keep a guest looping to its
+# 10 ms deadline; health checks and another connection are timed meanwhile.
+HOSTILE=target/fixtures/guest_hostile_a.wasm
+if [ -f "$HOSTILE" ]; then
+    if [ -n "${OLD_HOST:-}" ]; then
+        AGENT_BIN=$OLD_HOST start_agent --module "$HOSTILE"
+        run -d "$DURATION" -c 1 -p 1 --spin 4 --healthchecks-per-sec 100 --label "OLD_HOST, 4 connections looping to the deadline, 1 other"
+        stop_agent
+    fi
+    start_agent --module "$HOSTILE"
+    run -d "$DURATION" -c 1 -p 1 --spin 4 --healthchecks-per-sec 100 --label "4 connections looping to the deadline, 1 other"
+    stop_agent
+fi
+
+# The example guests, one per language (make examples builds them).
+for example in rust python js; do
+    module=target/examples/iprep_$example.wasm
+    [ -f "$module" ] || { echo "$module missing (make examples): skipped"; continue; }
+    flags=(--guest-memory 128MiB --guest-timeout 50ms --guest-data examples/guests/rust/data)
+    ./target/release/spoa-callcost "$module" --only reuse "${flags[@]}" --expect-actions 2
+    ./target/release/spoa-callcost "$module" --only reuse --no-cache "${flags[@]}" --expect-actions 2 | grep load:
+    start_agent --module "$module" "${flags[@]}"
+    run -d "$DURATION" -c 4 -p 16 --label "example guest: $example"
+    stop_agent
+done
 
 start_agent --native-iprep
 run -d "$DURATION" -c 4 -p 16 --label "native build of the same logic"

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use crate::spop::{KvList, MIN_FRAME_SIZE, SPOP_VERSION, Status, TypedData};
+use crate::spop::{Hello, KvList, MIN_FRAME_SIZE, SPOP_VERSION, Status};
 
 /// The capability that matters: several NOTIFYs in flight per connection.
 pub const CAP_PIPELINING: &str = "pipelining";
@@ -33,57 +33,39 @@ fn comma_list(raw: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// whether or not async is enabled, so offering it would promise nothing.
 /// `fragmentation` is never offered; a fragmented frame gets status 10.
 pub fn negotiate(hello: &KvList, agent_max_frame_size: u32) -> Result<Negotiated, Status> {
-    let versions = hello
-        .get_str("supported-versions")
-        .ok_or(Status::NoVersion)?;
-    if !comma_list(versions).any(|v| v == SPOP_VERSION.as_bytes()) {
+    let hello = Hello::parse(hello);
+    let versions = hello.supported_versions.ok_or(Status::NoVersion)?;
+    if !comma_list(&versions).any(|v| v == SPOP_VERSION.as_bytes()) {
         return Err(Status::UnsupportedVersion);
     }
-    let offered_size = hello
-        .get("max-frame-size")
-        .and_then(TypedData::as_u64)
-        .ok_or(Status::NoMaxFrameSize)?;
+    let offered_size = hello.max_frame_size.ok_or(Status::NoMaxFrameSize)?;
     if offered_size < u64::from(MIN_FRAME_SIZE) {
         return Err(Status::BadMaxFrameSize);
     }
-    let capabilities = hello
-        .get_str("capabilities")
-        .ok_or(Status::NoCapabilities)?;
-    let pipelining = comma_list(capabilities).any(|c| c == CAP_PIPELINING.as_bytes());
-    let healthcheck = matches!(hello.get("healthcheck"), Some(TypedData::Bool(true)));
+    let capabilities = hello.capabilities.ok_or(Status::NoCapabilities)?;
+    let pipelining = comma_list(&capabilities).any(|c| c == CAP_PIPELINING.as_bytes());
     Ok(Negotiated {
         max_frame_size: offered_size.min(u64::from(agent_max_frame_size)) as u32,
         pipelining,
-        healthcheck,
-        engine_id: hello.get_str("engine-id").map(Bytes::copy_from_slice),
+        healthcheck: hello.healthcheck,
+        engine_id: hello.engine_id,
     })
 }
 
 /// The AGENT-HELLO payload for a negotiation.
 pub fn agent_hello(negotiated: &Negotiated) -> KvList {
-    let capabilities: &'static [u8] = if negotiated.pipelining {
-        CAP_PIPELINING.as_bytes()
+    let capabilities = if negotiated.pipelining {
+        CAP_PIPELINING
     } else {
-        b""
+        ""
     };
-    KvList::new()
-        .with(
-            "version",
-            TypedData::String(Bytes::from_static(SPOP_VERSION.as_bytes())),
-        )
-        .with(
-            "max-frame-size",
-            TypedData::Uint32(negotiated.max_frame_size),
-        )
-        .with(
-            "capabilities",
-            TypedData::String(Bytes::from_static(capabilities)),
-        )
+    Hello::agent_kv(SPOP_VERSION, negotiated.max_frame_size, capabilities)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spop::TypedData;
 
     fn hello(
         versions: Option<&'static str>,

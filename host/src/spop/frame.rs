@@ -126,6 +126,58 @@ impl KvList {
     }
 }
 
+/// The payload of a HELLO frame (HAPROXY-HELLO or AGENT-HELLO), typed.
+/// Parsed here only; missing or mistyped keys read as `None`, and the
+/// agent's policy decides what that means.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hello {
+    /// `supported-versions` (HAPROXY-HELLO): a comma list.
+    pub supported_versions: Option<Bytes>,
+    /// `version` (AGENT-HELLO).
+    pub version: Option<Bytes>,
+    /// `max-frame-size`, from any integer type; negative reads as `None`.
+    pub max_frame_size: Option<u64>,
+    /// `capabilities`: a comma list.
+    pub capabilities: Option<Bytes>,
+    /// `healthcheck`: true only for a boolean true.
+    pub healthcheck: bool,
+    /// `engine-id`.
+    pub engine_id: Option<Bytes>,
+}
+
+impl Hello {
+    pub fn parse(kv: &KvList) -> Hello {
+        let string = |key| kv.get_str(key).map(Bytes::copy_from_slice);
+        Hello {
+            supported_versions: string("supported-versions"),
+            version: string("version"),
+            max_frame_size: kv.get("max-frame-size").and_then(TypedData::as_u64),
+            capabilities: string("capabilities"),
+            healthcheck: matches!(kv.get("healthcheck"), Some(TypedData::Bool(true))),
+            engine_id: string("engine-id"),
+        }
+    }
+
+    /// The key/value list of an AGENT-HELLO: `version`, `max-frame-size`
+    /// (as UINT32) and `capabilities`.
+    pub fn agent_kv(
+        version: &'static str,
+        max_frame_size: u32,
+        capabilities: &'static str,
+    ) -> KvList {
+        KvList::new()
+            .with(
+                "version",
+                TypedData::String(Bytes::from_static(version.as_bytes())),
+            )
+            .with("max-frame-size", TypedData::Uint32(max_frame_size))
+            .with(
+                "capabilities",
+                TypedData::String(Bytes::from_static(capabilities.as_bytes())),
+            )
+    }
+}
+
 /// The payload of a DISCONNECT frame (either direction), typed. Parsed here
 /// only, so the agent and every client read it the same way.
 #[derive(Debug, Clone, PartialEq, Eq)]

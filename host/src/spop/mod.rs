@@ -12,7 +12,7 @@ pub use codec::SpopCodec;
 pub use data::TypedData;
 pub use error::{DecodeError, Status};
 pub use frame::{
-    Ack, Action, Arg, Disconnect, Frame, FrameType, KvList, MAX_VAR_NAME, Message, Notify,
+    Ack, Action, Arg, Disconnect, Frame, FrameType, Hello, KvList, MAX_VAR_NAME, Message, Notify,
     VarScope, check_var_name,
 };
 
