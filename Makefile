@@ -33,13 +33,15 @@ guest: setup $(COMPONENTIZE)
 	$(CARGO) build --release --target $(WASM_TARGET) -p guest-iprep
 	$(COMPONENTIZE) $(WASM_OUT)/guest_iprep.wasm target/guest_iprep.wasm
 
-## Test guests: the hostile guest, built as version A and version B.
+## Test guests: the hostile guest, built as version A and version B, and
+## the Python sandbox probe (componentize-py, as the Python example).
 fixtures: setup $(COMPONENTIZE)
 	@mkdir -p $(FIXTURES)
 	SPOA_FIXTURE_VERSION=A $(CARGO) build --release --target $(WASM_TARGET) -p guest-hostile
 	$(COMPONENTIZE) $(WASM_OUT)/guest_hostile.wasm $(FIXTURES)/guest_hostile_a.wasm
 	SPOA_FIXTURE_VERSION=B $(CARGO) build --release --target $(WASM_TARGET) -p guest-hostile
 	$(COMPONENTIZE) $(WASM_OUT)/guest_hostile.wasm $(FIXTURES)/guest_hostile_b.wasm
+	tests/fixtures/guest-sandbox-py/build.sh
 
 host:
 	$(CARGO) build --release -p spoa-host

@@ -328,6 +328,9 @@ async fn drive_connection(
                 bail!("unexpected frame from the agent: {frame:?}");
             };
             let Some(sent_at) = in_flight.remove(&ack.frame_id) else {
+                if stats.errors < 3 {
+                    eprintln!("spoa-bench: ACK for unknown frame {}", ack.frame_id);
+                }
                 stats.errors += 1;
                 continue;
             };
@@ -337,6 +340,12 @@ async fn drive_connection(
                 .filter(|a| matches!(a, Action::SetVar { name, .. } if &name[..] == b"ip_score"))
                 .count();
             if scored != messages {
+                if stats.errors < 3 {
+                    eprintln!(
+                        "spoa-bench: ACK {} without a score: {:?}",
+                        ack.frame_id, ack.actions
+                    );
+                }
                 stats.errors += 1;
             }
             if sent_at >= measure_from && sent_at < measure_until {

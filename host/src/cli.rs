@@ -84,8 +84,10 @@ pub struct ServeArgs {
     #[arg(short = 'a', long, default_value = "0.0.0.0")]
     pub address: IpAddr,
 
-    /// Network threads serving connections (default: one per CPU). They never
-    /// run guest code; see --guest-threads.
+    /// Worker threads serving established connections and running their
+    /// guest calls (default: one per CPU). Accepting, HELLOs, health checks,
+    /// /metrics and signals run on a thread of their own, which never runs
+    /// guest code.
     #[arg(short = 'n', long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
 
@@ -164,12 +166,6 @@ pub struct SandboxArgs {
     #[arg(long)]
     pub fresh_instance: bool,
 
-    /// Threads that run guest calls (default: one per CPU). They are apart
-    /// from the network threads: a slow guest never delays a HELLO, a health
-    /// check or another connection's I/O.
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub guest_threads: Option<u16>,
-
     /// Most batches of guest calls running at once; more wait in line. Also
     /// the most instances kept per module.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -246,13 +242,6 @@ impl SandboxArgs {
             smoke_message,
         }
     }
-
-    /// Guest threads: the flag, or one per CPU.
-    pub fn guest_threads(&self) -> usize {
-        self.guest_threads
-            .map(usize::from)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-    }
 }
 
 fn default_cache_dir() -> Option<PathBuf> {
@@ -307,7 +296,7 @@ pub fn parse_typed_value(typed: &str) -> Result<spop::TypedData, String> {
 }
 
 fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return Err("odd number of hex digits".into());
     }
     (0..text.len())

@@ -12,14 +12,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{AgentContext, ConnectionSettings, Handler};
 use crate::cli::{Cli, Command, LogFormat, SandboxArgs, ServeArgs};
-use crate::exec::{GuestExecutor, start_guest_runtime};
+use crate::exec::{GuestExecutor, start_data_plane};
 use crate::metrics::Metrics;
 use crate::reload::{Reloader, load, log_loaded};
 use crate::sandbox::Sandbox;
 use crate::server::{ServerSettings, serve};
 
-/// How long stopping waits for guest calls still running.
-const GUEST_RUNTIME_STOP: Duration = Duration::from_secs(1);
+/// How long stopping waits for data-plane tasks still running (the drain
+/// itself is bounded by --shutdown-timeout before this).
+const DATA_PLANE_STOP: Duration = Duration::from_secs(1);
 
 pub fn main_with(cli: Cli) -> ExitCode {
     let (debug, format) = (cli.serve.debug, cli.serve.log_format);
@@ -83,24 +84,32 @@ fn check(path: &std::path::Path, sandbox_args: &SandboxArgs) -> Result<()> {
     })
 }
 
+/// Two runtimes: the control plane (one thread: accept, HELLO, health
+/// checks, refusals, `/metrics`, signals, reload triggers), which never runs
+/// a guest, and the data plane (`-n` threads: established connections and
+/// their guest calls).
 fn serve_blocking(args: ServeArgs) -> Result<()> {
-    let guest_runtime = start_guest_runtime(args.sandbox.guest_threads())?;
-    let mut network = tokio::runtime::Builder::new_multi_thread();
-    network.enable_all().thread_name("spoa-network");
-    if let Some(workers) = args.workers {
-        network.worker_threads(usize::from(workers));
-    }
-    let network = network.build().context("starting the network runtime")?;
-    let result = network.block_on(serve_async(args, guest_runtime.handle().clone()));
-    drop(network);
-    guest_runtime.shutdown_timeout(GUEST_RUNTIME_STOP);
+    let workers = args
+        .workers
+        .map(usize::from)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let data_plane = start_data_plane(workers)?;
+    let control = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("spoa-control")
+        .enable_all()
+        .build()
+        .context("starting the control plane")?;
+    let result = control.block_on(serve_async(args, data_plane.handle().clone()));
+    drop(control);
+    data_plane.shutdown_timeout(DATA_PLANE_STOP);
     result
 }
 
-async fn serve_async(args: ServeArgs, guest_runtime: tokio::runtime::Handle) -> Result<()> {
+async fn serve_async(args: ServeArgs, data_plane: tokio::runtime::Handle) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
-    let handler = build_handler(&args, guest_runtime, &metrics, &shutdown).await?;
+    let handler = build_handler(&args, data_plane.clone(), &metrics, &shutdown).await?;
 
     if let Some(address) = args.metrics_address {
         crate::metrics_http::spawn(address, metrics.clone(), shutdown.clone()).await?;
@@ -115,13 +124,13 @@ async fn serve_async(args: ServeArgs, guest_runtime: tokio::runtime::Handle) -> 
         max_frame_size = args.max_frame_size,
         guest_timeout = ?args.sandbox.guest_timeout,
         guest_memory = args.sandbox.guest_memory,
-        guest_threads = args.sandbox.guest_threads(),
         fresh_instance = args.sandbox.fresh_instance,
         "spoa-host listening"
     );
 
     let ctx = Arc::new(AgentContext {
         handler,
+        data_plane,
         metrics,
         settings: ConnectionSettings {
             max_frame_size: args.max_frame_size,

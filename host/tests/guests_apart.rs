@@ -1,12 +1,14 @@
-//! Guest calls never run on the network threads: while four connections keep
-//! every guest call looping to its deadline, health checks, new connections,
-//! `/metrics`, other connections' messages and SIGTERM are still served.
+//! Guests apart from the network: while four connections keep every guest
+//! call looping to its deadline, health checks, new connections, `/metrics`,
+//! other connections' messages and SIGTERM are still served.
 //!
 //! The deadline here is long (200 ms) so the bounds can be loose on a busy
-//! CI machine and still tell the designs apart: a guest call on a network
-//! thread holds that thread for the whole deadline, so a health check queued
-//! behind it takes ~200 ms; apart, it takes about a millisecond. The exact
-//! figures with the default 10 ms deadline are in BENCHMARKS.md
+//! CI machine and still tell the designs apart: a guest call that holds its
+//! thread for the whole deadline (no yield every tick, or HELLOs handled on
+//! the threads that run guests without yielding) makes a health check or
+//! another connection's message wait ~200 ms or more; with the control plane
+//! apart and calls yielding every millisecond they take about a millisecond.
+//! The exact figures with the default 10 ms deadline are in BENCHMARKS.md
 //! (`spoa-bench --spin 4 --healthchecks-per-sec 100`).
 
 mod support;

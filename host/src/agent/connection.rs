@@ -1,7 +1,11 @@
-//! The per-connection state machine. It never runs a guest: NOTIFY frames go
-//! to the [`Handler`] as one batch per read burst, and the connection task
-//! awaits the answers, so the network threads stay free for accepting,
-//! HELLOs, health checks, DISCONNECTs and metrics.
+//! The per-connection state machine, in two phases on two runtimes:
+//!
+//! - the control plane accepts, reads HAPROXY-HELLO, answers health checks
+//!   and refusals. It never runs a guest, so a guest never delays them.
+//! - once HELLO is done, the connection moves to the data plane (its socket
+//!   re-registered with the data plane's reactor): NOTIFY frames go to the
+//!   [`Handler`] as one batch per read burst, answered on the same thread,
+//!   with no hand-off between threads per message.
 
 use std::io;
 use std::net::SocketAddr;
@@ -37,6 +41,8 @@ pub struct ConnectionSettings {
 /// What every connection shares.
 pub struct AgentContext {
     pub handler: Arc<dyn Handler>,
+    /// The runtime established connections (and their guest calls) run on.
+    pub data_plane: tokio::runtime::Handle,
     pub metrics: Arc<Metrics>,
     pub settings: ConnectionSettings,
 }
@@ -88,15 +94,18 @@ enum ReadOutcome {
     IdleTimeout,
 }
 
-/// Serves one accepted connection until it ends.
+/// Serves one accepted connection until it ends. Runs on the control plane;
+/// after HELLO the connection continues on the data plane, and this task
+/// waits for it (so the listener's drain and connection limit see it).
 pub async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     ctx: Arc<AgentContext>,
     shutdown: CancellationToken,
 ) {
-    ctx.metrics.connections_total.inc();
-    ctx.metrics.connections_current.inc();
+    let metrics = ctx.metrics.clone();
+    metrics.connections_total.inc();
+    metrics.connections_current.inc();
     let mut connection = Connection {
         codec: SpopCodec::new(ctx.settings.max_frame_size),
         stream,
@@ -105,9 +114,20 @@ pub async fn serve_connection(
         write_buf: BytesMut::new(),
         ctx,
     };
-    let end = connection.session(&shutdown).await;
-    connection.finish(end).await;
-    connection.ctx.metrics.connections_current.dec();
+    match connection.handshake_phase(&shutdown).await {
+        Ok(negotiated) => match connection.into_data_plane(negotiated, shutdown) {
+            Ok(task) => {
+                if let Err(join) = task.await {
+                    tracing::error!(%peer, "connection task failed: {join}");
+                }
+            }
+            Err(err) => {
+                tracing::warn!(%peer, "could not move the connection to the data plane: {err}")
+            }
+        },
+        Err(end) => connection.finish(end).await,
+    }
+    metrics.connections_current.dec();
 }
 
 struct Connection {
@@ -120,16 +140,18 @@ struct Connection {
 }
 
 impl Connection {
-    async fn session(&mut self, shutdown: &CancellationToken) -> End {
+    /// HELLO, and the health check if it is one. `Ok` once the connection is
+    /// established for NOTIFY frames.
+    async fn handshake_phase(&mut self, shutdown: &CancellationToken) -> Result<Negotiated, End> {
         let hello_timeout = self.ctx.settings.hello_timeout;
         let negotiated = match timeout(hello_timeout, self.handshake(shutdown)).await {
             Err(_) => {
-                return End::Disconnect(
+                return Err(End::Disconnect(
                     Status::Timeout,
                     format!("no HELLO within {hello_timeout:?}"),
-                );
+                ));
             }
-            Ok(Err(end)) => return end,
+            Ok(Err(end)) => return Err(end),
             Ok(Ok(negotiated)) => negotiated,
         };
         tracing::debug!(peer = %self.peer, ?negotiated, "HELLO negotiated");
@@ -140,12 +162,51 @@ impl Connection {
         );
         self.ctx.metrics.frames_sent(FrameType::AgentHello, 1);
         if let Err(err) = self.flush().await {
-            return End::Io(err);
+            return Err(End::Io(err));
         }
         if negotiated.healthcheck {
-            return End::HealthcheckDone;
+            return Err(End::HealthcheckDone);
         }
-        self.serve_notifies(&negotiated, shutdown).await
+        Ok(negotiated)
+    }
+
+    /// Moves the connection, with whatever it already buffered, to a task on
+    /// the data plane, its socket registered with that runtime's reactor so
+    /// its readiness never goes through the control plane.
+    fn into_data_plane(
+        self,
+        negotiated: Negotiated,
+        shutdown: CancellationToken,
+    ) -> io::Result<tokio::task::JoinHandle<()>> {
+        let Connection {
+            stream,
+            peer,
+            codec,
+            read_buf,
+            write_buf,
+            ctx,
+        } = self;
+        let socket = stream.into_std()?;
+        let data_plane = ctx.data_plane.clone();
+        Ok(data_plane.spawn(async move {
+            let stream = match TcpStream::from_std(socket) {
+                Ok(stream) => stream,
+                Err(err) => {
+                    tracing::warn!(%peer, "could not register the connection: {err}");
+                    return;
+                }
+            };
+            let mut connection = Connection {
+                stream,
+                peer,
+                codec,
+                read_buf,
+                write_buf,
+                ctx,
+            };
+            let end = connection.serve_notifies(&negotiated, &shutdown).await;
+            connection.finish(end).await;
+        }))
     }
 
     /// Reads the first frame, which must be HAPROXY-HELLO.

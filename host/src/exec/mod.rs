@@ -1,12 +1,15 @@
-//! Where guest calls run: a runtime of their own, apart from the network.
+//! Where guest calls run: the data plane, a runtime apart from the control
+//! plane that accepts connections, answers HELLOs and health checks, serves
+//! `/metrics` and handles signals.
 //!
-//! The connection tasks live on the network runtime and only decode, encode
-//! and move bytes. Each batch of messages becomes one task on the guest
-//! runtime; it takes a permit (at most `max_concurrent_calls` batches run at
-//! once; the rest wait in line) and calls the guest once per message. A call
-//! that runs long yields its thread at every epoch tick, so the other calls
-//! on that thread keep flowing, and it is cut at its deadline. See
-//! `docs/design/guest-executor.md` for the measurements behind this.
+//! An established connection lives on the data plane and calls the guest
+//! right there, once per message of a read burst, holding a permit (at most
+//! `max_concurrent_calls` batches are in calls at once; the rest wait in
+//! line). A call that runs long yields its thread at every epoch tick (1 ms),
+//! so the other connections on that thread keep flowing, and it is cut at
+//! its deadline. See `docs/design/guest-executor.md` for the measurements
+//! behind this choice (a hand-off to separate guest threads per batch cost
+//! more than half the throughput).
 
 use std::cell::Cell;
 use std::future::Future;
@@ -45,25 +48,21 @@ fn should_time_this_call() -> bool {
     })
 }
 
-/// How much less CPU priority guest threads get than network threads (a
-/// nice value). When guests keep every core busy, the network threads still
-/// run as soon as a frame arrives: the kernel's scheduler preempts a guest
-/// thread for them instead of making them wait for a time slice.
-const GUEST_THREAD_NICE: libc::c_int = 10;
+/// How much less CPU priority data-plane threads get than the control plane
+/// (a nice value). When guests keep every core busy, the control plane still
+/// runs as soon as a HELLO or health check arrives: the kernel preempts a
+/// data-plane thread for it instead of making it wait for a time slice.
+const DATA_PLANE_NICE: libc::c_int = 5;
 
-/// Starts the runtime guest calls run on. Drop it outside any runtime.
-pub fn start_guest_runtime(threads: usize) -> Result<Runtime> {
+/// Starts the data plane. Drop it outside any runtime.
+pub fn start_data_plane(threads: usize) -> Result<Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
-        .thread_name("spoa-guest")
+        .thread_name("spoa-data")
         .on_thread_start(lower_this_thread_priority)
-        // New batches come from the network runtime through the global
-        // queue; take them before resuming calls that yielded after a full
-        // slice, so a message never waits in line behind looping guests.
-        .global_queue_interval(1)
         .enable_all()
         .build()
-        .context("starting the guest runtime")
+        .context("starting the data plane")
 }
 
 fn lower_this_thread_priority() {
@@ -71,11 +70,11 @@ fn lower_this_thread_priority() {
     // Linux, PRIO_PROCESS with a thread id changes only that thread.
     let result = unsafe {
         let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, GUEST_THREAD_NICE)
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, DATA_PLANE_NICE)
     };
     if result != 0 {
         tracing::debug!(
-            "could not lower the guest thread's priority: {}",
+            "could not lower the data plane's priority: {}",
             std::io::Error::last_os_error()
         );
     }
@@ -115,8 +114,8 @@ impl GuestExecutor {
         self.active.store(module);
     }
 
-    /// Runs `work` on the guest threads (loads and their smoke calls run
-    /// guest code too, and must not run on the network threads).
+    /// Runs `work` on the data plane (loads and their smoke calls run guest
+    /// code too, and must not run on the control plane).
     pub async fn run<F>(&self, work: F) -> Result<F::Output>
     where
         F: Future + Send + 'static,
@@ -136,10 +135,10 @@ impl Handler for GuestExecutor {
         let count = messages.len();
         let permits = self.permits.clone();
         let metrics = self.metrics.clone();
-        let task = self.runtime.spawn(async move {
+        Box::pin(async move {
             // The semaphore is never closed; a failed acquire cannot happen.
             let _permit = permits.acquire_owned().await.ok();
-            let mut outcomes = Vec::with_capacity(messages.len());
+            let mut outcomes = Vec::with_capacity(count);
             for message in &messages {
                 let started = should_time_this_call().then(Instant::now);
                 let result = module.call(message).await;
@@ -150,16 +149,6 @@ impl Handler for GuestExecutor {
                 }
                 outcomes.push(result.map_err(handler_failure));
             }
-            outcomes
-        });
-        Box::pin(async move {
-            let outcomes = task.await.unwrap_or_else(|join| {
-                let failure = HandlerFailure {
-                    kind: FailureKind::Trap,
-                    reason: format!("guest task failed: {join}"),
-                };
-                vec![Err(failure); count]
-            });
             BatchOutcome {
                 handler: label,
                 outcomes,

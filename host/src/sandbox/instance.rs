@@ -63,15 +63,21 @@ impl GuestInstance {
         .map_err(|err| GuestFailure::Instantiate(format!("{err:#}")))?;
         let mut store = Store::new(&sandbox.engine, state);
         store.limiter(|state| state);
-        // Every tick the running call yields, so other calls on this thread
-        // run; once it has used its budget of ticks it is interrupted.
+        // Every tick the running call yields, so the other connections on
+        // this thread run; once it has used its budget of ticks it is
+        // interrupted. tokio's `yield_now` also makes the worker poll for
+        // I/O before it resumes the call, so a frame that arrived for another
+        // connection is seen within a tick.
         store.epoch_deadline_callback(|mut ctx| {
             let state = ctx.data_mut();
             state.ticks_used += 1;
             if state.ticks_used >= state.deadline_ticks {
                 Err(Trap::Interrupt.into())
             } else {
-                Ok(UpdateDeadline::Yield(1))
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                ))
             }
         });
         store.set_epoch_deadline(1);
