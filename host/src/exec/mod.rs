@@ -139,9 +139,10 @@ impl Handler for GuestExecutor {
             // The semaphore is never closed; a failed acquire cannot happen.
             let _permit = permits.acquire_owned().await.ok();
             let mut outcomes = Vec::with_capacity(count);
+            let mut lease = module.lease();
             for message in &messages {
                 let started = should_time_this_call().then(Instant::now);
-                let result = module.call(message).await;
+                let result = lease.call(message).await;
                 if let Some(started) = started {
                     metrics
                         .guest_call_seconds

@@ -166,6 +166,44 @@ pub struct LoadedModule {
     /// Instances between calls (reuse mode). Dropped with the module, so a
     /// reload never serves an instance of the old version.
     idle: Mutex<Vec<GuestInstance>>,
+    /// Whether the component imports host functions that can wait (WASI).
+    host_can_wait: bool,
+}
+
+/// An instance taken from a module's pool for a run of calls.
+pub struct InstanceLease<'m> {
+    module: &'m LoadedModule,
+    instance: Option<GuestInstance>,
+}
+
+impl InstanceLease<'_> {
+    /// Calls `handle-message`; see [`LoadedModule::call`].
+    pub async fn call(
+        &mut self,
+        message: &spop::Message,
+    ) -> Result<Vec<spop::Action>, GuestFailure> {
+        let module = self.module;
+        let mut instance = match self.instance.take().or_else(|| module.take_idle()) {
+            Some(instance) => instance,
+            None => module.bounded(GuestInstance::new(module)).await?,
+        };
+        let result = module.bounded(instance.call(message)).await;
+        // A fresh instance serves one message; a poisoned one, none more.
+        let reusable = module.sandbox.config.instance_mode == InstanceMode::Reuse
+            && !matches!(&result, Err(failure) if failure.poisons_instance());
+        if reusable {
+            self.instance = Some(instance);
+        }
+        result
+    }
+}
+
+impl Drop for InstanceLease<'_> {
+    fn drop(&mut self) {
+        if let Some(instance) = self.instance.take() {
+            self.module.put_idle(instance);
+        }
+    }
 }
 
 /// Core modules start `\0asm` + version 1; components use a different layer.
@@ -214,6 +252,10 @@ impl Sandbox {
             .instantiate_pre(&component)
             .map_err(|err| LoadError::Imports(err.into()))?;
         let pre = HandlerPre::new(instance_pre).map_err(|err| LoadError::World(err.into()))?;
+        let host_can_wait = component
+            .component_type()
+            .imports(&self.engine)
+            .any(|(name, _)| name.starts_with("wasi:") && !name.starts_with("wasi:config/"));
 
         let identity = ModuleIdentity {
             path: path.to_path_buf(),
@@ -230,6 +272,7 @@ impl Sandbox {
             identity,
             label,
             idle: Mutex::new(Vec::new()),
+            host_can_wait,
         });
         module.smoke_test().await?;
         Ok(module)
@@ -285,26 +328,31 @@ impl LoadedModule {
     /// actions. Never panics on guest behaviour; a failure costs this
     /// message only.
     pub async fn call(&self, message: &spop::Message) -> Result<Vec<spop::Action>, GuestFailure> {
-        let mut instance = match self.take_idle() {
-            Some(instance) => instance,
-            None => self.bounded(GuestInstance::new(self)).await?,
-        };
-        let result = self.bounded(instance.call(message)).await;
-        let keep = self.sandbox.config.instance_mode == InstanceMode::Reuse
-            && !matches!(&result, Err(failure) if failure.poisons_instance());
-        if keep {
-            self.put_idle(instance);
+        self.lease().call(message).await
+    }
+
+    /// An instance to call several messages with in a row (one pool
+    /// round-trip per batch, not per message). It goes back to the pool when
+    /// the lease is dropped, unless a failure poisoned it.
+    pub fn lease(&self) -> InstanceLease<'_> {
+        InstanceLease {
+            module: self,
+            instance: None,
         }
-        result
     }
 
     /// Holds `work` to the call deadline in wall-clock time, also while it
     /// waits in the host (a WASI sleep, a poll): epoch interruption only
     /// stops running guest code. Dropping the future abandons the instance.
+    /// A component that imports nothing that can wait (no WASI) needs no
+    /// timer: the epoch deadline alone bounds it.
     async fn bounded<T>(
         &self,
         work: impl Future<Output = Result<T, GuestFailure>>,
     ) -> Result<T, GuestFailure> {
+        if !self.host_can_wait {
+            return work.await;
+        }
         let limit = self.sandbox.config.call_timeout + WALL_CLOCK_GRACE;
         tokio::time::timeout(limit, work)
             .await
