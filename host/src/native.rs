@@ -35,7 +35,7 @@ pub fn iprep_actions(message: &spop::Message) -> Vec<spop::Action> {
 }
 
 impl Handler for NativeIprep {
-    fn handle_batch(&self, messages: Vec<spop::Message>) -> BatchFuture {
+    fn handle_batch<'a>(&'a self, messages: &'a [spop::Message]) -> BatchFuture<'a> {
         let outcome = BatchOutcome {
             handler: self.label.clone(),
             outcomes: messages.iter().map(|m| Ok(iprep_actions(m))).collect(),

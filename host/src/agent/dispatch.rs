@@ -12,7 +12,7 @@ use crate::spop::{Action, Message, Notify, TypedData, VarScope};
 struct PendingAck {
     stream_id: u64,
     frame_id: u64,
-    names: Vec<Bytes>,
+    messages: usize,
 }
 
 /// The NOTIFY frames of one read burst, answered together.
@@ -27,7 +27,7 @@ impl NotifyBatch {
         self.pending.push(PendingAck {
             stream_id: notify.stream_id,
             frame_id: notify.frame_id,
-            names: notify.messages.iter().map(|m| m.name.clone()).collect(),
+            messages: notify.messages.len(),
         });
         self.messages.extend(notify.messages);
     }
@@ -69,8 +69,9 @@ impl Dispatcher<'_> {
         let BatchOutcome {
             handler: handler_label,
             outcomes,
-        } = handler.handle_batch(messages).await;
+        } = handler.handle_batch(&messages).await;
         let mut outcomes = outcomes.into_iter();
+        let mut names = messages.iter().map(|m| &m.name);
         if outcomes.len() != message_count {
             tracing::error!(
                 handler = &*handler_label,
@@ -83,7 +84,7 @@ impl Dispatcher<'_> {
         tally.messages += message_count as u64;
         for ack in pending {
             let mut encoder = AckEncoder::begin(out, ack.stream_id, ack.frame_id, max_frame_size);
-            for name in &ack.names {
+            for name in names.by_ref().take(ack.messages) {
                 let outcome = outcomes.next().unwrap_or_else(|| {
                     Err(HandlerFailure {
                         kind: FailureKind::InvalidOutput,

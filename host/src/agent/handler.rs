@@ -82,14 +82,14 @@ pub struct BatchOutcome {
     pub outcomes: Vec<MessageOutcome>,
 }
 
-pub type BatchFuture = Pin<Box<dyn Future<Output = BatchOutcome> + Send>>;
+pub type BatchFuture<'a> = Pin<Box<dyn Future<Output = BatchOutcome> + Send + 'a>>;
 
 /// Answers SPOE messages.
 ///
 /// The connection hands over every message of a read burst at once and
-/// awaits the answers, so an implementation can run them elsewhere (the
-/// sandbox runs them on its own threads) and pay the hand-off once per
-/// burst. The future must yield one outcome per message, in order.
+/// awaits the answers on its own task, so an implementation pays its fixed
+/// costs (a permit, an instance from a pool) once per burst. The future must
+/// yield one outcome per message, in order.
 pub trait Handler: Send + Sync + 'static {
-    fn handle_batch(&self, messages: Vec<spop::Message>) -> BatchFuture;
+    fn handle_batch<'a>(&'a self, messages: &'a [spop::Message]) -> BatchFuture<'a>;
 }

@@ -129,18 +129,17 @@ impl GuestExecutor {
 }
 
 impl Handler for GuestExecutor {
-    fn handle_batch(&self, messages: Vec<spop::Message>) -> BatchFuture {
+    fn handle_batch<'a>(&'a self, messages: &'a [spop::Message]) -> BatchFuture<'a> {
         let module = self.active.load_full();
         let label = module.label().clone();
         let count = messages.len();
-        let permits = self.permits.clone();
-        let metrics = self.metrics.clone();
         Box::pin(async move {
             // The semaphore is never closed; a failed acquire cannot happen.
-            let _permit = permits.acquire_owned().await.ok();
+            let _permit = self.permits.acquire().await.ok();
+            let metrics = &self.metrics;
             let mut outcomes = Vec::with_capacity(count);
             let mut lease = module.lease();
-            for message in &messages {
+            for message in messages {
                 let started = should_time_this_call().then(Instant::now);
                 let result = lease.call(message).await;
                 if let Some(started) = started {

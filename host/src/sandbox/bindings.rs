@@ -14,3 +14,20 @@ wasmtime::component::bindgen!({
 pub use spoa::agent::log::Level;
 pub use spoa::agent::types as wit;
 pub use wasi::config::store as config_store;
+
+/// The same world with a synchronous `handle-message`, for components that
+/// import nothing that can wait in the host (no WASI): a synchronous call
+/// skips the fiber an async call needs (≈0.3 µs of a ≈1 µs call). Such a
+/// call cannot yield; its deadline still holds.
+pub mod blocking {
+    wasmtime::component::bindgen!({
+        world: "handler",
+        path: "../wit",
+        with: {
+            "spoa:agent/types": super::spoa::agent::types,
+            "spoa:agent/random": super::spoa::agent::random,
+            "spoa:agent/log": super::spoa::agent::log,
+            "wasi:config/store": super::wasi::config::store,
+        },
+    });
+}

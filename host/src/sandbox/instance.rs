@@ -3,7 +3,7 @@
 
 use wasmtime::{Store, Trap, UpdateDeadline};
 
-use super::bindings::Handler;
+use super::bindings::{Handler, blocking};
 use super::convert::{actions_from_wit, message_to_wit};
 use super::log::truncated;
 use super::module::LoadedModule;
@@ -43,10 +43,13 @@ impl GuestFailure {
     }
 }
 
-/// One instantiated guest with its store.
+/// One instantiated guest with its store, and its `handle-message` export
+/// typed both ways: entered on a fiber that yields at every epoch tick, or
+/// (for components that cannot wait in the host) entered directly.
 pub(crate) struct GuestInstance {
     store: Store<GuestState>,
-    bindings: Handler,
+    yielding: Handler,
+    blocking: Option<blocking::Handler>,
 }
 
 impl GuestInstance {
@@ -63,16 +66,25 @@ impl GuestInstance {
         .map_err(|err| GuestFailure::Instantiate(format!("{err:#}")))?;
         let mut store = Store::new(&sandbox.engine, state);
         store.limiter(|state| state);
-        // Every tick the running call yields, so the other connections on
+        // Every tick a yielding call yields, so the other connections on
         // this thread run; once it has used its budget of ticks it is
         // interrupted. tokio's `yield_now` also makes the worker poll for
         // I/O before it resumes the call, so a frame that arrived for another
-        // connection is seen within a tick.
-        store.epoch_deadline_callback(|mut ctx| {
+        // connection is seen within a tick. A direct call cannot yield: once
+        // one runs for a whole tick, the module yields from then on.
+        let slow_seen = module.slow_call_seen.clone();
+        store.epoch_deadline_callback(move |mut ctx| {
             let state = ctx.data_mut();
             state.ticks_used += 1;
             if state.ticks_used >= state.deadline_ticks {
                 Err(Trap::Interrupt.into())
+            } else if state.direct_call {
+                // The first tick may come right after the call started; a
+                // second one means it ran for a whole tick.
+                if state.ticks_used >= 2 {
+                    slow_seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(UpdateDeadline::Continue(1))
             } else {
                 Ok(UpdateDeadline::YieldCustom(
                     1,
@@ -81,28 +93,56 @@ impl GuestInstance {
             }
         });
         store.set_epoch_deadline(1);
-        match module.pre.instantiate_async(&mut store).await {
-            Ok(bindings) => Ok(GuestInstance { store, bindings }),
-            Err(err) => Err(match classify(&store, err) {
-                GuestFailure::Trap(reason) => GuestFailure::Instantiate(reason),
-                other => other,
-            }),
-        }
+        let instance = match module.instance_pre.instantiate_async(&mut store).await {
+            Ok(instance) => instance,
+            Err(err) => {
+                return Err(match classify(&store, err) {
+                    GuestFailure::Trap(reason) => GuestFailure::Instantiate(reason),
+                    other => other,
+                });
+            }
+        };
+        let load_failed = |err: wasmtime::Error| GuestFailure::Instantiate(format!("{err:#}"));
+        let yielding = module
+            .indices
+            .load(&mut store, &instance)
+            .map_err(load_failed)?;
+        let blocking = match &module.blocking_indices {
+            Some(indices) => Some(indices.load(&mut store, &instance).map_err(load_failed)?),
+            None => None,
+        };
+        Ok(GuestInstance {
+            store,
+            yielding,
+            blocking,
+        })
     }
 
+    /// Calls `handle-message`; `direct` enters it without a fiber when the
+    /// component allows it.
     pub(crate) async fn call(
         &mut self,
         message: &spop::Message,
+        direct: bool,
     ) -> Result<Vec<spop::Action>, GuestFailure> {
         let input = message_to_wit(message);
         self.store.data_mut().ticks_used = 0;
         self.store.data().log.start_call();
         self.store.set_epoch_deadline(1);
-        match self
-            .bindings
-            .call_handle_message(&mut self.store, &input)
-            .await
-        {
+        let outcome = match (&self.blocking, direct) {
+            (Some(handler), true) => {
+                self.store.data_mut().direct_call = true;
+                let outcome = handler.call_handle_message(&mut self.store, &input);
+                self.store.data_mut().direct_call = false;
+                outcome
+            }
+            _ => {
+                self.yielding
+                    .call_handle_message(&mut self.store, &input)
+                    .await
+            }
+        };
+        match outcome {
             Ok(Ok(actions)) => actions_from_wit(actions).map_err(GuestFailure::InvalidOutput),
             Ok(Err(reason)) => Err(GuestFailure::Returned(
                 truncated(&reason, MAX_REASON_BYTES).to_owned(),

@@ -3,14 +3,15 @@
 //! call before it serves. Then running calls on a pool of its instances.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use wasmtime::component::Component;
+use wasmtime::component::{Component, InstancePre};
 
-use super::bindings::HandlerPre;
+use super::bindings::{HandlerIndices, blocking};
 use super::cache::CompileCache;
 use super::engine::{InstanceMode, Sandbox};
 use super::instance::{GuestFailure, GuestInstance};
@@ -159,7 +160,15 @@ impl LoadError {
 /// A validated, pre-linked handler, ready to answer messages.
 pub struct LoadedModule {
     pub(crate) sandbox: Sandbox,
-    pub(crate) pre: HandlerPre<GuestState>,
+    pub(crate) instance_pre: InstancePre<GuestState>,
+    pub(crate) indices: HandlerIndices,
+    /// Set when the component imports nothing that can wait (no WASI): its
+    /// calls can be entered directly, without a fiber (≈0.3 µs less).
+    pub(crate) blocking_indices: Option<blocking::HandlerIndices>,
+    /// Set once a direct call ran past one epoch tick: from then on every
+    /// call of this module is entered on a fiber and yields every tick, so
+    /// a guest that runs long never holds its thread again.
+    pub(crate) slow_call_seen: Arc<AtomicBool>,
     pub(crate) settings: GuestSettings,
     pub identity: ModuleIdentity,
     pub(crate) label: Arc<str>,
@@ -187,7 +196,8 @@ impl InstanceLease<'_> {
             Some(instance) => instance,
             None => module.bounded(GuestInstance::new(module)).await?,
         };
-        let result = module.bounded(instance.call(message)).await;
+        let direct = !module.slow_call_seen.load(Ordering::Relaxed);
+        let result = module.bounded(instance.call(message, direct)).await;
         // A fresh instance serves one message; a poisoned one, none more.
         let reusable = module.sandbox.config.instance_mode == InstanceMode::Reuse
             && !matches!(&result, Err(failure) if failure.poisons_instance());
@@ -251,11 +261,20 @@ impl Sandbox {
             .linker
             .instantiate_pre(&component)
             .map_err(|err| LoadError::Imports(err.into()))?;
-        let pre = HandlerPre::new(instance_pre).map_err(|err| LoadError::World(err.into()))?;
+        let indices =
+            HandlerIndices::new(&instance_pre).map_err(|err| LoadError::World(err.into()))?;
         let host_can_wait = component
             .component_type()
             .imports(&self.engine)
             .any(|(name, _)| name.starts_with("wasi:") && !name.starts_with("wasi:config/"));
+        let blocking_indices = if host_can_wait {
+            None
+        } else {
+            Some(
+                blocking::HandlerIndices::new(&instance_pre)
+                    .map_err(|err| LoadError::World(err.into()))?,
+            )
+        };
 
         let identity = ModuleIdentity {
             path: path.to_path_buf(),
@@ -267,7 +286,10 @@ impl Sandbox {
         let label: Arc<str> = identity.label().into();
         let module = Arc::new(LoadedModule {
             sandbox: self.clone(),
-            pre,
+            instance_pre,
+            indices,
+            blocking_indices,
+            slow_call_seen: Arc::new(AtomicBool::new(false)),
             settings,
             identity,
             label,
@@ -310,7 +332,7 @@ impl LoadedModule {
             .await
             .map_err(LoadError::Instantiate)?;
         let message = &self.settings.smoke_message;
-        match self.bounded(instance.call(message)).await {
+        match self.bounded(instance.call(message, false)).await {
             Ok(_) | Err(GuestFailure::Returned(_)) | Err(GuestFailure::InvalidOutput(_)) => {
                 if self.sandbox.config.instance_mode == InstanceMode::Reuse {
                     self.put_idle(instance);

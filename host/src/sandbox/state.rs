@@ -34,6 +34,8 @@ pub struct GuestState {
     /// Epoch ticks the current call has used, and how many it may use.
     pub ticks_used: u64,
     pub deadline_ticks: u64,
+    /// The running call was entered directly (it cannot yield).
+    pub direct_call: bool,
     config: Arc<GuestConfig>,
     wasi: WasiCtx,
     table: ResourceTable,
@@ -57,6 +59,7 @@ impl GuestState {
             memory_exceeded: false,
             ticks_used: 0,
             deadline_ticks,
+            direct_call: false,
             config,
             table: ResourceTable::new(),
             http: wasi::http_ctx(),
