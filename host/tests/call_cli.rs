@@ -1,0 +1,216 @@
+//! `spoa-host call`: one guest call or a file of cases, with the serving
+//! sandbox, no network; JSON on stdout; exit 0 on success, 1 on failure.
+//! Also the load check's smoke message and the compiled-module cache.
+
+mod support;
+
+use support::agent::run_host;
+use support::{hostile_guest, iprep_guest};
+
+fn json(output: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+        panic!(
+            "stdout is not JSON ({err}):\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+#[test]
+fn the_readme_example_prints_an_ip_score() {
+    let module = iprep_guest();
+    let output = run_host(&[
+        "call",
+        module.to_str().expect("utf-8"),
+        "--message",
+        "check-client-ip",
+        "--arg",
+        "ip=ipv4:192.0.2.1",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let report = json(&output);
+    assert_eq!(report["ok"], true);
+    let action = &report["actions"][0];
+    assert_eq!(action["action"], "set-var");
+    assert_eq!(action["scope"], "sess");
+    assert_eq!(action["name"], "ip_score");
+    assert_eq!(action["value"]["type"], "int32");
+    let score = action["value"]["value"].as_i64().expect("a number");
+    assert!((0..=100).contains(&score), "{score}");
+}
+
+#[test]
+fn every_type_round_trips_and_failures_say_their_kind() {
+    let module = hostile_guest('A');
+    let module = module.to_str().expect("utf-8");
+    let output = run_host(&[
+        "call",
+        module,
+        "--message",
+        "echo",
+        "--arg",
+        "n=null:",
+        "--arg",
+        "b=bool:true",
+        "--arg",
+        "i=int32:-5",
+        "--arg",
+        "u=uint32:5",
+        "--arg",
+        "l=int64:-9000000000",
+        "--arg",
+        "q=uint64:18446744073709551615",
+        "--arg",
+        "v4=ipv4:192.0.2.1",
+        "--arg",
+        "v6=ipv6:2001:db8::1",
+        "--arg",
+        "s=str:héllo",
+        "--arg",
+        "x=bin:00ff10",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let report = json(&output);
+    let values: Vec<String> = report["actions"]
+        .as_array()
+        .expect("actions")
+        .iter()
+        .map(|a| format!("{}={}", a["name"].as_str().unwrap_or(""), a["value"]))
+        .collect();
+    assert_eq!(
+        values,
+        [
+            r#"n={"type":"null"}"#,
+            r#"b={"type":"bool","value":true}"#,
+            r#"i={"type":"int32","value":-5}"#,
+            r#"u={"type":"uint32","value":5}"#,
+            r#"l={"type":"int64","value":-9000000000}"#,
+            r#"q={"type":"uint64","value":18446744073709551615}"#,
+            r#"v4={"type":"ipv4","value":"192.0.2.1"}"#,
+            r#"v6={"type":"ipv6","value":"2001:db8::1"}"#,
+            r#"s={"type":"str","value":"héllo"}"#,
+            r#"x={"type":"bin","value":"00ff10"}"#,
+        ]
+    );
+
+    for (message, kind) in [
+        ("trap", "trap"),
+        ("error", "error"),
+        ("bad-name", "invalid_output"),
+    ] {
+        let output = run_host(&["call", module, "--message", message]);
+        assert_eq!(output.status.code(), Some(1), "{message}: {output:?}");
+        let report = json(&output);
+        assert_eq!(report["ok"], false, "{message}");
+        assert_eq!(report["failure"]["kind"], kind, "{message}: {report}");
+    }
+    let output = run_host(&[
+        "call",
+        module,
+        "--message",
+        "loop",
+        "--guest-timeout",
+        "20ms",
+    ]);
+    assert_eq!(json(&output)["failure"]["kind"], "timeout");
+}
+
+#[test]
+fn a_cases_file_reports_every_difference() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cases = dir.path().join("cases.json");
+    std::fs::write(
+        &cases,
+        r#"[
+  {"name": "scored", "message": "check-client-ip", "args": ["ip=ipv4:192.0.2.1"],
+   "expect": [{"action": "set-var", "scope": "sess", "name": "ip_score", "value": {"type": "int32", "value": 42}}]},
+  {"name": "any score", "message": "check-client-ip",
+   "expect": [{"action": "set-var", "scope": "sess", "name": "ip_score", "value": {"type": "int32"}}]},
+  {"name": "refused", "message": "error", "expect_failure": "error"},
+  {"name": "wrong value", "message": "check-client-ip",
+   "expect": [{"action": "set-var", "scope": "sess", "name": "ip_score", "value": {"type": "int32", "value": 7}}]},
+  {"name": "wrong kind", "message": "trap", "expect_failure": "timeout"}
+]"#,
+    )
+    .expect("write cases");
+    let module = hostile_guest('A');
+    let output = run_host(&[
+        "call",
+        module.to_str().expect("utf-8"),
+        "--cases",
+        cases.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let report = json(&output);
+    assert_eq!(report["cases"], 5);
+    assert_eq!(report["passed"], 3, "{report:#}");
+    let failed: Vec<&str> = report["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter(|r| r["passed"] == false)
+        .map(|r| r["name"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(failed, ["wrong value", "wrong kind"]);
+    let text = report.to_string();
+    assert!(
+        text.contains("expected failure `timeout`, got `trap`"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_smoke_message_can_be_named_and_an_err_answer_is_accepted() {
+    let module = hostile_guest('A');
+    let module = module.to_str().expect("utf-8");
+    // A guest that answers `err` to the smoke message is accepted.
+    let output = run_host(&["check", module, "--smoke-message", "error"]);
+    assert!(output.status.success(), "{output:?}");
+    // One that loops on it is refused, naming the step.
+    let output = run_host(&[
+        "check",
+        module,
+        "--smoke-message",
+        "loop",
+        "--guest-timeout",
+        "20ms",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cause: smoke") && stderr.contains("`loop`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_second_load_takes_the_compiled_code_from_the_cache() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cache = dir.path().join("cache");
+    let module = iprep_guest();
+    let args = [
+        "check",
+        module.to_str().expect("utf-8"),
+        "--cache-dir",
+        cache.to_str().expect("utf-8"),
+    ];
+    let first = run_host(&args);
+    assert!(first.status.success(), "{first:?}");
+    assert!(!String::from_utf8_lossy(&first.stdout).contains("from the cache"));
+    let second = run_host(&args);
+    assert!(
+        String::from_utf8_lossy(&second.stdout).contains("compiled code from the cache"),
+        "{second:?}"
+    );
+    // A planted file in its place is never loaded: the load compiles again.
+    for entry in std::fs::read_dir(&cache).expect("cache dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "cwasm") {
+            std::fs::write(&path, b"not code this host wrote").expect("plant");
+        }
+    }
+    let third = run_host(&args);
+    assert!(third.status.success(), "{third:?}");
+    assert!(!String::from_utf8_lossy(&third.stdout).contains("from the cache"));
+}
