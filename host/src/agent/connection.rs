@@ -107,12 +107,14 @@ pub async fn serve_connection(
     metrics.connections_total.inc();
     metrics.connections_current.inc();
     let mut connection = Connection {
-        codec: SpopCodec::new(ctx.settings.max_frame_size),
         stream,
-        peer,
-        read_buf: BytesMut::with_capacity(READ_RESERVE),
-        write_buf: BytesMut::new(),
-        ctx,
+        link: Link {
+            codec: SpopCodec::new(ctx.settings.max_frame_size),
+            peer,
+            read_buf: BytesMut::with_capacity(READ_RESERVE),
+            write_buf: BytesMut::new(),
+            ctx,
+        },
     };
     match connection.handshake_phase(&shutdown).await {
         Ok(negotiated) => match connection.into_data_plane(negotiated, shutdown) {
@@ -132,6 +134,12 @@ pub async fn serve_connection(
 
 struct Connection {
     stream: TcpStream,
+    link: Link,
+}
+
+/// Everything of a connection but its socket: what moves with it from the
+/// control plane to the data plane.
+struct Link {
     peer: SocketAddr,
     codec: SpopCodec,
     read_buf: BytesMut,
@@ -143,7 +151,7 @@ impl Connection {
     /// HELLO, and the health check if it is one. `Ok` once the connection is
     /// established for NOTIFY frames.
     async fn handshake_phase(&mut self, shutdown: &CancellationToken) -> Result<Negotiated, End> {
-        let hello_timeout = self.ctx.settings.hello_timeout;
+        let hello_timeout = self.link.ctx.settings.hello_timeout;
         let negotiated = match timeout(hello_timeout, self.handshake(shutdown)).await {
             Err(_) => {
                 return Err(End::Disconnect(
@@ -154,13 +162,15 @@ impl Connection {
             Ok(Err(end)) => return Err(end),
             Ok(Ok(negotiated)) => negotiated,
         };
-        tracing::debug!(peer = %self.peer, ?negotiated, "HELLO negotiated");
-        self.codec.set_max_frame_size(negotiated.max_frame_size);
+        tracing::debug!(peer = %self.link.peer, ?negotiated, "HELLO negotiated");
+        self.link
+            .codec
+            .set_max_frame_size(negotiated.max_frame_size);
         encode_control(
             &Frame::AgentHello(agent_hello(&negotiated)),
-            &mut self.write_buf,
+            &mut self.link.write_buf,
         );
-        self.ctx.metrics.frames_sent(FrameType::AgentHello, 1);
+        self.link.ctx.metrics.frames_sent(FrameType::AgentHello, 1);
         if let Err(err) = self.flush().await {
             return Err(End::Io(err));
         }
@@ -178,32 +188,18 @@ impl Connection {
         negotiated: Negotiated,
         shutdown: CancellationToken,
     ) -> io::Result<tokio::task::JoinHandle<()>> {
-        let Connection {
-            stream,
-            peer,
-            codec,
-            read_buf,
-            write_buf,
-            ctx,
-        } = self;
+        let Connection { stream, link } = self;
         let socket = stream.into_std()?;
-        let data_plane = ctx.data_plane.clone();
+        let data_plane = link.ctx.data_plane.clone();
         Ok(data_plane.spawn(async move {
             let stream = match TcpStream::from_std(socket) {
                 Ok(stream) => stream,
                 Err(err) => {
-                    tracing::warn!(%peer, "could not register the connection: {err}");
+                    tracing::warn!(peer = %link.peer, "could not register the connection: {err}");
                     return;
                 }
             };
-            let mut connection = Connection {
-                stream,
-                peer,
-                codec,
-                read_buf,
-                write_buf,
-                ctx,
-            };
+            let mut connection = Connection { stream, link };
             let end = connection.serve_notifies(&negotiated, &shutdown).await;
             connection.finish(end).await;
         }))
@@ -212,7 +208,7 @@ impl Connection {
     /// Reads the first frame, which must be HAPROXY-HELLO.
     async fn handshake(&mut self, shutdown: &CancellationToken) -> Result<Negotiated, End> {
         let frame = loop {
-            match self.codec.next_frame_bytes(&mut self.read_buf) {
+            match self.link.codec.next_frame_bytes(&mut self.link.read_buf) {
                 Ok(Some(body)) => break Frame::decode(body.freeze()).map_err(decode_end)?,
                 Ok(None) => {}
                 Err(err) => return Err(decode_end(err)),
@@ -227,9 +223,9 @@ impl Connection {
                 }
             }
         };
-        self.ctx.metrics.frame_received(frame.frame_type());
+        self.link.ctx.metrics.frame_received(frame.frame_type());
         match frame {
-            Frame::HaproxyHello(hello) => negotiate(&hello, self.ctx.settings.max_frame_size)
+            Frame::HaproxyHello(hello) => negotiate(&hello, self.link.ctx.settings.max_frame_size)
                 .map_err(|status| End::Disconnect(status, "HAPROXY-HELLO refused".into())),
             Frame::HaproxyDisconnect(kv) => Err(End::PeerDisconnect(Disconnect::parse(&kv))),
             other => Err(End::Disconnect(
@@ -248,7 +244,7 @@ impl Connection {
             if let Some(end) = self.answer_buffered(negotiated).await {
                 return end;
             }
-            let idle = self.ctx.settings.idle_timeout;
+            let idle = self.link.ctx.settings.idle_timeout;
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
@@ -275,18 +271,18 @@ impl Connection {
             if !batch.is_empty() {
                 let mut tally = NotifyTally::default();
                 let dispatcher = Dispatcher {
-                    error_var: self.ctx.settings.error_var.as_ref(),
+                    error_var: self.link.ctx.settings.error_var.as_ref(),
                 };
                 dispatcher
                     .answer(
-                        &*self.ctx.handler,
+                        &*self.link.ctx.handler,
                         batch,
                         negotiated.max_frame_size,
-                        &mut self.write_buf,
+                        &mut self.link.write_buf,
                         &mut tally,
                     )
                     .await;
-                self.ctx.metrics.record_notify_batch(&tally);
+                self.link.ctx.metrics.record_notify_batch(&tally);
             }
             if let Err(err) = self.flush().await {
                 return Some(End::Io(err));
@@ -304,7 +300,7 @@ impl Connection {
     /// connection.
     fn take_batch(&mut self, batch: &mut NotifyBatch) -> Next {
         while batch.len() < MAX_BATCH {
-            let body = match self.codec.next_frame_bytes(&mut self.read_buf) {
+            let body = match self.link.codec.next_frame_bytes(&mut self.link.read_buf) {
                 Ok(Some(body)) => body,
                 Ok(None) => return Next::NeedInput,
                 Err(err) => return Next::End(decode_end(err)),
@@ -315,7 +311,7 @@ impl Connection {
             };
             // NOTIFY frames are counted in the batch tally.
             if !matches!(frame, Frame::Notify(_)) {
-                self.ctx.metrics.frame_received(frame.frame_type());
+                self.link.ctx.metrics.frame_received(frame.frame_type());
             }
             match frame {
                 Frame::Notify(notify) => batch.push(notify),
@@ -341,8 +337,8 @@ impl Connection {
 
     /// One read into the buffer, bounded by `idle` when given.
     async fn read_more(&mut self, idle: Option<Duration>) -> ReadOutcome {
-        reserve(&mut self.read_buf);
-        let read = self.stream.read_buf(&mut self.read_buf);
+        reserve(&mut self.link.read_buf);
+        let read = self.stream.read_buf(&mut self.link.read_buf);
         let result = match idle {
             Some(limit) => match timeout(limit, read).await {
                 Ok(result) => result,
@@ -362,7 +358,7 @@ impl Connection {
         match outcome {
             ReadOutcome::Data => None,
             ReadOutcome::Closed => Some(End::PeerClosed {
-                unfinished_frame: !self.read_buf.is_empty(),
+                unfinished_frame: !self.link.read_buf.is_empty(),
             }),
             ReadOutcome::Failed(err) => Some(End::Io(err)),
             ReadOutcome::IdleTimeout => {
@@ -373,8 +369,8 @@ impl Connection {
 
     fn read_ready_without_waiting(&mut self) {
         loop {
-            reserve(&mut self.read_buf);
-            match self.stream.try_read_buf(&mut self.read_buf) {
+            reserve(&mut self.link.read_buf);
+            match self.stream.try_read_buf(&mut self.link.read_buf) {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }
@@ -382,16 +378,16 @@ impl Connection {
     }
 
     async fn flush(&mut self) -> io::Result<()> {
-        if self.write_buf.is_empty() {
+        if self.link.write_buf.is_empty() {
             return Ok(());
         }
-        let result = self.stream.write_all(&self.write_buf).await;
-        self.write_buf.clear();
+        let result = self.stream.write_all(&self.link.write_buf).await;
+        self.link.write_buf.clear();
         result
     }
 
     async fn finish(&mut self, end: End) {
-        let peer = self.peer;
+        let peer = self.link.peer;
         let (status, message) = match end {
             End::PeerClosed { unfinished_frame } => {
                 tracing::debug!(%peer, unfinished_frame, "peer closed the connection");
@@ -432,8 +428,8 @@ impl Connection {
                 (status, status.message())
             }
         };
-        self.ctx.metrics.disconnect_sent(status);
-        let pending = std::mem::take(&mut self.write_buf);
+        self.link.ctx.metrics.disconnect_sent(status);
+        let pending = std::mem::take(&mut self.link.write_buf);
         disconnect_and_close(&mut self.stream, pending, status, message).await;
     }
 }

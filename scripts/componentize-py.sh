@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# scripts/componentize-py.sh SRC_DIR OUT.wasm
+# Builds the Python guest whose `app.py` is in SRC_DIR into a WebAssembly
+# component for spoa-host's `handler` world (wit/), with componentize-py
+# pinned by examples/guests/python/requirements.txt and installed into a venv
+# under target/toolchains/python (when missing or when the pin changed).
+# Does nothing when OUT is newer than its inputs (FORCE=1 rebuilds). Runs from
+# any directory.
+set -euo pipefail
+
+src="$(cd "$1" && pwd)"
+out="$2"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+wit="$root/wit"
+requirements="$root/examples/guests/python/requirements.txt"
+venv="$root/target/toolchains/python"
+stamp="$venv/.requirements.txt"
+
+if ! command -v python3 >/dev/null 2>&1; then
+    echo "componentize-py.sh: python3 not found. Install Python 3.9 or newer with venv and pip" >&2
+    echo "  (Debian/Ubuntu: apt-get install python3 python3-venv python3-pip)." >&2
+    exit 1
+fi
+if ! cmp -s "$requirements" "$stamp" 2>/dev/null; then
+    if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        echo "componentize-py.sh: python3 cannot create a venv with pip." >&2
+        echo "  Debian/Ubuntu: apt-get install python3-venv python3-pip" >&2
+        exit 1
+    fi
+    echo "componentize-py.sh: installing $(grep -v '^#' "$requirements" | xargs) into $venv"
+    [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+    cp "$requirements" "$stamp"
+fi
+
+if [ -z "${FORCE:-}" ] && [ -f "$out" ] && [ "$out" -nt "$stamp" ] &&
+    [ -z "$(find "$src" "$wit" "${BASH_SOURCE[0]}" -newer "$out" \
+        \( -name '*.py' -o -name '*.wit' -o -name '*.sh' \) \
+        -not -path '*/__pycache__/*' -not -path "$src/bindings/*" -print -quit)" ]; then
+    echo "componentize-py.sh: $out is up to date"
+    exit 0
+fi
+
+mkdir -p "$(dirname "$out")"
+cd "$src"
+# VIRTUAL_ENV and -p keep the bundled Python path to SRC_DIR and the venv.
+VIRTUAL_ENV="$venv" "$venv/bin/componentize-py" -d "$wit" -w handler \
+    componentize -p "$src" app -o "$out.tmp"
+mv "$out.tmp" "$out"
+echo "componentize-py.sh: wrote $out ($(wc -c <"$out") bytes)"
