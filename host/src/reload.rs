@@ -65,9 +65,11 @@ pub async fn load(
     path: &Path,
     grants: &GrantSources,
 ) -> Result<Arc<LoadedModule>, LoadError> {
-    let settings = grants.read().map_err(LoadError::Config)?;
-    let (sandbox, path) = (sandbox.clone(), path.to_path_buf());
-    let work = async move { sandbox.load_file(&path, settings).await };
+    let (sandbox, path, grants) = (sandbox.clone(), path.to_path_buf(), grants.clone());
+    let work = async move {
+        let settings = grants.read().map_err(LoadError::Config)?;
+        sandbox.load_file(&path, settings).await
+    };
     match executor_or_here {
         Some(executor) => executor.run(work).await.map_err(LoadError::Compile)?,
         None => work.await,
@@ -135,9 +137,11 @@ impl Reloader {
         .await
         {
             Ok(module) => {
+                // The grants as they were before the load: a change that
+                // lands during the load differs from it and reloads again.
                 let version = Version {
                     module_sha256: module.identity.sha256.clone(),
-                    grants: module.settings().fingerprint(),
+                    grants: before.map(|files| files.grants).unwrap_or_default(),
                 };
                 *self.active.lock().unwrap_or_else(|p| p.into_inner()) = version;
                 log_loaded(&module, reason, started.elapsed());
@@ -173,7 +177,10 @@ impl Reloader {
                 watchers.push(watch_tree(dir, "data changed", tx.clone())?);
             }
         }
-        tokio::spawn(async move {
+        // The loop runs on the data plane: loads and smoke calls run guest
+        // code, which never runs on the control plane.
+        let executor = self.executor.clone();
+        executor.spawn(async move {
             let _watchers = watchers;
             loop {
                 let reason = tokio::select! {

@@ -367,8 +367,12 @@ impl Connection {
         }
     }
 
+    /// Takes what the kernel already holds, bounded: a peer that keeps
+    /// sending during the drain cannot keep the task reading.
     fn read_ready_without_waiting(&mut self) {
-        loop {
+        let limit =
+            self.link.read_buf.len() + MAX_BATCH * self.link.codec.max_frame_size() as usize;
+        while self.link.read_buf.len() < limit {
             reserve(&mut self.link.read_buf);
             match self.stream.try_read_buf(&mut self.link.read_buf) {
                 Ok(0) | Err(_) => return,

@@ -114,6 +114,15 @@ impl GuestExecutor {
         self.active.store(module);
     }
 
+    /// Starts a task on the data plane.
+    pub fn spawn<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.runtime.spawn(work)
+    }
+
     /// Runs `work` on the data plane (loads and their smoke calls run guest
     /// code too, and must not run on the control plane).
     pub async fn run<F>(&self, work: F) -> Result<F::Output>

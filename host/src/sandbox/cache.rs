@@ -66,16 +66,25 @@ impl CompileCache {
         })
     }
 
-    fn entry_path(&self, engine: &Engine, sha256: &str) -> PathBuf {
+    /// The entry's file name: the module's hash and the engine's.
+    fn entry_name(engine: &Engine, sha256: &str) -> String {
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        self.dir
-            .join(format!("{sha256}-{:016x}.cwasm", hasher.finish()))
+        format!("{sha256}-{:016x}.cwasm", hasher.finish())
     }
 
-    fn mac(&self) -> Hmac<Sha256> {
+    fn entry_path(&self, engine: &Engine, sha256: &str) -> PathBuf {
+        self.dir.join(Self::entry_name(engine, sha256))
+    }
+
+    /// The MAC of an entry covers its name too, so a valid entry renamed to
+    /// another module's name is refused.
+    fn mac(&self, engine: &Engine, sha256: &str) -> Hmac<Sha256> {
         // HMAC takes keys of any length; this cannot fail.
-        <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC accepts any key length")
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC accepts any key length");
+        mac.update(Self::entry_name(engine, sha256).as_bytes());
+        mac
     }
 
     /// The cached compilation of the module with this hash, if the cache
@@ -88,7 +97,7 @@ impl CompileCache {
             return None;
         };
         let (code, tag) = bytes.split_at(split);
-        let mut mac = self.mac();
+        let mut mac = self.mac(engine, sha256);
         mac.update(code);
         if mac.verify_slice(tag).is_err() {
             tracing::warn!(path = %path.display(), "cache entry not written by this host (bad MAC); ignored");
@@ -112,14 +121,20 @@ impl CompileCache {
     /// Stores a compilation. Failures are logged, never fatal.
     pub fn put(&self, engine: &Engine, sha256: &str, component: &Component) {
         let path = self.entry_path(engine, sha256);
-        if let Err(err) = self.write_entry(&path, component) {
+        if let Err(err) = self.write_entry(engine, sha256, &path, component) {
             tracing::warn!(path = %path.display(), "could not write the compiled-module cache: {err:#}");
         }
     }
 
-    fn write_entry(&self, path: &Path, component: &Component) -> anyhow::Result<()> {
+    fn write_entry(
+        &self,
+        engine: &Engine,
+        sha256: &str,
+        path: &Path,
+        component: &Component,
+    ) -> anyhow::Result<()> {
         let code = component.serialize()?;
-        let mut mac = self.mac();
+        let mut mac = self.mac(engine, sha256);
         mac.update(&code);
         let tag = mac.finalize().into_bytes();
         let temp = path.with_extension(format!("tmp{}", std::process::id()));
@@ -202,6 +217,11 @@ mod tests {
         assert!(cache.get(&engine, "abc").is_none());
         fs::write(&path, component.serialize().expect("serialize")).expect("plant");
         assert!(cache.get(&engine, "abc").is_none());
+
+        // A valid entry under another module's name is refused.
+        cache.put(&engine, "abc", &component);
+        fs::rename(&path, cache.entry_path(&engine, "def")).expect("rename");
+        assert!(cache.get(&engine, "def").is_none());
 
         // A group-writable directory disables the cache.
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).expect("chmod");

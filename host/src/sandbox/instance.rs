@@ -60,6 +60,7 @@ impl GuestInstance {
             module.label.clone(),
             sandbox.config.memory_cap,
             sandbox.deadline_ticks,
+            sandbox.config.call_timeout,
             module.settings.config.clone(),
             module.settings.data_dir.as_deref(),
         )
@@ -76,7 +77,8 @@ impl GuestInstance {
         store.epoch_deadline_callback(move |mut ctx| {
             let state = ctx.data_mut();
             state.ticks_used += 1;
-            if state.ticks_used >= state.deadline_ticks {
+            let out_of_time = state.call_started.elapsed() >= state.call_timeout;
+            if out_of_time || state.ticks_used >= state.deadline_ticks {
                 Err(Trap::Interrupt.into())
             } else if state.direct_call {
                 // The first tick may come right after the call started; a
@@ -126,8 +128,10 @@ impl GuestInstance {
         direct: bool,
     ) -> Result<Vec<spop::Action>, GuestFailure> {
         let input = message_to_wit(message);
-        self.store.data_mut().ticks_used = 0;
-        self.store.data().log.start_call();
+        let state = self.store.data_mut();
+        state.ticks_used = 0;
+        state.call_started = std::time::Instant::now();
+        state.log.start_call();
         self.store.set_epoch_deadline(1);
         let outcome = match (&self.blocking, direct) {
             (Some(handler), true) => {

@@ -45,6 +45,14 @@ impl GuestLog {
             return;
         }
         let message = truncated(message, MAX_LOG_BYTES);
+        // A guest must not be able to forge host log lines.
+        let escaped;
+        let message = if message.contains(char::is_control) {
+            escaped = message.escape_default().to_string();
+            escaped.as_str()
+        } else {
+            message
+        };
         match level {
             Level::Trace => tracing::trace!(target: "guest", module, "{message}"),
             Level::Debug => tracing::debug!(target: "guest", module, "{message}"),

@@ -328,7 +328,8 @@ impl LoadedModule {
     /// answer or unusable actions do not (a guest may legitimately refuse a
     /// message it does not know).
     async fn smoke_test(&self) -> Result<(), LoadError> {
-        let mut instance = GuestInstance::new(self)
+        let mut instance = self
+            .bounded(GuestInstance::new(self))
             .await
             .map_err(LoadError::Instantiate)?;
         let message = &self.settings.smoke_message;

@@ -17,6 +17,11 @@ use super::wasi::{self, DenyHttp};
 
 /// Most random bytes one `get-random-bytes` call returns.
 const MAX_RANDOM_BYTES: u32 = 4096;
+/// Host resources (open files, streams, HTTP fields…) one instance may hold
+/// at once: each can hold host memory or a file descriptor outside the
+/// memory cap, so a guest that leaks them fails its calls instead of
+/// exhausting the host.
+const MAX_HOST_RESOURCES: usize = 1024;
 /// Table elements an instance may grow to (function tables of Rust guests are
 /// small; this only stops a guest from exhausting host memory through tables).
 const MAX_TABLE_ELEMENTS: usize = 100_000;
@@ -36,6 +41,10 @@ pub struct GuestState {
     pub deadline_ticks: u64,
     /// The running call was entered directly (it cannot yield).
     pub direct_call: bool,
+    /// When the running call started, and how long it may run (wall clock,
+    /// whatever share of its thread it got).
+    pub call_started: std::time::Instant,
+    pub call_timeout: std::time::Duration,
     config: Arc<GuestConfig>,
     wasi: WasiCtx,
     table: ResourceTable,
@@ -48,6 +57,7 @@ impl GuestState {
         module_name: Arc<str>,
         memory_cap: usize,
         deadline_ticks: u64,
+        call_timeout: std::time::Duration,
         config: Arc<GuestConfig>,
         data_dir: Option<&Path>,
     ) -> Result<GuestState> {
@@ -60,8 +70,14 @@ impl GuestState {
             ticks_used: 0,
             deadline_ticks,
             direct_call: false,
+            call_started: std::time::Instant::now(),
+            call_timeout,
             config,
-            table: ResourceTable::new(),
+            table: {
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(MAX_HOST_RESOURCES);
+                table
+            },
             http: wasi::http_ctx(),
             http_hooks: DenyHttp,
         })
