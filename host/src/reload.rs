@@ -228,8 +228,12 @@ fn watch_file(
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    // Kubernetes mounts ConfigMaps and Secrets as symlinks through a
+    // `..data` link that is swapped on update: no event names the file.
     watch(&dir, false, reason, tx, move |changed| {
-        changed.file_name() == Some(file_name.as_os_str())
+        changed.file_name().is_some_and(|name| {
+            name == file_name.as_os_str() || name.as_encoded_bytes().starts_with(b"..data")
+        })
     })
 }
 
