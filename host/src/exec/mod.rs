@@ -52,7 +52,7 @@ fn should_time_this_call() -> bool {
 /// (a nice value). When guests keep every core busy, the control plane still
 /// runs as soon as a HELLO or health check arrives: the kernel preempts a
 /// data-plane thread for it instead of making it wait for a time slice.
-const DATA_PLANE_NICE: libc::c_int = 5;
+const DATA_PLANE_NICE: libc::c_int = 10;
 
 /// Starts the data plane. Drop it outside any runtime.
 pub fn start_data_plane(threads: usize) -> Result<Runtime> {
