@@ -151,9 +151,11 @@ pub struct ServeArgs {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SandboxArgs {
-    /// Wall-clock budget of one handle-message call; a guest running longer is
-    /// interrupted and the message gets no actions. Keep it well under the SPOE
-    /// `timeout processing`.
+    /// Time budget of one handle-message call: the time it runs (counted in
+    /// 1 ms ticks, not the time its thread spent on other calls or was
+    /// descheduled), and in wall-clock time while it waits in the host (a WASI
+    /// sleep or poll). A guest over budget is interrupted and the message gets
+    /// no actions. Keep it well under the SPOE `timeout processing`.
     #[arg(long, default_value = "10ms", value_parser = parse_duration)]
     pub guest_timeout: Duration,
 

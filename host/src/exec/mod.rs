@@ -48,36 +48,14 @@ fn should_time_this_call() -> bool {
     })
 }
 
-/// How much less CPU priority data-plane threads get than the control plane
-/// (a nice value). When guests keep every core busy, the control plane still
-/// runs as soon as a HELLO or health check arrives: the kernel preempts a
-/// data-plane thread for it instead of making it wait for a time slice.
-const DATA_PLANE_NICE: libc::c_int = 10;
-
 /// Starts the data plane. Drop it outside any runtime.
 pub fn start_data_plane(threads: usize) -> Result<Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
         .thread_name("spoa-data")
-        .on_thread_start(lower_this_thread_priority)
         .enable_all()
         .build()
         .context("starting the data plane")
-}
-
-fn lower_this_thread_priority() {
-    // SAFETY: gettid and setpriority have no memory-safety preconditions; on
-    // Linux, PRIO_PROCESS with a thread id changes only that thread.
-    let result = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, DATA_PLANE_NICE)
-    };
-    if result != 0 {
-        tracing::debug!(
-            "could not lower the data plane's priority: {}",
-            std::io::Error::last_os_error()
-        );
-    }
 }
 
 /// Runs guest calls for the agent; implements the agent's [`Handler`].

@@ -41,10 +41,6 @@ pub struct GuestState {
     pub deadline_ticks: u64,
     /// The running call was entered directly (it cannot yield).
     pub direct_call: bool,
-    /// When the running call started, and how long it may run (wall clock,
-    /// whatever share of its thread it got).
-    pub call_started: std::time::Instant,
-    pub call_timeout: std::time::Duration,
     config: Arc<GuestConfig>,
     wasi: WasiCtx,
     table: ResourceTable,
@@ -57,7 +53,6 @@ impl GuestState {
         module_name: Arc<str>,
         memory_cap: usize,
         deadline_ticks: u64,
-        call_timeout: std::time::Duration,
         config: Arc<GuestConfig>,
         data_dir: Option<&Path>,
     ) -> Result<GuestState> {
@@ -70,8 +65,6 @@ impl GuestState {
             ticks_used: 0,
             deadline_ticks,
             direct_call: false,
-            call_started: std::time::Instant::now(),
-            call_timeout,
             config,
             table: {
                 let mut table = ResourceTable::new();
