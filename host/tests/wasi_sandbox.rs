@@ -187,6 +187,19 @@ fn the_wasi_surface_refuses_everything_but_reading_data() {
         probe.log()
     );
 
+    // stdout and stderr lines become the guest's log records.
+    let outcome = probe.outcome("print", vec![]);
+    assert_eq!(outcome, "ok: printed");
+    assert!(
+        support::eventually(Duration::from_secs(5), || {
+            let log = probe.log();
+            log.contains("sandbox probe line on stdout")
+                && log.contains("sandbox probe line on stderr")
+        }),
+        "stdout/stderr not in the agent log:\n{}",
+        probe.log()
+    );
+
     // No environment variables and no arguments (the agent itself has
     // RUST_LOG, XDG_CACHE_HOME, PATH, HOME…).
     let outcome = probe.outcome("read-env", vec![]);
@@ -296,6 +309,26 @@ fn the_wasi_surface_refuses_everything_but_reading_data() {
     support::eventually(Duration::from_secs(2), || cut(&probe.log()));
     let log = probe.log();
     assert!(cut(&log), "no timeout warning for sleep:\n{log}");
+
+    // `exit` fails that call (kind trap) and nothing else. (WASI 0.2's exit
+    // carries only success or failure: `os._exit(3)` arrives as exit(1).)
+    let (actions, _) = probe.call(message("exit", vec![]));
+    assert!(actions.is_empty(), "exit: {actions:?}\n{}", probe.log());
+    probe.assert_still_served("exit");
+    assert_eq!(
+        probe.metric("spoa_guest_failures_total{kind=\"trap\"}"),
+        1.0,
+        "exit\nagent log:\n{}",
+        probe.log()
+    );
+    support::eventually(Duration::from_secs(2), || {
+        probe.log().contains("guest called exit(")
+    });
+    assert!(
+        probe.log().contains("guest called exit("),
+        "{}",
+        probe.log()
+    );
 
     // Afterwards (a fresh instance replaced the abandoned one) the same
     // connection is served and the grant still works.
