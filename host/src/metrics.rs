@@ -259,10 +259,6 @@ impl Metrics {
         self.frames_sent(FrameType::AgentDisconnect, 1);
     }
 
-    pub fn guest_failure(&self, kind: FailureKind) {
-        self.guest_failures[kind.index()].inc();
-    }
-
     /// Records a successful load and makes `identity` the one `module_info`
     /// reports.
     pub fn module_loaded(&self, identity: &ModuleIdentity, is_reload: bool) {

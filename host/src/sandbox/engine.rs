@@ -102,10 +102,6 @@ impl Sandbox {
             deadline_ticks,
         })
     }
-
-    pub fn config(&self) -> &SandboxConfig {
-        &self.config
-    }
 }
 
 /// The epoch tick is also the time slice of a long call: at every tick a

@@ -71,7 +71,7 @@ impl GuestState {
                 table.set_max_capacity(MAX_HOST_RESOURCES);
                 table
             },
-            http: wasi::http_ctx(),
+            http: WasiHttpCtx::new(),
             http_hooks: DenyHttp,
         })
     }

@@ -23,7 +23,7 @@ use tokio::io::AsyncWrite;
 use wasmtime::component::Linker;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpHooks};
+use wasmtime_wasi_http::WasiHttpHooks;
 
 use super::log::{GuestLog, Level};
 use super::state::GuestState;
@@ -65,10 +65,6 @@ pub fn instance_ctx(log: &Arc<GuestLog>, data_dir: Option<&Path>) -> Result<Wasi
             })?;
     }
     Ok(builder.build())
-}
-
-pub fn http_ctx() -> WasiHttpCtx {
-    WasiHttpCtx::new()
 }
 
 type HttpResult<T> = std::result::Result<T, wasmtime_wasi_http::Error>;
