@@ -219,7 +219,8 @@ pub fn run(args: &CallArgs) -> anyhow::Result<bool> {
         let sandbox = Sandbox::new(args.sandbox.to_config())?;
         let module = crate::reload::load(&sandbox, None, &args.module, &args.sandbox.grants())
             .await
-            .map_err(|err| crate::run::rejected(&args.module, err))?;
+            .map_err(|err| crate::run::rejected(&args.module, err))?
+            .module;
         match &args.cases {
             Some(path) => run_cases(&module, path).await,
             None => {

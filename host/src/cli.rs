@@ -11,6 +11,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::sandbox::{GrantSources, GuestSettings, InstanceMode, SandboxConfig};
 use crate::spop::{self, DEFAULT_MAX_FRAME_SIZE, MIN_FRAME_SIZE};
 
+/// The listen port when neither the command line nor the file sets one.
+pub const DEFAULT_PORT: u16 = 12345;
+/// The listen address when neither the command line nor the file sets one.
+pub const DEFAULT_ADDRESS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+/// The largest `--max-frame-size` accepted.
+pub const MAX_FRAME_SIZE_LIMIT: u32 = 16 * 1024 * 1024;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "spoa-host",
@@ -40,6 +47,43 @@ pub enum Command {
     /// flags, without a network or HAProxy, and print the result as JSON.
     /// Exits 0 on success, 1 on failure (or any case that differs).
     Call(CallArgs),
+    /// Print HAProxy's side of a --config file: the SPOE configuration
+    /// (`spoe-agent`, one `spoe-message` per declared message, timeouts from
+    /// the guests' deadlines), or the backend of agents to add to
+    /// haproxy.cfg.
+    HaproxyConfig(HaproxyConfigArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HaproxyConfigArgs {
+    /// The agent's configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// The HAProxy version to write for: 2.6 (2.6 to 3.0) or 3 (3.1 and later).
+    #[arg(long, value_enum, default_value_t = HaproxyVersion::V3)]
+    pub haproxy: HaproxyVersion,
+    /// What to print: the SPOE file (`filter spoe ... config FILE`) or the
+    /// backend section.
+    #[arg(long, value_enum, default_value_t = HaproxySection::Spoe)]
+    pub section: HaproxySection,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HaproxyVersion {
+    /// HAProxy 2.6 to 3.0 (SPOE applets; backend `mode tcp`).
+    #[value(name = "2.6")]
+    V2_6,
+    /// HAProxy 3.1 and later (backend `mode spop`).
+    #[value(name = "3")]
+    V3,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HaproxySection {
+    /// The SPOE configuration file.
+    Spoe,
+    /// The `backend` of agents, for haproxy.cfg.
+    Backend,
 }
 
 #[derive(Debug, clap::Args)]
@@ -64,25 +108,35 @@ pub struct CallArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// The handler component (.wasm) that answers SPOE messages. Reloaded when
-    /// the file changes (in place or by rename) and on SIGHUP.
+    /// The handler component (.wasm) that answers every SPOE message (the
+    /// one-guest form). Reloaded when the file changes (in place or by
+    /// rename) and on SIGHUP.
     #[cfg_attr(
         feature = "native-iprep",
-        arg(long, value_name = "PATH", required_unless_present = "native_iprep")
+        arg(long, value_name = "PATH", required_unless_present_any = ["native_iprep", "config"], conflicts_with = "config")
     )]
     #[cfg_attr(
         not(feature = "native-iprep"),
-        arg(long, value_name = "PATH", required = true)
+        arg(long, value_name = "PATH", required_unless_present = "config", conflicts_with = "config")
     )]
     pub module: Option<PathBuf>,
 
-    /// TCP port to listen on.
-    #[arg(short = 'p', long, default_value_t = 12345)]
-    pub port: u16,
+    /// Several guests (TOML; see README, "Several guests"): global settings
+    /// and one [[guest]] table per guest, each answering the messages it
+    /// declares. The sandbox flags below are the defaults of every guest.
+    /// Reloaded when it changes and on SIGHUP.
+    #[arg(long, value_name = "FILE",
+          conflicts_with_all = ["guest_config", "guest_config_file", "guest_data", "smoke_message"])]
+    pub config: Option<PathBuf>,
 
-    /// Address to listen on (IPv4 or IPv6).
-    #[arg(short = 'a', long, default_value = "0.0.0.0")]
-    pub address: IpAddr,
+    /// TCP port to listen on (default 12345; overrides the file's `port`).
+    #[arg(short = 'p', long)]
+    pub port: Option<u16>,
+
+    /// Address to listen on, IPv4 or IPv6 (default 0.0.0.0; overrides the
+    /// file's `address`).
+    #[arg(short = 'a', long)]
+    pub address: Option<IpAddr>,
 
     /// Worker threads serving established connections and running their
     /// guest calls (default: one per CPU). Accepting, HELLOs, health checks,
@@ -95,11 +149,12 @@ pub struct ServeArgs {
     #[arg(short = 'd', long)]
     pub debug: bool,
 
-    /// Largest frame the agent accepts and sends, in bytes; the size used on a
-    /// connection is the smaller of this and HAProxy's announcement.
-    #[arg(short = 'm', long, default_value_t = DEFAULT_MAX_FRAME_SIZE,
-          value_parser = clap::value_parser!(u32).range(i64::from(MIN_FRAME_SIZE)..=16 * 1024 * 1024))]
-    pub max_frame_size: u32,
+    /// Largest frame the agent accepts and sends, in bytes (default 16380);
+    /// the size used on a connection is the smaller of this and HAProxy's
+    /// announcement.
+    #[arg(short = 'm', long,
+          value_parser = clap::value_parser!(u32).range(i64::from(MIN_FRAME_SIZE)..=i64::from(MAX_FRAME_SIZE_LIMIT)))]
+    pub max_frame_size: Option<u32>,
 
     #[command(flatten)]
     pub sandbox: SandboxArgs,
@@ -125,12 +180,14 @@ pub struct ServeArgs {
     pub shutdown_timeout: Duration,
 
     /// When a guest call fails, set this txn-scope variable to the failure kind
-    /// (timeout, memory, trap, error, invalid_output) instead of sending no
-    /// action. With var-prefix `iprep` and name `error`: `txn.iprep.error`.
+    /// (timeout, memory, trap, error, invalid_output, quarantined, overloaded)
+    /// instead of sending no action. With var-prefix `iprep` and name `error`:
+    /// `txn.iprep.error`. With --config, the default of every guest.
     #[arg(long, value_name = "NAME", value_parser = parse_var_name)]
     pub error_var: Option<String>,
 
-    /// Do not watch the module file for changes (SIGHUP still reloads).
+    /// Do not watch module, configuration and data files for changes (SIGHUP
+    /// still reloads).
     #[arg(long)]
     pub no_watch: bool,
 
@@ -145,8 +202,14 @@ pub struct ServeArgs {
     /// Benchmarking aid: answer with the IP-reputation logic compiled natively
     /// instead of a WebAssembly module, to measure the sandbox's cost.
     #[cfg(feature = "native-iprep")]
-    #[arg(long, conflicts_with = "module")]
+    #[arg(long, conflicts_with_all = ["module", "config"])]
     pub native_iprep: bool,
+}
+
+impl ServeArgs {
+    pub fn max_frame_size_or_default(&self, file: Option<u32>) -> u32 {
+        self.max_frame_size.or(file).unwrap_or(DEFAULT_MAX_FRAME_SIZE)
+    }
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -1,7 +1,9 @@
 //! Prometheus metrics. Every series the hot path touches is resolved to a
 //! plain atomic handle once, at start-up, so counting costs one atomic add.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -24,9 +26,11 @@ struct StatusLabels {
     status: u32,
 }
 
+/// Guest names come from the operator's configuration only, so every
+/// `guest` label has bounded cardinality.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabels {
-    kind: &'static str,
+struct GuestLabels {
+    guest: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -35,14 +39,36 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GuestKindLabels {
+    guest: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GuestResultLabels {
+    guest: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModuleLabels {
+    guest: String,
     path: String,
     sha256: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CauseLabels {
+struct GuestCauseLabels {
+    guest: String,
     cause: &'static str,
+}
+
+type HistogramFamily = Family<GuestLabels, Histogram, fn() -> Histogram>;
+
+fn call_seconds_histogram() -> Histogram {
+    Histogram::new([
+        1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 5e-3, 1e-2, 5e-2,
+    ])
 }
 
 /// All metrics of the process.
@@ -55,16 +81,29 @@ pub struct Metrics {
     frames_sent: [Counter; 6],
     pub messages: Counter,
     pub actions: Counter,
+    ack_overflows: Counter,
+    pub unrouted_messages: Counter,
+    config_reloads: Family<ResultLabels, Counter>,
     disconnects: Family<StatusLabels, Counter>,
     disconnect_handles: Vec<(Status, Counter)>,
-    pub guest_calls: Counter,
-    guest_failures: [Counter; FailureKind::ALL.len()],
-    pub guest_call_seconds: Histogram,
-    reloads_ok: Counter,
-    reloads_unchanged: Counter,
-    reloads_failed: Counter,
-    reload_failure_causes: [Counter; LoadFailureCause::ALL.len()],
+    guests: GuestFamilies,
+}
+
+/// The per-guest series, labelled `guest`.
+#[derive(Clone)]
+struct GuestFamilies {
+    calls: Family<GuestLabels, Counter>,
+    failures: Family<GuestKindLabels, Counter>,
+    call_seconds: HistogramFamily,
+    reloads: Family<GuestResultLabels, Counter>,
+    reload_failures: Family<GuestCauseLabels, Counter>,
     module_info: Family<ModuleLabels, Gauge<i64, AtomicI64Compat>>,
+    quarantines: Family<GuestLabels, Counter>,
+    quarantined: Family<GuestLabels, Gauge<i64, AtomicI64Compat>>,
+    rollbacks: Family<GuestLabels, Counter>,
+    /// The `module_info` labels set now for each guest, to remove on the
+    /// next change (a guest restarted by a configuration reload shares them).
+    module_labels: Arc<Mutex<HashMap<String, ModuleLabels>>>,
 }
 
 type AtomicI64Compat = std::sync::atomic::AtomicI64;
@@ -130,68 +169,25 @@ impl Metrics {
             })
             .collect();
 
-        let guest_calls = Counter::default();
+        let ack_overflows = Counter::default();
         registry.register(
-            "guest_calls",
-            "Calls of the guest's handle-message",
-            guest_calls.clone(),
+            "ack_overflows",
+            "Messages whose actions did not fit in the ACK and were dropped",
+            ack_overflows.clone(),
         );
-        let failures = Family::<KindLabels, Counter>::default();
+        let unrouted_messages = Counter::default();
         registry.register(
-            "guest_failures",
-            "Messages answered without actions because the guest failed, by kind",
-            failures.clone(),
+            "unrouted_messages",
+            "Messages that no guest declares, answered without actions",
+            unrouted_messages.clone(),
         );
-        let guest_failures = FailureKind::ALL.map(|kind| {
-            failures
-                .get_or_create(&KindLabels { kind: kind.name() })
-                .clone()
-        });
-        let guest_call_seconds = Histogram::new([
-            1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 5e-3, 1e-2, 5e-2,
-        ]);
+        let config_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
-            "guest_call_seconds",
-            "Duration of handle-message calls (one call in 16 is timed)",
-            guest_call_seconds.clone(),
+            "config_reloads",
+            "Reloads of the --config file, by result",
+            config_reloads.clone(),
         );
-
-        let reloads = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "module_reloads",
-            "Module reload attempts, by result",
-            reloads.clone(),
-        );
-        let reloads_ok = reloads
-            .get_or_create(&ResultLabels { result: "ok" })
-            .clone();
-        let reloads_unchanged = reloads
-            .get_or_create(&ResultLabels {
-                result: "unchanged",
-            })
-            .clone();
-        let reloads_failed = reloads
-            .get_or_create(&ResultLabels { result: "failed" })
-            .clone();
-        let causes = Family::<CauseLabels, Counter>::default();
-        registry.register(
-            "module_reload_failures",
-            "Rejected module loads and reloads, by the step that refused them",
-            causes.clone(),
-        );
-        let reload_failure_causes = LoadFailureCause::ALL.map(|cause| {
-            causes
-                .get_or_create(&CauseLabels {
-                    cause: cause.name(),
-                })
-                .clone()
-        });
-        let module_info = Family::<ModuleLabels, Gauge<i64, AtomicI64Compat>>::default();
-        registry.register(
-            "module_info",
-            "The active handler module (value 1), labelled with its path and hash",
-            module_info.clone(),
-        );
+        let guests = GuestFamilies::register(&mut registry);
 
         Metrics {
             registry,
@@ -202,16 +198,12 @@ impl Metrics {
             frames_sent: handles(&sent),
             messages,
             actions,
+            ack_overflows,
+            unrouted_messages,
+            config_reloads,
             disconnects,
             disconnect_handles,
-            guest_calls,
-            guest_failures,
-            guest_call_seconds,
-            reloads_ok,
-            reloads_unchanged,
-            reloads_failed,
-            reload_failure_causes,
-            module_info,
+            guests,
         }
     }
 
@@ -226,13 +218,22 @@ impl Metrics {
         self.frames_received[FrameType::Notify.index()].inc_by(tally.notifies);
         self.frames_sent[FrameType::Ack.index()].inc_by(tally.notifies);
         self.messages.inc_by(tally.messages);
-        self.guest_calls.inc_by(tally.messages);
         self.actions.inc_by(tally.actions);
-        for (counter, &count) in self.guest_failures.iter().zip(&tally.failures) {
-            if count > 0 {
-                counter.inc_by(count);
-            }
+        if tally.ack_overflows > 0 {
+            self.ack_overflows.inc_by(tally.ack_overflows);
         }
+    }
+
+    /// A reload of the `--config` file: `ok`, `unchanged` or `failed`.
+    pub fn config_reload(&self, result: &'static str) {
+        self.config_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// The series of the guest called `name`, resolved once.
+    pub fn guest(&self, name: &str) -> GuestMetrics {
+        GuestMetrics::new(&self.guests, name)
     }
 
     pub fn frame_received(&self, frame_type: FrameType) {
@@ -259,31 +260,6 @@ impl Metrics {
         self.frames_sent(FrameType::AgentDisconnect, 1);
     }
 
-    /// Records a successful load and makes `identity` the one `module_info`
-    /// reports.
-    pub fn module_loaded(&self, identity: &ModuleIdentity, is_reload: bool) {
-        if is_reload {
-            self.reloads_ok.inc();
-        }
-        self.module_info.clear();
-        self.module_info
-            .get_or_create(&ModuleLabels {
-                path: identity.path.display().to_string(),
-                sha256: identity.sha256.clone(),
-            })
-            .set(1);
-    }
-
-    /// A reload found the module, configuration and data unchanged.
-    pub fn reload_unchanged(&self) {
-        self.reloads_unchanged.inc();
-    }
-
-    pub fn reload_failed(&self, cause: LoadFailureCause) {
-        self.reloads_failed.inc();
-        self.reload_failure_causes[cause.index()].inc();
-    }
-
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -308,6 +284,211 @@ pub struct NotifyTally {
     pub messages: u64,
     /// Actions sent in the ACKs.
     pub actions: u64,
-    /// Messages answered without their actions, by [`FailureKind::index`].
-    pub failures: [u64; FailureKind::ALL.len()],
+    /// Messages whose actions did not fit in their ACK.
+    pub ack_overflows: u64,
+}
+
+impl GuestFamilies {
+    fn register(registry: &mut Registry) -> GuestFamilies {
+        let families = GuestFamilies {
+            calls: Family::default(),
+            failures: Family::default(),
+            call_seconds: Family::new_with_constructor(call_seconds_histogram),
+            reloads: Family::default(),
+            reload_failures: Family::default(),
+            module_info: Family::default(),
+            quarantines: Family::default(),
+            quarantined: Family::default(),
+            rollbacks: Family::default(),
+            module_labels: Default::default(),
+        };
+        registry.register(
+            "guest_calls",
+            "Calls of a guest's handle-message",
+            families.calls.clone(),
+        );
+        registry.register(
+            "guest_failures",
+            "Messages a guest did not answer, by guest and kind",
+            families.failures.clone(),
+        );
+        registry.register(
+            "guest_call_seconds",
+            "Duration of handle-message calls (one call in 16 is timed)",
+            families.call_seconds.clone(),
+        );
+        registry.register(
+            "module_reloads",
+            "Module reload attempts, by guest and result",
+            families.reloads.clone(),
+        );
+        registry.register(
+            "module_reload_failures",
+            "Rejected module loads and reloads, by guest and the step that refused them",
+            families.reload_failures.clone(),
+        );
+        registry.register(
+            "module_info",
+            "The module serving each guest (value 1), labelled with its path and hash",
+            families.module_info.clone(),
+        );
+        registry.register(
+            "guest_quarantines",
+            "Times a guest was quarantined after too many failures",
+            families.quarantines.clone(),
+        );
+        registry.register(
+            "guest_quarantined",
+            "1 while a guest is quarantined",
+            families.quarantined.clone(),
+        );
+        registry.register(
+            "guest_rollbacks",
+            "New module versions rolled back to the last good one",
+            families.rollbacks.clone(),
+        );
+        families
+    }
+}
+
+/// One guest's series, each resolved to its atomic handle.
+#[derive(Clone)]
+pub struct GuestMetrics {
+    families: GuestFamilies,
+    name: String,
+    calls: Counter,
+    failures: [Counter; FailureKind::ALL.len()],
+    pub call_seconds: Histogram,
+    reloads_ok: Counter,
+    reloads_unchanged: Counter,
+    reloads_failed: Counter,
+    reloads_skipped: Counter,
+    reload_failure_causes: [Counter; LoadFailureCause::ALL.len()],
+    quarantines: Counter,
+    quarantined: Gauge<i64, AtomicI64Compat>,
+    rollbacks: Counter,
+}
+
+impl GuestMetrics {
+    fn new(families: &GuestFamilies, name: &str) -> GuestMetrics {
+        let guest = || GuestLabels {
+            guest: name.to_owned(),
+        };
+        let result = |result| {
+            families
+                .reloads
+                .get_or_create(&GuestResultLabels {
+                    guest: name.to_owned(),
+                    result,
+                })
+                .clone()
+        };
+        GuestMetrics {
+            families: families.clone(),
+            name: name.to_owned(),
+            calls: families.calls.get_or_create(&guest()).clone(),
+            failures: FailureKind::ALL.map(|kind| {
+                families
+                    .failures
+                    .get_or_create(&GuestKindLabels {
+                        guest: name.to_owned(),
+                        kind: kind.name(),
+                    })
+                    .clone()
+            }),
+            call_seconds: families.call_seconds.get_or_create(&guest()).clone(),
+            reloads_ok: result("ok"),
+            reloads_unchanged: result("unchanged"),
+            reloads_failed: result("failed"),
+            reloads_skipped: result("rejected_before"),
+            reload_failure_causes: LoadFailureCause::ALL.map(|cause| {
+                families
+                    .reload_failures
+                    .get_or_create(&GuestCauseLabels {
+                        guest: name.to_owned(),
+                        cause: cause.name(),
+                    })
+                    .clone()
+            }),
+            quarantines: families.quarantines.get_or_create(&guest()).clone(),
+            quarantined: families.quarantined.get_or_create(&guest()).clone(),
+            rollbacks: families.rollbacks.get_or_create(&guest()).clone(),
+        }
+    }
+
+    /// Adds one batch's calls and failures (by [`FailureKind::index`]).
+    pub fn record_batch(&self, calls: u64, failures: &[u64; FailureKind::ALL.len()]) {
+        if calls > 0 {
+            self.calls.inc_by(calls);
+        }
+        for (counter, &count) in self.failures.iter().zip(failures) {
+            if count > 0 {
+                counter.inc_by(count);
+            }
+        }
+    }
+
+    /// Makes `identity` the module `module_info` reports for this guest;
+    /// counts a successful reload unless it is the first load.
+    pub fn module_serving(&self, identity: &ModuleIdentity, is_reload: bool) {
+        if is_reload {
+            self.reloads_ok.inc();
+        }
+        let labels = ModuleLabels {
+            guest: self.name.clone(),
+            path: identity.path.display().to_string(),
+            sha256: identity.sha256.clone(),
+        };
+        let mut current = self
+            .families
+            .module_labels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(previous) = current.insert(self.name.clone(), labels.clone()) {
+            self.families.module_info.remove(&previous);
+        }
+        self.families.module_info.get_or_create(&labels).set(1);
+    }
+
+    /// The guest is gone (removed from the configuration).
+    pub fn retire(&self) {
+        let mut current = self
+            .families
+            .module_labels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(previous) = current.remove(&self.name) {
+            self.families.module_info.remove(&previous);
+        }
+        self.quarantined.set(0);
+    }
+
+    /// A reload found the module, configuration and data unchanged.
+    pub fn reload_unchanged(&self) {
+        self.reloads_unchanged.inc();
+    }
+
+    /// A reload found the version that was rolled back, unchanged.
+    pub fn reload_skipped_rejected(&self) {
+        self.reloads_skipped.inc();
+    }
+
+    pub fn reload_failed(&self, cause: LoadFailureCause) {
+        self.reloads_failed.inc();
+        self.reload_failure_causes[cause.index()].inc();
+    }
+
+    pub fn quarantine_started(&self) {
+        self.quarantines.inc();
+        self.quarantined.set(1);
+    }
+
+    pub fn quarantine_ended(&self) {
+        self.quarantined.set(0);
+    }
+
+    pub fn rolled_back(&self, restored: &ModuleIdentity) {
+        self.rollbacks.inc();
+        self.module_serving(restored, false);
+    }
 }

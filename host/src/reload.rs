@@ -4,7 +4,7 @@
 //! current version keeps serving.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -12,28 +12,19 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::exec::GuestExecutor;
-use crate::metrics::Metrics;
+use crate::exec::{GuestExecutor, ModuleVersion};
 use crate::sandbox::{GrantSources, LoadError, LoadedModule, Sandbox};
 
 /// Quiet period after a file event before reloading: editors and deploy tools
 /// write in several steps.
-const SETTLE: Duration = Duration::from_millis(50);
+pub(crate) const SETTLE: Duration = Duration::from_millis(50);
 
-/// What is serving: the module's hash and the grants' fingerprint.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Version {
-    module_sha256: String,
-    grants: String,
-}
-
+/// Reloads one guest's module.
 pub struct Reloader {
     sandbox: Sandbox,
     path: PathBuf,
     grants: GrantSources,
     executor: Arc<GuestExecutor>,
-    metrics: Arc<Metrics>,
-    active: Mutex<Version>,
 }
 
 /// What a reload attempt did.
@@ -41,13 +32,16 @@ pub struct Reloader {
 pub enum ReloadResult {
     Swapped,
     Unchanged,
+    /// The files are the version rolled back last.
+    RejectedBefore,
     Rejected,
 }
 
 /// Logs a module that starts serving.
-pub fn log_loaded(module: &LoadedModule, reason: &str, took: Duration) {
+pub fn log_loaded(guest: &str, module: &LoadedModule, reason: &str, took: Duration) {
     let id = &module.identity;
     tracing::info!(
+        guest,
         path = %id.path.display(),
         size = id.size,
         sha256 = %id.sha256,
@@ -58,17 +52,32 @@ pub fn log_loaded(module: &LoadedModule, reason: &str, took: Duration) {
     );
 }
 
-/// Loads the module at `path` with the grants read now, on the guest threads.
+/// A validated module and the version of the files it was loaded from.
+pub struct Loaded {
+    pub module: Arc<LoadedModule>,
+    pub version: ModuleVersion,
+}
+
+/// Loads the module at `path` with the grants read now, on the guest threads
+/// (`executor_or_here`) or on the caller's.
 pub async fn load(
     sandbox: &Sandbox,
     executor_or_here: Option<&GuestExecutor>,
     path: &Path,
     grants: &GrantSources,
-) -> Result<Arc<LoadedModule>, LoadError> {
+) -> Result<Loaded, LoadError> {
     let (sandbox, path, grants) = (sandbox.clone(), path.to_path_buf(), grants.clone());
     let work = async move {
         let settings = grants.read().map_err(LoadError::Config)?;
-        sandbox.load_file(&path, settings).await
+        // The grants as they are before the load: a change that lands during
+        // the load differs from them and reloads again.
+        let grants = settings.fingerprint();
+        let module = sandbox.load_file(&path, settings).await?;
+        let version = ModuleVersion {
+            module_sha256: module.identity.sha256.clone(),
+            grants,
+        };
+        Ok(Loaded { module, version })
     };
     match executor_or_here {
         Some(executor) => executor.run(work).await.map_err(LoadError::Compile)?,
@@ -82,28 +91,20 @@ impl Reloader {
         path: PathBuf,
         grants: GrantSources,
         executor: Arc<GuestExecutor>,
-        metrics: Arc<Metrics>,
     ) -> Reloader {
-        let active = executor.active();
-        let version = Version {
-            module_sha256: active.identity.sha256.clone(),
-            grants: active.settings().fingerprint(),
-        };
         Reloader {
             sandbox,
             path,
             grants,
             executor,
-            metrics,
-            active: Mutex::new(version),
         }
     }
 
     /// The version the files describe now, without compiling anything.
-    fn current_files(&self) -> Option<Version> {
+    fn current_files(&self) -> Option<ModuleVersion> {
         let bytes = std::fs::read(&self.path).ok()?;
         let settings = self.grants.read().ok()?;
-        Some(Version {
+        Some(ModuleVersion {
             module_sha256: Sha256::digest(&bytes)
                 .iter()
                 .map(|b| format!("{b:02x}"))
@@ -113,19 +114,31 @@ impl Reloader {
     }
 
     /// Validates the files and swaps the new version in, unless nothing
-    /// changed since the version serving now.
+    /// changed since the version serving now, or they are the version rolled
+    /// back last.
     pub async fn reload(self: &Arc<Self>, reason: &'static str) -> ReloadResult {
-        let before = self.current_files();
-        let unchanged = before
-            .as_ref()
-            .is_some_and(|files| *self.active.lock().unwrap_or_else(|p| p.into_inner()) == *files);
-        if unchanged {
-            tracing::info!(
-                reason,
-                "module, configuration and data unchanged; not swapping"
-            );
-            self.metrics.reload_unchanged();
-            return ReloadResult::Unchanged;
+        let guest = self.executor.name();
+        let metrics = self.executor.metrics();
+        if let Some(files) = self.current_files() {
+            if files == self.executor.active_version() {
+                tracing::info!(
+                    guest,
+                    reason,
+                    "module, configuration and data unchanged; not swapping"
+                );
+                metrics.reload_unchanged();
+                return ReloadResult::Unchanged;
+            }
+            if self.executor.rejected().as_ref() == Some(&files) {
+                tracing::warn!(
+                    guest,
+                    reason,
+                    path = %self.path.display(),
+                    "these files were rolled back; not loading them again until they change"
+                );
+                metrics.reload_skipped_rejected();
+                return ReloadResult::RejectedBefore;
+            }
         }
         let started = Instant::now();
         match load(
@@ -136,22 +149,15 @@ impl Reloader {
         )
         .await
         {
-            Ok(module) => {
-                // The grants as they were before the load: a change that
-                // lands during the load differs from it and reloads again.
-                let version = Version {
-                    module_sha256: module.identity.sha256.clone(),
-                    grants: before.map(|files| files.grants).unwrap_or_default(),
-                };
-                *self.active.lock().unwrap_or_else(|p| p.into_inner()) = version;
-                log_loaded(&module, reason, started.elapsed());
-                self.metrics.module_loaded(&module.identity, true);
-                self.executor.replace(module);
+            Ok(Loaded { module, version }) => {
+                log_loaded(guest, &module, reason, started.elapsed());
+                self.executor.replace(module, version);
                 ReloadResult::Swapped
             }
             Err(err) => {
-                self.metrics.reload_failed(err.cause());
+                metrics.reload_failed(err.cause());
                 tracing::error!(
+                    guest,
                     path = %self.path.display(),
                     reason,
                     cause = err.cause().name(),
@@ -197,7 +203,10 @@ impl Reloader {
     }
 }
 
-fn spawn_sighup(tx: mpsc::Sender<&'static str>, shutdown: CancellationToken) -> Result<()> {
+pub(crate) fn spawn_sighup(
+    tx: mpsc::Sender<&'static str>,
+    shutdown: CancellationToken,
+) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     tokio::spawn(async move {
@@ -206,7 +215,7 @@ fn spawn_sighup(tx: mpsc::Sender<&'static str>, shutdown: CancellationToken) -> 
                 _ = shutdown.cancelled() => return,
                 got = hangup.recv() => if got.is_none() { return },
             }
-            tracing::info!("SIGHUP: reloading the module");
+            tracing::info!("SIGHUP: reloading");
             let _ = tx.send("sighup").await;
         }
     });
@@ -215,7 +224,7 @@ fn spawn_sighup(tx: mpsc::Sender<&'static str>, shutdown: CancellationToken) -> 
 
 /// Watches a file's directory, not the file: an atomic rename replaces the
 /// file's inode, which a watch on the file itself would lose.
-fn watch_file(
+pub(crate) fn watch_file(
     path: &Path,
     reason: &'static str,
     tx: mpsc::Sender<&'static str>,

@@ -1,20 +1,22 @@
 //! Wiring: CLI → logging → sandbox and guest runtime → module → listener,
 //! signals, reload and metrics.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{AgentContext, ConnectionSettings, Handler};
-use crate::cli::{Cli, Command, LogFormat, SandboxArgs, ServeArgs};
-use crate::exec::{GuestExecutor, start_data_plane};
+use crate::cli::{Cli, Command, DEFAULT_ADDRESS, DEFAULT_PORT, LogFormat, SandboxArgs, ServeArgs};
+use crate::config::{AgentConfig, single_guest};
+use crate::exec::start_data_plane;
+use crate::guests::{ConfigReloader, Guest, GuestRuntime, start_router};
 use crate::metrics::Metrics;
-use crate::reload::{Reloader, load, log_loaded};
+use crate::reload::load;
 use crate::sandbox::Sandbox;
 use crate::server::{ServerSettings, serve};
 
@@ -28,6 +30,7 @@ pub fn main_with(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Some(Command::Check { module, sandbox }) => check(&module, &sandbox).map(|()| true),
         Some(Command::Call(args)) => crate::call::run(&args),
+        Some(Command::HaproxyConfig(args)) => crate::haproxy_config::print(&args).map(|()| true),
         None => serve_blocking(cli.serve).map(|()| true),
     };
     match result {
@@ -66,7 +69,8 @@ fn check(path: &std::path::Path, sandbox_args: &SandboxArgs) -> Result<()> {
         let started = Instant::now();
         let module = load(&sandbox, None, path, &sandbox_args.grants())
             .await
-            .map_err(|err| rejected(path, err))?;
+            .map_err(|err| rejected(path, err))?
+            .module;
         let id = &module.identity;
         println!(
             "ok: {} implements spoa:agent/handler ({} bytes, sha256 {}, validated in {:.1} ms{})",
@@ -89,8 +93,17 @@ fn check(path: &std::path::Path, sandbox_args: &SandboxArgs) -> Result<()> {
 /// a guest, and the data plane (`-n` threads: established connections and
 /// their guest calls).
 fn serve_blocking(args: ServeArgs) -> Result<()> {
+    let config = match &args.config {
+        Some(path) => Some(AgentConfig::load(
+            path,
+            &args.sandbox,
+            args.error_var.as_deref(),
+        )?),
+        None => None,
+    };
     let workers = args
         .workers
+        .or(config.as_ref().and_then(|c| c.workers))
         .map(usize::from)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let data_plane = start_data_plane(workers)?;
@@ -100,31 +113,50 @@ fn serve_blocking(args: ServeArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the control plane")?;
-    let result = control.block_on(serve_async(args, data_plane.handle().clone()));
+    let result = control.block_on(serve_async(args, config, data_plane.handle().clone()));
     drop(control);
     data_plane.shutdown_timeout(DATA_PLANE_STOP);
     result
 }
 
-async fn serve_async(args: ServeArgs, data_plane: tokio::runtime::Handle) -> Result<()> {
+async fn serve_async(
+    args: ServeArgs,
+    config: Option<AgentConfig>,
+    data_plane: tokio::runtime::Handle,
+) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
-    let handler = build_handler(&args, data_plane.clone(), &metrics, &shutdown).await?;
+    let metrics_address = args
+        .metrics_address
+        .or(config.as_ref().and_then(|c| c.metrics_address));
+    let listen = SocketAddr::new(
+        args.address
+            .or(config.as_ref().and_then(|c| c.address))
+            .unwrap_or(DEFAULT_ADDRESS),
+        args.port
+            .or(config.as_ref().and_then(|c| c.port))
+            .unwrap_or(DEFAULT_PORT),
+    );
+    let max_frame_size =
+        args.max_frame_size_or_default(config.as_ref().and_then(|c| c.max_frame_size));
+    let runtime = GuestRuntime {
+        data_plane: data_plane.clone(),
+        metrics: metrics.clone(),
+        watch: !args.no_watch,
+        shutdown: shutdown.clone(),
+    };
+    let (handler, _guests) = build_handler(&args, config, &runtime).await?;
 
-    if let Some(address) = args.metrics_address {
+    if let Some(address) = metrics_address {
         crate::metrics_http::spawn(address, metrics.clone(), shutdown.clone()).await?;
     }
 
-    let listen = std::net::SocketAddr::new(args.address, args.port);
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
     tracing::info!(
         address = %listener.local_addr().unwrap_or(listen),
-        max_frame_size = args.max_frame_size,
-        guest_timeout = ?args.sandbox.guest_timeout,
-        guest_memory = args.sandbox.guest_memory,
-        fresh_instance = args.sandbox.fresh_instance,
+        max_frame_size,
         "spoa-host listening"
     );
 
@@ -133,10 +165,9 @@ async fn serve_async(args: ServeArgs, data_plane: tokio::runtime::Handle) -> Res
         data_plane,
         metrics,
         settings: ConnectionSettings {
-            max_frame_size: args.max_frame_size,
+            max_frame_size,
             hello_timeout: args.hello_timeout,
             idle_timeout: (!args.idle_timeout.is_zero()).then_some(args.idle_timeout),
-            error_var: args.error_var.map(Bytes::from),
         },
     });
     spawn_signal_handler(shutdown.clone())?;
@@ -154,48 +185,39 @@ async fn serve_async(args: ServeArgs, data_plane: tokio::runtime::Handle) -> Res
     Ok(())
 }
 
-/// The guest executor serving the module (with its reload triggers), or the
-/// native benchmark handler.
+/// The router over the guests (with their reload triggers, which live as
+/// long as the returned guests), or the native benchmark handler.
 async fn build_handler(
     args: &ServeArgs,
-    guest_runtime: tokio::runtime::Handle,
-    metrics: &Arc<Metrics>,
-    shutdown: &CancellationToken,
-) -> Result<Arc<dyn Handler>> {
+    config: Option<AgentConfig>,
+    runtime: &GuestRuntime,
+) -> Result<(Arc<dyn Handler>, Vec<Arc<Guest>>)> {
     #[cfg(feature = "native-iprep")]
     if args.native_iprep {
         tracing::warn!("serving with the native IP-reputation handler (benchmarking aid)");
-        return Ok(Arc::new(crate::native::NativeIprep::default()));
+        return Ok((Arc::new(crate::native::NativeIprep::default()), Vec::new()));
     }
-    let path = args.module.clone().context("--module is required")?;
-    let sandbox = Sandbox::new(args.sandbox.to_config())?;
-    let grants = args.sandbox.grants();
-    let started = Instant::now();
-    let startup_load = {
-        let (sandbox, path, grants) = (sandbox.clone(), path.clone(), grants.clone());
-        guest_runtime
-            .spawn(async move { load(&sandbox, None, &path, &grants).await })
-            .await
-            .context("loading the module")?
-    };
-    let module = startup_load.map_err(|err| rejected(&path, err))?;
-    log_loaded(&module, "startup", started.elapsed());
-    metrics.module_loaded(&module.identity, false);
-    let executor = Arc::new(GuestExecutor::new(
-        guest_runtime,
-        module,
-        args.sandbox.guest_concurrency,
-        metrics.clone(),
-    ));
-    let reloader = Arc::new(Reloader::new(
-        sandbox,
-        path,
-        grants,
-        executor.clone(),
-        metrics.clone(),
-    ));
-    reloader.spawn_triggers(!args.no_watch, shutdown.clone())?;
-    Ok(executor)
+    match config {
+        Some(config) => {
+            let (router, guests) = start_router(runtime, &config.guests).await?;
+            ConfigReloader {
+                runtime: runtime.clone(),
+                config,
+                sandbox_defaults: args.sandbox.clone(),
+                error_var: args.error_var.clone(),
+                router: router.clone(),
+                guests,
+            }
+            .spawn()?;
+            Ok((router, Vec::new()))
+        }
+        None => {
+            let path = args.module.clone().context("--module or --config is required")?;
+            let spec = single_guest(path, &args.sandbox, args.error_var.as_deref());
+            let (router, guests) = start_router(runtime, &[spec]).await?;
+            Ok((router, guests))
+        }
+    }
 }
 
 /// A refused module, with the step that refused it.

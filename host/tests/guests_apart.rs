@@ -136,7 +136,7 @@ fn spinning_guests_do_not_delay_the_network() {
     let metrics = http::scrape_metrics(metrics_port_addr(metrics_port));
     let scrape_took = scrape_started.elapsed();
     assert!(
-        metrics.contains("spoa_guest_failures_total{kind=\"timeout\"}"),
+        metrics.contains("spoa_guest_failures_total{guest=\"default\",kind=\"timeout\"}"),
         "{metrics}"
     );
 

@@ -133,7 +133,7 @@ fn swap_under_pipelined_load_loses_nothing() {
     let reloads = |result: &str| {
         support::http::metric_value(
             &support::http::scrape_metrics(metrics_addr),
-            &format!("spoa_module_reloads_total{{result=\"{result}\"}}"),
+            &format!("spoa_module_reloads_total{{guest=\"default\",result=\"{result}\"}}"),
         )
     };
 

@@ -294,7 +294,7 @@ fn the_wasi_surface_refuses_everything_but_reading_data() {
     );
     probe.assert_still_served("sleep");
     assert_eq!(
-        probe.metric("spoa_guest_failures_total{kind=\"timeout\"}"),
+        probe.metric("spoa_guest_failures_total{guest=\"default\",kind=\"timeout\"}"),
         1.0,
         "sleep\nagent log:\n{}",
         probe.log()
@@ -316,7 +316,7 @@ fn the_wasi_surface_refuses_everything_but_reading_data() {
     assert!(actions.is_empty(), "exit: {actions:?}\n{}", probe.log());
     probe.assert_still_served("exit");
     assert_eq!(
-        probe.metric("spoa_guest_failures_total{kind=\"trap\"}"),
+        probe.metric("spoa_guest_failures_total{guest=\"default\",kind=\"trap\"}"),
         1.0,
         "exit\nagent log:\n{}",
         probe.log()

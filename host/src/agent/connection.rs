@@ -8,17 +8,21 @@
 //!   with no hand-off between threads per message.
 
 use std::io;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
-use super::dispatch::{Dispatcher, NotifyBatch};
+use super::dispatch::{self, NotifyBatch};
 use super::handler::Handler;
 use super::hello::{Negotiated, agent_hello, negotiate};
 use crate::metrics::{Metrics, NotifyTally};
@@ -34,8 +38,6 @@ pub struct ConnectionSettings {
     pub hello_timeout: Duration,
     /// Close a connection with no traffic for this long (`None`: never).
     pub idle_timeout: Option<Duration>,
-    /// See [`Dispatcher::error_var`].
-    pub error_var: Option<Bytes>,
 }
 
 /// What every connection shares.
@@ -72,9 +74,26 @@ const LINGER_TIME: Duration = Duration::from_millis(500);
 const LINGER_BYTES: usize = 256 * 1024;
 /// Keep at least this much free space when reading.
 const READ_RESERVE: usize = 4096;
-/// Most NOTIFY frames sent to the handler as one batch: a huge burst is
+/// Most NOTIFY frames taken from the read buffer at once: a huge burst is
 /// answered in slices, so its first ACKs do not wait for its last messages.
 const MAX_BATCH: usize = 256;
+/// Most batches of one connection answered at once; past it the connection
+/// stops reading until one is done.
+const MAX_IN_FLIGHT: usize = 32;
+
+/// The ACKs of one batch and what it did.
+type Answered = (BytesMut, NotifyTally);
+type AnswerFuture = Pin<Box<dyn Future<Output = Answered> + Send>>;
+
+/// Answers `batch` on its own, so it can be in flight beside others.
+fn answer_batch(ctx: Arc<AgentContext>, batch: NotifyBatch, max_frame_size: u32) -> AnswerFuture {
+    Box::pin(async move {
+        let mut acks = BytesMut::new();
+        let mut tally = NotifyTally::default();
+        dispatch::answer(&*ctx.handler, batch, max_frame_size, &mut acks, &mut tally).await;
+        (acks, tally)
+    })
+}
 
 /// What decoding the read buffer found after the NOTIFY frames it batched.
 enum Next {
@@ -235,57 +254,81 @@ impl Connection {
         }
     }
 
+    /// Reads NOTIFY frames and answers them until the connection ends.
+    ///
+    /// Batches of different handler parts (guests) are in flight at once,
+    /// each ACK written as soon as its batch is answered: a guest running to
+    /// its deadline delays only the NOTIFYs that wait for it. A fast batch
+    /// completes the first time it is polled, so with fast guests this is
+    /// one batch per read burst, as before.
     async fn serve_notifies(
         &mut self,
         negotiated: &Negotiated,
         shutdown: &CancellationToken,
     ) -> End {
-        loop {
-            if let Some(end) = self.answer_buffered(negotiated).await {
-                return end;
+        let mut in_flight = FuturesUnordered::new();
+        let end = loop {
+            if let Some(end) = self.dispatch_buffered(negotiated, &mut in_flight) {
+                break end;
             }
-            let idle = self.link.ctx.settings.idle_timeout;
+            let idle = if in_flight.is_empty() {
+                self.link.ctx.settings.idle_timeout
+            } else {
+                None
+            };
+            let can_read = in_flight.len() < MAX_IN_FLIGHT;
             tokio::select! {
                 biased;
+                Some(answered) = in_flight.next(), if !in_flight.is_empty() => {
+                    if let Err(err) = self.write_answered(answered).await {
+                        break End::Io(err);
+                    }
+                }
                 _ = shutdown.cancelled() => {
                     // Answer what the kernel already holds for us, then leave.
                     self.read_ready_without_waiting();
-                    return self.answer_buffered(negotiated).await.unwrap_or(End::Shutdown);
+                    break self
+                        .dispatch_buffered(negotiated, &mut in_flight)
+                        .unwrap_or(End::Shutdown);
                 }
-                outcome = self.read_more(idle) => {
+                outcome = self.read_more(idle), if can_read => {
                     if let Some(end) = self.read_end(outcome) {
                         // Frames completed by the last read are still owed an answer.
-                        return self.answer_buffered(negotiated).await.unwrap_or(end);
+                        break self.dispatch_buffered(negotiated, &mut in_flight).unwrap_or(end);
                     }
                 }
             }
+        };
+        // Every NOTIFY already accepted is answered before the connection ends.
+        while let Some(answered) = in_flight.next().await {
+            if self.write_answered(answered).await.is_err() {
+                // The peer is gone; the remaining answers have nowhere to go,
+                // but their calls still finish (and are counted).
+                while in_flight.next().await.is_some() {}
+                break;
+            }
         }
+        end
     }
 
-    /// Answers every whole frame in the read buffer, one handler batch at a
-    /// time. Returns how the connection must end, if it must.
-    async fn answer_buffered(&mut self, negotiated: &Negotiated) -> Option<End> {
-        loop {
-            let mut batch = NotifyBatch::default();
-            let next = self.take_batch(&mut batch);
-            if !batch.is_empty() {
-                let mut tally = NotifyTally::default();
-                let dispatcher = Dispatcher {
-                    error_var: self.link.ctx.settings.error_var.as_ref(),
-                };
-                dispatcher
-                    .answer(
-                        &*self.link.ctx.handler,
-                        batch,
-                        negotiated.max_frame_size,
-                        &mut self.link.write_buf,
-                        &mut tally,
-                    )
-                    .await;
-                self.link.ctx.metrics.record_notify_batch(&tally);
-            }
-            if let Err(err) = self.flush().await {
-                return Some(End::Io(err));
+    /// Starts a batch for every whole frame in the read buffer, grouped by
+    /// the handler parts their messages go to, while fewer than
+    /// [`MAX_IN_FLIGHT`] batches run. Returns how the connection must end,
+    /// if a frame says so.
+    fn dispatch_buffered(
+        &mut self,
+        negotiated: &Negotiated,
+        in_flight: &mut FuturesUnordered<AnswerFuture>,
+    ) -> Option<End> {
+        while in_flight.len() < MAX_IN_FLIGHT {
+            let mut batches: Vec<NotifyBatch> = Vec::new();
+            let next = self.take_batches(&mut batches);
+            for batch in batches {
+                in_flight.push(answer_batch(
+                    self.link.ctx.clone(),
+                    batch,
+                    negotiated.max_frame_size,
+                ));
             }
             match next {
                 Next::NeedInput => return None,
@@ -293,13 +336,21 @@ impl Connection {
                 Next::End(end) => return Some(end),
             }
         }
+        None
     }
 
-    /// Decodes whole frames from the read buffer into `batch` until the
-    /// buffer holds no whole frame, the batch is full, or a frame ends the
-    /// connection.
-    fn take_batch(&mut self, batch: &mut NotifyBatch) -> Next {
-        while batch.len() < MAX_BATCH {
+    async fn write_answered(&mut self, (acks, tally): Answered) -> io::Result<()> {
+        self.link.ctx.metrics.record_notify_batch(&tally);
+        self.link.write_buf.extend_from_slice(&acks);
+        self.flush().await
+    }
+
+    /// Decodes whole frames from the read buffer into `batches` (one per
+    /// partition set) until the buffer holds no whole frame, [`MAX_BATCH`]
+    /// NOTIFYs are taken, or a frame ends the connection.
+    fn take_batches(&mut self, batches: &mut Vec<NotifyBatch>) -> Next {
+        let mut taken = 0;
+        while taken < MAX_BATCH {
             let body = match self.link.codec.next_frame_bytes(&mut self.link.read_buf) {
                 Ok(Some(body)) => body,
                 Ok(None) => return Next::NeedInput,
@@ -314,7 +365,18 @@ impl Connection {
                 self.link.ctx.metrics.frame_received(frame.frame_type());
             }
             match frame {
-                Frame::Notify(notify) => batch.push(notify),
+                Frame::Notify(notify) => {
+                    let parts = NotifyBatch::parts_of(&*self.link.ctx.handler, &notify);
+                    let index = match batches.iter().position(|b| b.parts == parts) {
+                        Some(index) => index,
+                        None => {
+                            batches.push(NotifyBatch::new(parts));
+                            batches.len() - 1
+                        }
+                    };
+                    batches[index].push(notify);
+                    taken += 1;
+                }
                 Frame::HaproxyDisconnect(kv) => {
                     return Next::End(End::PeerDisconnect(Disconnect::parse(&kv)));
                 }

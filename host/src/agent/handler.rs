@@ -24,19 +24,23 @@ pub enum FailureKind {
     InvalidOutput,
     /// A guest instance could not be created.
     Instantiate,
-    /// The actions are valid but do not fit in the ACK.
-    AckTooBig,
+    /// The guest is quarantined after too many failures: answered at once
+    /// by its failure policy, without a call.
+    Quarantined,
+    /// The guest's queue of waiting batches is full.
+    Overloaded,
 }
 
 impl FailureKind {
-    pub const ALL: [FailureKind; 7] = [
+    pub const ALL: [FailureKind; 8] = [
         FailureKind::Timeout,
         FailureKind::Memory,
         FailureKind::Trap,
         FailureKind::Error,
         FailureKind::InvalidOutput,
         FailureKind::Instantiate,
-        FailureKind::AckTooBig,
+        FailureKind::Quarantined,
+        FailureKind::Overloaded,
     ];
 
     /// The stable name used in metrics, logs and `--error-var` values.
@@ -48,7 +52,8 @@ impl FailureKind {
             FailureKind::Error => "error",
             FailureKind::InvalidOutput => "invalid_output",
             FailureKind::Instantiate => "instantiate",
-            FailureKind::AckTooBig => "ack_too_big",
+            FailureKind::Quarantined => "quarantined",
+            FailureKind::Overloaded => "overloaded",
         }
     }
 
@@ -56,13 +61,29 @@ impl FailureKind {
     pub const fn index(self) -> usize {
         self as usize
     }
+
+    /// Whether this failure says the handler itself is broken (what
+    /// quarantine and rollback count), rather than a deliberate `err`
+    /// answer or a refusal by the host's own policy.
+    pub const fn is_fault(self) -> bool {
+        matches!(
+            self,
+            FailureKind::Timeout
+                | FailureKind::Memory
+                | FailureKind::Trap
+                | FailureKind::InvalidOutput
+                | FailureKind::Instantiate
+        )
+    }
 }
 
-/// A message the handler could not answer, with the reason for the log.
+/// A message the handler could not answer, with the reason for the log and
+/// what its failure policy answers instead (`--error-var`, or nothing).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandlerFailure {
     pub kind: FailureKind,
     pub reason: String,
+    pub fallback: Vec<spop::Action>,
 }
 
 impl std::fmt::Display for HandlerFailure {
@@ -92,4 +113,11 @@ pub type BatchFuture<'a> = Pin<Box<dyn Future<Output = BatchOutcome> + Send + 'a
 /// yield one outcome per message, in order.
 pub trait Handler: Send + Sync + 'static {
     fn handle_batch<'a>(&'a self, messages: &'a [spop::Message]) -> BatchFuture<'a>;
+
+    /// Which independent part of the handler answers `message` (for several
+    /// guests, the guest's index). NOTIFY frames of different parts are
+    /// answered concurrently, so a slow part never delays another's ACKs.
+    fn partition(&self, _message: &spop::Message) -> usize {
+        0
+    }
 }

@@ -11,18 +11,25 @@
 //! behind this choice (a hand-off to separate guest threads per batch cost
 //! more than half the throughput).
 
+mod policy;
+
 use std::cell::Cell;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::Semaphore;
 
+pub use policy::{FailurePolicy, QuarantinePolicy, RollbackPolicy};
+use policy::{Probation, Quarantine, QuarantineChange, Verdict};
+
 use crate::agent::{BatchFuture, BatchOutcome, FailureKind, Handler, HandlerFailure};
-use crate::metrics::Metrics;
+use crate::metrics::GuestMetrics;
 use crate::sandbox::{GuestFailure, LoadedModule};
 use crate::spop;
 
@@ -58,38 +65,162 @@ pub fn start_data_plane(threads: usize) -> Result<Runtime> {
         .context("starting the data plane")
 }
 
-/// Runs guest calls for the agent; implements the agent's [`Handler`].
+/// What identifies a version for reloads: the module's hash and the
+/// fingerprint of its grants (configuration, data).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ModuleVersion {
+    pub module_sha256: String,
+    pub grants: String,
+}
+
+/// A module version known to serve well.
+#[derive(Clone)]
+struct Proven {
+    module: Arc<LoadedModule>,
+    version: ModuleVersion,
+}
+
+/// The version serving a guest now.
+struct Serving {
+    module: Arc<LoadedModule>,
+    version: ModuleVersion,
+    /// `guest/file@hash`, for logs.
+    label: Arc<str>,
+    /// Set while a new version is on probation.
+    probation: Option<Probation>,
+    /// What a failed probation rolls back to.
+    last_good: Option<Proven>,
+}
+
+impl Serving {
+    fn new(
+        guest: &str,
+        proven: Proven,
+        probation: Option<Probation>,
+        last_good: Option<Proven>,
+    ) -> Serving {
+        Serving {
+            label: format!("{guest}/{}", proven.module.label()).into(),
+            module: proven.module,
+            version: proven.version,
+            probation,
+            last_good,
+        }
+    }
+
+    fn proven(&self) -> Proven {
+        Proven {
+            module: self.module.clone(),
+            version: self.version.clone(),
+        }
+    }
+}
+
+/// Bounds of one guest's calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecutorLimits {
+    /// Most batches in calls at once.
+    pub concurrency: u32,
+    /// Most batches waiting for a permit; more are answered at once as
+    /// `overloaded`.
+    pub queue: u32,
+}
+
+/// Runs one guest's calls; implements the agent's [`Handler`].
 pub struct GuestExecutor {
+    name: Arc<str>,
     runtime: Handle,
-    active: ArcSwap<LoadedModule>,
+    serving: ArcSwap<Serving>,
     permits: Arc<Semaphore>,
-    metrics: Arc<Metrics>,
+    queue_limit: usize,
+    waiting: AtomicUsize,
+    policy: FailurePolicy,
+    quarantine: Option<Quarantine>,
+    /// The version rolled back last: not loaded again until the files differ.
+    rejected: Mutex<Option<ModuleVersion>>,
+    metrics: GuestMetrics,
 }
 
 impl GuestExecutor {
     pub fn new(
+        name: &str,
         runtime: Handle,
         module: Arc<LoadedModule>,
-        max_concurrent_calls: u32,
-        metrics: Arc<Metrics>,
+        version: ModuleVersion,
+        limits: ExecutorLimits,
+        policy: FailurePolicy,
+        metrics: GuestMetrics,
     ) -> GuestExecutor {
+        metrics.module_serving(&module.identity, false);
         GuestExecutor {
+            serving: ArcSwap::from_pointee(Serving::new(
+                name,
+                Proven { module, version },
+                None,
+                None,
+            )),
+            name: name.into(),
             runtime,
-            active: ArcSwap::new(module),
-            permits: Arc::new(Semaphore::new(max_concurrent_calls.max(1) as usize)),
+            permits: Arc::new(Semaphore::new(limits.concurrency.max(1) as usize)),
+            queue_limit: limits.queue as usize,
+            waiting: AtomicUsize::new(0),
+            quarantine: policy.quarantine.clone().map(Quarantine::new),
+            policy,
+            rejected: Mutex::new(None),
             metrics,
         }
     }
 
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn metrics(&self) -> &GuestMetrics {
+        &self.metrics
+    }
+
     /// The module serving now.
     pub fn active(&self) -> Arc<LoadedModule> {
-        self.active.load_full()
+        self.serving.load().module.clone()
+    }
+
+    /// The version serving now.
+    pub fn active_version(&self) -> ModuleVersion {
+        self.serving.load().version.clone()
+    }
+
+    /// The version rolled back last, if any.
+    pub fn rejected(&self) -> Option<ModuleVersion> {
+        self.rejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Makes `module` serve the next batches; batches already running finish
-    /// on the module they started with.
-    pub fn replace(&self, module: Arc<LoadedModule>) {
-        self.active.store(module);
+    /// on the module they started with. With a rollback policy, the new
+    /// version is on probation and the current one (or the last good one, if
+    /// the current is itself on probation) is kept to roll back to.
+    pub fn replace(&self, module: Arc<LoadedModule>, version: ModuleVersion) {
+        let current = self.serving.load_full();
+        let (probation, last_good) = match &self.policy.rollback {
+            Some(policy) => (
+                Some(Probation::new(policy.clone())),
+                Some(match (&current.probation, &current.last_good) {
+                    (Some(_), Some(last_good)) => last_good.clone(),
+                    _ => current.proven(),
+                }),
+            ),
+            None => (None, None),
+        };
+        *self.rejected.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.metrics.module_serving(&module.identity, true);
+        self.serving.store(Arc::new(Serving::new(
+            &self.name,
+            Proven { module, version },
+            probation,
+            last_good,
+        )));
     }
 
     /// Starts a task on the data plane.
@@ -113,41 +244,180 @@ impl GuestExecutor {
             .await
             .context("guest runtime task failed")
     }
+
+    /// The answer to every message of a batch the guest is not called for.
+    fn refuse(&self, label: Arc<str>, count: usize, kind: FailureKind, reason: &str) -> BatchOutcome {
+        let mut failures = [0; FailureKind::ALL.len()];
+        failures[kind.index()] = count as u64;
+        self.metrics.record_batch(0, &failures);
+        BatchOutcome {
+            handler: label,
+            outcomes: (0..count)
+                .map(|_| Err(self.failure(kind, reason.to_owned())))
+                .collect(),
+        }
+    }
+
+    fn failure(&self, kind: FailureKind, reason: String) -> HandlerFailure {
+        HandlerFailure {
+            kind,
+            reason,
+            fallback: self.fallback(kind),
+        }
+    }
+
+    /// What the failure policy answers a failed message with.
+    fn fallback(&self, kind: FailureKind) -> Vec<spop::Action> {
+        match &self.policy.error_var {
+            Some(name) => vec![spop::Action::SetVar {
+                scope: spop::VarScope::Txn,
+                name: name.clone(),
+                value: spop::TypedData::String(Bytes::from_static(kind.name().as_bytes())),
+            }],
+            None => Vec::new(),
+        }
+    }
+
+    /// Whether the guest is quarantined now (logging the end of one).
+    fn quarantined(&self) -> bool {
+        let Some(quarantine) = &self.quarantine else {
+            return false;
+        };
+        match quarantine.check(Instant::now()) {
+            Ok(quarantined) => quarantined,
+            Err(()) => {
+                tracing::info!(guest = &*self.name, "quarantine over; calling the guest again");
+                self.metrics.quarantine_ended();
+                false
+            }
+        }
+    }
+
+    /// Counts a batch's faults against the quarantine and the probation of
+    /// the version that answered it.
+    fn judge(&self, serving: &Arc<Serving>, calls: u64, faults: u64) {
+        let now = Instant::now();
+        if let Some(quarantine) = &self.quarantine
+            && let Some(QuarantineChange::Started {
+                backoff,
+                faults,
+                calls,
+            }) = quarantine.record(calls, faults, now)
+        {
+            tracing::warn!(
+                guest = &*self.name,
+                faults,
+                calls,
+                backoff_ms = backoff.as_millis() as u64,
+                "guest quarantined: its messages are answered by its failure policy until the back-off ends"
+            );
+            self.metrics.quarantine_started();
+        }
+        let Some(probation) = &serving.probation else {
+            return;
+        };
+        match probation.record(calls, faults, now) {
+            Verdict::Undecided => {}
+            Verdict::Passed => {
+                // Keep the version, drop the one kept for a rollback.
+                let proven = Serving::new(&self.name, serving.proven(), None, None);
+                self.serving.compare_and_swap(serving, Arc::new(proven));
+                tracing::info!(guest = &*self.name, module = %serving.module.label(), "new version passed probation");
+            }
+            Verdict::Failed {
+                calls,
+                faults,
+                since,
+            } => self.roll_back(serving, calls, faults, since),
+        }
+    }
+
+    fn roll_back(&self, failed: &Arc<Serving>, calls: u64, faults: u64, since: Duration) {
+        let Some(last_good) = failed.last_good.clone() else {
+            return;
+        };
+        let restored = Arc::new(Serving::new(&self.name, last_good.clone(), None, None));
+        let previous = self.serving.compare_and_swap(failed, restored);
+        if !Arc::ptr_eq(&previous, failed) {
+            return; // another version was swapped in meanwhile
+        }
+        *self.rejected.lock().unwrap_or_else(|p| p.into_inner()) = Some(failed.version.clone());
+        tracing::error!(
+            guest = &*self.name,
+            rejected = %failed.module.label(),
+            restored = %last_good.module.label(),
+            faults,
+            calls,
+            since_first_call_ms = since.as_secs_f64() * 1e3,
+            "new version rolled back to the last good one; it is not loaded again until its files change"
+        );
+        self.metrics.rolled_back(&last_good.module.identity);
+    }
 }
 
 impl Handler for GuestExecutor {
     fn handle_batch<'a>(&'a self, messages: &'a [spop::Message]) -> BatchFuture<'a> {
-        let module = self.active.load_full();
-        let label = module.label().clone();
+        let serving = self.serving.load_full();
         let count = messages.len();
         Box::pin(async move {
-            // The semaphore is never closed; a failed acquire cannot happen.
-            let _permit = self.permits.acquire().await.ok();
-            let metrics = &self.metrics;
+            let label = serving.label.clone();
+            if self.quarantined() {
+                return self.refuse(label, count, FailureKind::Quarantined, "guest quarantined");
+            }
+            let _permit = match self.permits.try_acquire() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.queue_limit {
+                        self.waiting.fetch_sub(1, Ordering::Relaxed);
+                        return self.refuse(
+                            label,
+                            count,
+                            FailureKind::Overloaded,
+                            "guest queue full",
+                        );
+                    }
+                    let permit = self.permits.acquire().await;
+                    self.waiting.fetch_sub(1, Ordering::Relaxed);
+                    // The semaphore is never closed.
+                    match permit {
+                        Ok(permit) => permit,
+                        Err(_) => {
+                            return self.refuse(label, count, FailureKind::Overloaded, "closed");
+                        }
+                    }
+                }
+            };
             let mut outcomes = Vec::with_capacity(count);
-            let mut lease = module.lease();
+            let mut failures = [0u64; FailureKind::ALL.len()];
+            let mut faults = 0;
+            let mut lease = serving.module.lease();
             for message in messages {
                 let started = should_time_this_call().then(Instant::now);
                 let result = lease.call(message).await;
                 if let Some(started) = started {
-                    metrics
-                        .guest_call_seconds
+                    self.metrics
+                        .call_seconds
                         .observe(started.elapsed().as_secs_f64());
                 }
-                outcomes.push(result.map_err(handler_failure));
+                outcomes.push(result.map_err(|failure| {
+                    let kind = failure_kind(&failure);
+                    failures[kind.index()] += 1;
+                    if kind.is_fault() {
+                        faults += 1;
+                    }
+                    self.failure(kind, failure.to_string())
+                }));
+            }
+            drop(lease);
+            self.metrics.record_batch(count as u64, &failures);
+            if self.quarantine.is_some() || serving.probation.is_some() {
+                self.judge(&serving, count as u64, faults);
             }
             BatchOutcome {
                 handler: label,
                 outcomes,
             }
         })
-    }
-}
-
-fn handler_failure(failure: GuestFailure) -> HandlerFailure {
-    HandlerFailure {
-        kind: failure_kind(&failure),
-        reason: failure.to_string(),
     }
 }
 

@@ -29,7 +29,7 @@ pub enum InstanceMode {
 
 /// Limits applied to every guest call. The defaults live in the CLI
 /// (`cli::SandboxArgs`), the one place they are defined.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SandboxConfig {
     /// Wall-clock budget of one `handle-message` call.
     pub call_timeout: Duration,

@@ -15,7 +15,7 @@ use crate::spop;
 const MAX_FINGERPRINT_ENTRIES: usize = 10_000;
 
 /// Where a guest's grants come from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GrantSources {
     /// `--guest-config KEY=VALUE`, in order; they override the file.
     pub config_pairs: Vec<(String, String)>,

@@ -1,0 +1,575 @@
+//! The `--config FILE` (TOML): global settings, one `[[guest]]` table per
+//! guest, and the `[haproxy]` table `spoa-host haproxy-config` reads.
+//!
+//! Every guest key falls back to the command line's sandbox flags
+//! (`--guest-timeout`, `--guest-memory`, …), which fall back to their
+//! defaults; relative paths are relative to the file's directory.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+use crate::cli::{SandboxArgs, parse_duration, parse_size, parse_typed_arg};
+use crate::exec::{ExecutorLimits, FailurePolicy, QuarantinePolicy, RollbackPolicy};
+use crate::sandbox::{GrantSources, InstanceMode, SandboxConfig};
+use crate::spop;
+
+/// Why a configuration file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    address: Option<IpAddr>,
+    port: Option<u16>,
+    workers: Option<u16>,
+    max_frame_size: Option<u32>,
+    metrics_address: Option<SocketAddr>,
+    #[serde(default)]
+    haproxy: HaproxyTable,
+    #[serde(default, rename = "guest")]
+    guests: Vec<GuestTable>,
+}
+
+/// `[haproxy]`: what `spoa-host haproxy-config` prints.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HaproxyTable {
+    /// The SPOE engine (`filter spoe engine NAME`) and its scope.
+    pub engine: Option<String>,
+    /// The `spoe-agent` name.
+    pub agent: Option<String>,
+    /// `option var-prefix`: variables come back as `txn.PREFIX.NAME`.
+    pub var_prefix: Option<String>,
+    /// The backend of agents.
+    pub backend: Option<String>,
+    /// The agents' addresses (default: this agent's address and port).
+    #[serde(default)]
+    pub servers: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct GuestTable {
+    name: String,
+    module: PathBuf,
+    messages: Vec<String>,
+    timeout: Option<String>,
+    memory: Option<String>,
+    instance: Option<String>,
+    concurrency: Option<u32>,
+    queue: Option<u32>,
+    #[serde(default)]
+    config: BTreeMap<String, toml::Value>,
+    config_file: Option<PathBuf>,
+    data: Option<PathBuf>,
+    smoke_message: Option<String>,
+    #[serde(default)]
+    smoke_args: Vec<String>,
+    #[serde(default)]
+    on_failure: FailureTable,
+    #[serde(default)]
+    spoe: BTreeMap<String, SpoeTable>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FailureTable {
+    error_var: Option<String>,
+    quarantine: Option<bool>,
+    quarantine_failures: Option<u64>,
+    quarantine_ratio: Option<f64>,
+    quarantine_window: Option<String>,
+    quarantine_backoff: Option<String>,
+    quarantine_max_backoff: Option<String>,
+    rollback: Option<bool>,
+    rollback_calls: Option<u64>,
+    rollback_ratio: Option<f64>,
+}
+
+/// `[guest.spoe.MESSAGE]`: how HAProxy sends a message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SpoeTable {
+    /// `args` of the `spoe-message`, e.g. `["ip=src"]`.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// `event` of the `spoe-message` (default `on-frontend-http-request`).
+    pub event: Option<String>,
+    /// An optional ACL condition, e.g. `if { path_beg /login }`.
+    pub condition: Option<String>,
+}
+
+/// The event a message is sent on when its table names none.
+pub const DEFAULT_EVENT: &str = "on-frontend-http-request";
+
+/// One guest, resolved: everything needed to run it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuestSpec {
+    pub name: String,
+    pub module: PathBuf,
+    /// The messages it answers; empty: every message (the `--module` form).
+    pub messages: Vec<String>,
+    pub sandbox: SandboxConfig,
+    pub limits: ExecutorLimits,
+    pub grants: GrantSources,
+    pub policy: FailurePolicy,
+    pub spoe: BTreeMap<String, SpoeTable>,
+}
+
+/// A whole agent configuration: the global settings the file sets and the
+/// guests.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub path: PathBuf,
+    pub address: Option<IpAddr>,
+    pub port: Option<u16>,
+    pub workers: Option<u16>,
+    pub max_frame_size: Option<u32>,
+    pub metrics_address: Option<SocketAddr>,
+    pub haproxy: HaproxyTable,
+    pub guests: Vec<GuestSpec>,
+}
+
+impl AgentConfig {
+    /// Reads and validates `path`; `defaults` are the command line's sandbox
+    /// flags and `error_var` its `--error-var`.
+    pub fn load(
+        path: &Path,
+        defaults: &SandboxArgs,
+        error_var: Option<&str>,
+    ) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        AgentConfig::parse(path, &text, defaults, error_var)
+    }
+
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        defaults: &SandboxArgs,
+        error_var: Option<&str>,
+    ) -> Result<AgentConfig, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|err| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: err.to_string(),
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        if file.guests.is_empty() {
+            return Err(invalid("no [[guest]] table".into()));
+        }
+        if let Some(size) = file.max_frame_size
+            && !(spop::MIN_FRAME_SIZE..=crate::cli::MAX_FRAME_SIZE_LIMIT).contains(&size)
+        {
+            return Err(invalid(format!(
+                "max-frame-size {size} is out of range ({}..={})",
+                spop::MIN_FRAME_SIZE,
+                crate::cli::MAX_FRAME_SIZE_LIMIT
+            )));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut guests = Vec::with_capacity(file.guests.len());
+        for table in file.guests {
+            let name = table.name.clone();
+            let spec = resolve_guest(table, base, defaults, error_var)
+                .map_err(|message| invalid(format!("guest `{name}`: {message}")))?;
+            guests.push(spec);
+        }
+        check_unique(&guests).map_err(invalid)?;
+        Ok(AgentConfig {
+            path: path.to_path_buf(),
+            address: file.address,
+            port: file.port,
+            workers: file.workers,
+            max_frame_size: file.max_frame_size,
+            metrics_address: file.metrics_address,
+            haproxy: file.haproxy,
+            guests,
+        })
+    }
+}
+
+/// Guest names are unique, and so is every message name across guests.
+fn check_unique(guests: &[GuestSpec]) -> Result<(), String> {
+    let mut names = HashMap::new();
+    let mut owners: HashMap<&str, &str> = HashMap::new();
+    for guest in guests {
+        if names.insert(guest.name.as_str(), ()).is_some() {
+            return Err(format!("two guests are named `{}`", guest.name));
+        }
+        for message in &guest.messages {
+            if let Some(other) = owners.insert(message, &guest.name) {
+                return Err(format!(
+                    "message `{message}` is declared by guests `{other}` and `{}`",
+                    guest.name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn resolve_guest(
+    table: GuestTable,
+    base: &Path,
+    defaults: &SandboxArgs,
+    error_var: Option<&str>,
+) -> Result<GuestSpec, String> {
+    check_guest_name(&table.name)?;
+    if table.messages.is_empty() {
+        return Err("`messages` is empty".into());
+    }
+    for message in &table.messages {
+        if message.is_empty() || message.len() > 255 || message.contains(char::is_whitespace) {
+            return Err(format!("`{message}` is not a SPOE message name"));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for message in &table.messages {
+        if !seen.insert(message) {
+            return Err(format!("message `{message}` is listed twice"));
+        }
+    }
+    for declared in table.spoe.keys() {
+        if !table.messages.contains(declared) {
+            return Err(format!(
+                "[guest.spoe.{declared}] describes a message not in `messages`"
+            ));
+        }
+    }
+    let duration = |text: &Option<String>, default: Duration, key: &str| match text {
+        Some(text) => parse_duration(text).map_err(|err| format!("{key}: {err}")),
+        None => Ok(default),
+    };
+    let mut sandbox = defaults.to_config();
+    sandbox.call_timeout = duration(&table.timeout, sandbox.call_timeout, "timeout")?;
+    if sandbox.call_timeout.is_zero() {
+        return Err("timeout: must be more than 0".into());
+    }
+    if let Some(memory) = &table.memory {
+        sandbox.memory_cap = parse_size(memory).map_err(|err| format!("memory: {err}"))?;
+    }
+    if let Some(instance) = &table.instance {
+        sandbox.instance_mode = match instance.as_str() {
+            "reuse" => InstanceMode::Reuse,
+            "fresh" => InstanceMode::Fresh,
+            other => return Err(format!("instance: `{other}` is not reuse or fresh")),
+        };
+    }
+    if let Some(concurrency) = table.concurrency {
+        if !(1..=1000).contains(&concurrency) {
+            return Err("concurrency: must be 1 to 1000".into());
+        }
+        sandbox.max_concurrent_calls = concurrency;
+    }
+    let limits = ExecutorLimits {
+        concurrency: sandbox.max_concurrent_calls,
+        queue: table
+            .queue
+            .unwrap_or_else(|| default_queue(sandbox.max_concurrent_calls)),
+    };
+
+    let first_message = &table.messages[0];
+    let smoke_message = spop::Message {
+        name: Bytes::copy_from_slice(
+            table
+                .smoke_message
+                .as_deref()
+                .unwrap_or(first_message)
+                .as_bytes(),
+        ),
+        args: table
+            .smoke_args
+            .iter()
+            .map(|arg| parse_typed_arg(arg).map_err(|err| format!("smoke-args: {err}")))
+            .collect::<Result<_, _>>()?,
+    };
+    let config_pairs = table
+        .config
+        .into_iter()
+        .map(|(key, value)| {
+            let text = match value {
+                toml::Value::String(text) => text,
+                toml::Value::Integer(number) => number.to_string(),
+                toml::Value::Float(number) => number.to_string(),
+                toml::Value::Boolean(flag) => flag.to_string(),
+                _ => return Err(format!("config.{key}: only strings, numbers and booleans")),
+            };
+            Ok((key, text))
+        })
+        .collect::<Result<_, _>>()?;
+    let grants = GrantSources {
+        config_pairs,
+        config_file: table.config_file.map(|file| base.join(file)),
+        data_dir: table.data.map(|dir| base.join(dir)),
+        smoke_message,
+    };
+    let policy = resolve_policy(&table.on_failure, error_var)?;
+    Ok(GuestSpec {
+        name: table.name,
+        module: base.join(table.module),
+        messages: table.messages,
+        sandbox,
+        limits,
+        grants,
+        policy,
+        spoe: table.spoe,
+    })
+}
+
+/// Batches that may wait for a guest's permits by default.
+pub fn default_queue(concurrency: u32) -> u32 {
+    concurrency.saturating_mul(4)
+}
+
+/// Guest names appear in metric labels and logs: short and plain.
+fn check_guest_name(name: &str) -> Result<(), String> {
+    let plain = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if plain {
+        Ok(())
+    } else {
+        Err("a name is 1 to 64 letters, digits, `-` or `_`".into())
+    }
+}
+
+fn resolve_policy(table: &FailureTable, error_var: Option<&str>) -> Result<FailurePolicy, String> {
+    let error_var = match table.error_var.as_deref().or(error_var) {
+        Some(name) => {
+            spop::check_var_name(name.as_bytes()).map_err(|err| format!("error-var: {err}"))?;
+            Some(Bytes::copy_from_slice(name.as_bytes()))
+        }
+        None => None,
+    };
+    let ratio = |value: Option<f64>, default: f64, key: &str| match value {
+        Some(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        Some(_) => Err(format!("{key}: must be between 0 and 1")),
+        None => Ok(default),
+    };
+    let duration = |text: &Option<String>, default: Duration, key: &str| match text {
+        Some(text) => parse_duration(text).map_err(|err| format!("{key}: {err}")),
+        None => Ok(default),
+    };
+    let quarantine = if table.quarantine.unwrap_or(true) {
+        let d = QuarantinePolicy::default();
+        let policy = QuarantinePolicy {
+            failures: table.quarantine_failures.unwrap_or(d.failures).max(1),
+            ratio: ratio(table.quarantine_ratio, d.ratio, "quarantine-ratio")?,
+            window: duration(&table.quarantine_window, d.window, "quarantine-window")?,
+            backoff: duration(&table.quarantine_backoff, d.backoff, "quarantine-backoff")?,
+            max_backoff: duration(
+                &table.quarantine_max_backoff,
+                d.max_backoff,
+                "quarantine-max-backoff",
+            )?,
+        };
+        if policy.window.is_zero() || policy.backoff.is_zero() {
+            return Err("quarantine-window and quarantine-backoff must be more than 0".into());
+        }
+        Some(QuarantinePolicy {
+            max_backoff: policy.max_backoff.max(policy.backoff),
+            ..policy
+        })
+    } else {
+        None
+    };
+    let rollback = if table.rollback.unwrap_or(true) {
+        let d = RollbackPolicy::default();
+        Some(RollbackPolicy {
+            calls: table.rollback_calls.unwrap_or(d.calls).max(1),
+            ratio: ratio(table.rollback_ratio, d.ratio, "rollback-ratio")?,
+        })
+    } else {
+        None
+    };
+    Ok(FailurePolicy {
+        error_var,
+        quarantine,
+        rollback,
+    })
+}
+
+/// The one-guest form: `--module FILE` answers every message.
+pub fn single_guest(module: PathBuf, sandbox: &SandboxArgs, error_var: Option<&str>) -> GuestSpec {
+    let config = sandbox.to_config();
+    GuestSpec {
+        name: SINGLE_GUEST_NAME.into(),
+        module,
+        messages: Vec::new(),
+        limits: ExecutorLimits {
+            concurrency: config.max_concurrent_calls,
+            queue: default_queue(config.max_concurrent_calls),
+        },
+        sandbox: config,
+        grants: sandbox.grants(),
+        policy: FailurePolicy {
+            error_var: error_var.map(|name| Bytes::copy_from_slice(name.as_bytes())),
+            ..FailurePolicy::default()
+        },
+        spoe: BTreeMap::new(),
+    }
+}
+
+/// The `guest` label of the `--module` form.
+pub const SINGLE_GUEST_NAME: &str = "default";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn defaults() -> SandboxArgs {
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            sandbox: SandboxArgs,
+        }
+        Wrapper::parse_from(["x"]).sandbox
+    }
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::parse(Path::new("/etc/spoa/agent.toml"), text, &defaults(), None)
+    }
+
+    const TWO_GUESTS: &str = r#"
+        port = 12400
+        address = "127.0.0.1"
+
+        [haproxy]
+        var-prefix = "sec"
+
+        [[guest]]
+        name = "iprep"
+        module = "guest_iprep.wasm"
+        messages = ["check-client-ip"]
+        timeout = "20ms"
+        config = { threshold = 30, strict = true }
+
+        [guest.on-failure]
+        error-var = "error"
+        quarantine-failures = 5
+
+        [guest.spoe.check-client-ip]
+        args = ["ip=src"]
+
+        [[guest]]
+        name = "ua"
+        module = "/opt/guests/ua.wasm"
+        messages = ["check-ua", "check-path"]
+        instance = "fresh"
+        concurrency = 8
+
+        [guest.on-failure]
+        rollback = false
+    "#;
+
+    #[test]
+    fn a_full_file_resolves_with_defaults_and_relative_paths() {
+        let config = parse(TWO_GUESTS).expect("valid");
+        assert_eq!(config.port, Some(12400));
+        assert_eq!(config.haproxy.var_prefix.as_deref(), Some("sec"));
+        let [iprep, ua] = &config.guests[..] else {
+            panic!("two guests")
+        };
+        assert_eq!(iprep.module, Path::new("/etc/spoa/guest_iprep.wasm"));
+        assert_eq!(iprep.sandbox.call_timeout, Duration::from_millis(20));
+        assert_eq!(iprep.sandbox.memory_cap, 16 << 20, "the CLI default");
+        assert_eq!(
+            iprep.grants.config_pairs,
+            vec![
+                ("strict".to_string(), "true".to_string()),
+                ("threshold".to_string(), "30".to_string())
+            ]
+        );
+        assert_eq!(iprep.policy.error_var.as_deref(), Some(&b"error"[..]));
+        assert_eq!(iprep.policy.quarantine.as_ref().map(|q| q.failures), Some(5));
+        assert_eq!(&iprep.grants.smoke_message.name[..], b"check-client-ip");
+        assert_eq!(ua.module, Path::new("/opt/guests/ua.wasm"));
+        assert_eq!(ua.sandbox.instance_mode, InstanceMode::Fresh);
+        assert_eq!(ua.limits.concurrency, 8);
+        assert_eq!(ua.limits.queue, 32);
+        assert!(ua.policy.rollback.is_none());
+        assert!(ua.policy.quarantine.is_some());
+    }
+
+    #[test]
+    fn one_message_declared_by_two_guests_is_refused() {
+        let text = r#"
+            [[guest]]
+            name = "a"
+            module = "a.wasm"
+            messages = ["check-client-ip"]
+            [[guest]]
+            name = "b"
+            module = "b.wasm"
+            messages = ["other", "check-client-ip"]
+        "#;
+        let err = parse(text).expect_err("duplicate").to_string();
+        assert!(
+            err.contains("message `check-client-ip` is declared by guests `a` and `b`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        for (text, expected) in [
+            ("", "no [[guest]] table"),
+            (
+                "[[guest]]\nname = \"a\"\nmodule = \"a.wasm\"\nmessages = []",
+                "`messages` is empty",
+            ),
+            (
+                "[[guest]]\nname = \"a b\"\nmodule = \"a.wasm\"\nmessages = [\"m\"]",
+                "a name is",
+            ),
+            (
+                "[[guest]]\nname = \"a\"\nmodule = \"a.wasm\"\nmessages = [\"m\"]\ntimeout = \"soon\"",
+                "timeout",
+            ),
+            (
+                "[[guest]]\nname = \"a\"\nmodule = \"a.wasm\"\nmessages = [\"m\"]\n[guest.spoe.n]\nargs = []",
+                "not in `messages`",
+            ),
+            (
+                "[[guest]]\nname = \"a\"\nmodule = \"a.wasm\"\nmessages = [\"m\"]\nmodul = 1",
+                "unknown field",
+            ),
+            (
+                "[[guest]]\nname = \"a\"\nmodule = \"a.wasm\"\nmessages = [\"m\"]\n[[guest]]\nname = \"a\"\nmodule = \"b.wasm\"\nmessages = [\"n\"]",
+                "two guests are named `a`",
+            ),
+            (
+                "[[guest]]\nname = \"a\"\nmodule = \"a.wasm\"\nmessages = [\"m\"]\n[guest.on-failure]\nerror-var = \"\"",
+                "error-var",
+            ),
+        ] {
+            let err = parse(text).expect_err(text).to_string();
+            assert!(err.contains(expected), "{text}\n→ {err}");
+        }
+    }
+}

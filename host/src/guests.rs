@@ -1,0 +1,211 @@
+//! Starting guests, and reloading the `--config` file: a changed file
+//! starts the guests that are new or changed, keeps the others as they are
+//! (their instances untouched), and swaps the routing table at once. A file
+//! that fails validation, or a guest that fails to load, changes nothing.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::SandboxArgs;
+use crate::config::{AgentConfig, GuestSpec};
+use crate::exec::GuestExecutor;
+use crate::metrics::Metrics;
+use crate::reload::{Loaded, Reloader, load, log_loaded, spawn_sighup, watch_file};
+use crate::router::{GuestSet, Router};
+use crate::sandbox::Sandbox;
+
+/// A running guest: its executor and its reload triggers, which stop when
+/// the guest is dropped.
+pub struct Guest {
+    pub spec: GuestSpec,
+    pub executor: Arc<GuestExecutor>,
+    stop: CancellationToken,
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// What starting guests needs.
+#[derive(Clone)]
+pub struct GuestRuntime {
+    pub data_plane: tokio::runtime::Handle,
+    pub metrics: Arc<Metrics>,
+    /// Watch module, configuration and data files (SIGHUP works regardless).
+    pub watch: bool,
+    pub shutdown: CancellationToken,
+}
+
+impl GuestRuntime {
+    /// Loads the guest's module on the data plane and starts its reload
+    /// triggers.
+    pub async fn start(&self, spec: GuestSpec) -> Result<Guest> {
+        let sandbox = Sandbox::new(spec.sandbox.clone())
+            .with_context(|| format!("guest `{}`: creating its sandbox", spec.name))?;
+        let started = Instant::now();
+        let metrics = self.metrics.guest(&spec.name);
+        let loaded = {
+            let (sandbox, path, grants) =
+                (sandbox.clone(), spec.module.clone(), spec.grants.clone());
+            self.data_plane
+                .spawn(async move { load(&sandbox, None, &path, &grants).await })
+                .await
+                .context("loading the module")?
+        };
+        let Loaded { module, version } = loaded.map_err(|err| {
+            metrics.reload_failed(err.cause());
+            anyhow::anyhow!(
+                "guest `{}`: module {} rejected (cause: {}): {err}",
+                spec.name,
+                spec.module.display(),
+                err.cause().name()
+            )
+        })?;
+        log_loaded(&spec.name, &module, "start", started.elapsed());
+        let executor = Arc::new(GuestExecutor::new(
+            &spec.name,
+            self.data_plane.clone(),
+            module,
+            version,
+            spec.limits,
+            spec.policy.clone(),
+            metrics,
+        ));
+        let stop = self.shutdown.child_token();
+        let reloader = Arc::new(Reloader::new(
+            sandbox,
+            spec.module.clone(),
+            spec.grants.clone(),
+            executor.clone(),
+        ));
+        reloader.spawn_triggers(self.watch, stop.clone())?;
+        Ok(Guest {
+            spec,
+            executor,
+            stop,
+        })
+    }
+
+    /// Starts every guest of `specs`, reusing those of `running` whose
+    /// definition is unchanged.
+    async fn start_all(&self, specs: &[GuestSpec], running: &[Arc<Guest>]) -> Result<Vec<Arc<Guest>>> {
+        let mut guests = Vec::with_capacity(specs.len());
+        for spec in specs {
+            match running.iter().find(|guest| guest.spec == *spec) {
+                Some(guest) => guests.push(guest.clone()),
+                None => guests.push(Arc::new(self.start(spec.clone()).await?)),
+            }
+        }
+        Ok(guests)
+    }
+}
+
+/// The routing table of `guests`.
+pub fn guest_set(guests: &[Arc<Guest>]) -> GuestSet {
+    GuestSet::new(
+        guests
+            .iter()
+            .map(|guest| (guest.executor.clone(), guest.spec.messages.clone()))
+            .collect(),
+    )
+}
+
+/// Starts the guests of a configuration and the router over them.
+pub async fn start_router(runtime: &GuestRuntime, specs: &[GuestSpec]) -> Result<(Arc<Router>, Vec<Arc<Guest>>)> {
+    let guests = runtime.start_all(specs, &[]).await?;
+    let router = Arc::new(Router::new(guest_set(&guests), runtime.metrics.clone()));
+    Ok((router, guests))
+}
+
+/// Reloads the `--config` file on change and on SIGHUP.
+pub struct ConfigReloader {
+    pub runtime: GuestRuntime,
+    pub config: AgentConfig,
+    pub sandbox_defaults: SandboxArgs,
+    pub error_var: Option<String>,
+    pub router: Arc<Router>,
+    pub guests: Vec<Arc<Guest>>,
+}
+
+impl ConfigReloader {
+    pub fn spawn(mut self) -> Result<()> {
+        let (tx, mut rx) = mpsc::channel::<&'static str>(16);
+        let shutdown = self.runtime.shutdown.clone();
+        spawn_sighup(tx.clone(), shutdown.clone())?;
+        let watcher = if self.runtime.watch {
+            Some(watch_file(&self.config.path, "configuration file changed", tx)?)
+        } else {
+            None
+        };
+        let data_plane = self.runtime.data_plane.clone();
+        data_plane.spawn(async move {
+            let _watcher = watcher;
+            loop {
+                let reason = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    reason = rx.recv() => match reason { Some(r) => r, None => return },
+                };
+                tokio::time::sleep(crate::reload::SETTLE).await;
+                while rx.try_recv().is_ok() {}
+                self.reload(reason).await;
+            }
+        });
+        Ok(())
+    }
+
+    async fn reload(&mut self, reason: &'static str) {
+        let path = self.config.path.clone();
+        let config = match AgentConfig::load(&path, &self.sandbox_defaults, self.error_var.as_deref()) {
+            Ok(config) => config,
+            Err(err) => {
+                self.runtime.metrics.config_reload("failed");
+                tracing::error!(reason, "configuration reload rejected, current guests keep serving: {err}");
+                return;
+            }
+        };
+        if config.guests == self.config.guests {
+            self.runtime.metrics.config_reload("unchanged");
+            tracing::debug!(reason, "guest definitions unchanged");
+            return;
+        }
+        let guests = match self.runtime.start_all(&config.guests, &self.guests).await {
+            Ok(guests) => guests,
+            Err(err) => {
+                self.runtime.metrics.config_reload("failed");
+                tracing::error!(reason, "configuration reload rejected, current guests keep serving: {err:#}");
+                return;
+            }
+        };
+        self.router.replace(guest_set(&guests));
+        for gone in self
+            .guests
+            .iter()
+            .filter(|old| !guests.iter().any(|new| new.spec.name == old.spec.name))
+        {
+            gone.executor.metrics().retire();
+            tracing::info!(guest = %gone.spec.name, "guest removed");
+        }
+        let settings_changed = config.address != self.config.address
+            || config.port != self.config.port
+            || config.workers != self.config.workers
+            || config.max_frame_size != self.config.max_frame_size
+            || config.metrics_address != self.config.metrics_address;
+        if settings_changed {
+            tracing::warn!("global settings of the configuration file changed; they apply at the next start");
+        }
+        tracing::info!(
+            reason,
+            guests = guests.len(),
+            "configuration reloaded"
+        );
+        self.runtime.metrics.config_reload("ok");
+        self.guests = guests;
+        self.config = config;
+    }
+}
