@@ -28,12 +28,14 @@ setup:
 $(COMPONENTIZE): componentize/src/main.rs componentize/Cargo.toml
 	$(CARGO) build --release -p componentize
 
-## The IP-reputation guest as a component: target/guest_iprep.wasm
+## The IP-reputation guest as a component: target/guest_iprep.wasm, and the
+## User-Agent guest of the several-guests example: target/guest_uascore.wasm
 guest: setup $(COMPONENTIZE)
-	$(CARGO) build --release --target $(WASM_TARGET) -p guest-iprep
+	$(CARGO) build --release --target $(WASM_TARGET) -p guest-iprep -p guest-uascore
 	$(COMPONENTIZE) $(WASM_OUT)/guest_iprep.wasm target/guest_iprep.wasm
+	$(COMPONENTIZE) $(WASM_OUT)/guest_uascore.wasm target/guest_uascore.wasm
 
-## Test guests: the hostile guest, built as version A and version B, and
+## Test guests: the hostile guest, built as versions A, B and C, and
 ## the Python sandbox probe (componentize-py, as the Python example).
 fixtures: setup $(COMPONENTIZE)
 	@mkdir -p $(FIXTURES)
@@ -41,6 +43,8 @@ fixtures: setup $(COMPONENTIZE)
 	$(COMPONENTIZE) $(WASM_OUT)/guest_hostile.wasm $(FIXTURES)/guest_hostile_a.wasm
 	SPOA_FIXTURE_VERSION=B $(CARGO) build --release --target $(WASM_TARGET) -p guest-hostile
 	$(COMPONENTIZE) $(WASM_OUT)/guest_hostile.wasm $(FIXTURES)/guest_hostile_b.wasm
+	SPOA_FIXTURE_VERSION=C $(CARGO) build --release --target $(WASM_TARGET) -p guest-hostile
+	$(COMPONENTIZE) $(WASM_OUT)/guest_hostile.wasm $(FIXTURES)/guest_hostile_c.wasm
 	tests/fixtures/guest-sandbox-py/build.sh
 
 host:
@@ -85,7 +89,7 @@ fuzz:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --workspace --exclude guest-hostile -- -D warnings
-	$(CARGO) clippy -p guest-hostile -p guest-iprep -p spoa-guest --target $(WASM_TARGET) -- -D warnings
+	$(CARGO) clippy -p guest-hostile -p guest-iprep -p guest-uascore -p spoa-guest --target $(WASM_TARGET) -- -D warnings
 	cd examples/guests/rust && $(CARGO) fmt --check && $(CARGO) clippy -- -D warnings
 
 fmt:

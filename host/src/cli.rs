@@ -289,6 +289,7 @@ impl SandboxArgs {
             } else {
                 self.cache_dir.clone().or_else(default_cache_dir)
             },
+            long_call_slots: 1,
         }
     }
 

@@ -40,13 +40,21 @@ pub struct GuestRuntime {
     /// Watch module, configuration and data files (SIGHUP works regardless).
     pub watch: bool,
     pub shutdown: CancellationToken,
+    /// Each guest's long-call slots (see `SandboxConfig::long_call_slots`):
+    /// one fewer than the data-plane threads, at least one, so a guest whose
+    /// calls all run to their deadline always leaves a thread to the others.
+    pub long_call_slots: u32,
 }
 
 impl GuestRuntime {
     /// Loads the guest's module on the data plane and starts its reload
     /// triggers.
     pub async fn start(&self, spec: GuestSpec) -> Result<Guest> {
-        let sandbox = Sandbox::new(spec.sandbox.clone())
+        let sandbox_config = crate::sandbox::SandboxConfig {
+            long_call_slots: self.long_call_slots,
+            ..spec.sandbox.clone()
+        };
+        let sandbox = Sandbox::new(sandbox_config)
             .with_context(|| format!("guest `{}`: creating its sandbox", spec.name))?;
         let started = Instant::now();
         let metrics = self.metrics.guest(&spec.name);

@@ -182,6 +182,9 @@ impl Metrics {
             unrouted_messages.clone(),
         );
         let config_reloads = Family::<ResultLabels, Counter>::default();
+        for result in ["ok", "unchanged", "failed"] {
+            let _ = config_reloads.get_or_create(&ResultLabels { result });
+        }
         registry.register(
             "config_reloads",
             "Reloads of the --config file, by result",

@@ -113,7 +113,12 @@ fn serve_blocking(args: ServeArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the control plane")?;
-    let result = control.block_on(serve_async(args, config, data_plane.handle().clone()));
+    let result = control.block_on(serve_async(
+        args,
+        config,
+        data_plane.handle().clone(),
+        workers,
+    ));
     drop(control);
     data_plane.shutdown_timeout(DATA_PLANE_STOP);
     result
@@ -123,6 +128,7 @@ async fn serve_async(
     args: ServeArgs,
     config: Option<AgentConfig>,
     data_plane: tokio::runtime::Handle,
+    data_plane_threads: usize,
 ) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
@@ -144,6 +150,7 @@ async fn serve_async(
         metrics: metrics.clone(),
         watch: !args.no_watch,
         shutdown: shutdown.clone(),
+        long_call_slots: data_plane_threads.saturating_sub(1).max(1) as u32,
     };
     let (handler, _guests) = build_handler(&args, config, &runtime).await?;
 

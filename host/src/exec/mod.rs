@@ -293,10 +293,30 @@ impl GuestExecutor {
         }
     }
 
-    /// Counts a batch's faults against the quarantine and the probation of
-    /// the version that answered it.
+    /// Counts a batch's faults against the probation of the version that
+    /// answered it or, once no probation is under way, the quarantine: a new
+    /// version that fails is rolled back, not quarantined.
     fn judge(&self, serving: &Arc<Serving>, calls: u64, faults: u64) {
         let now = Instant::now();
+        if let Some(probation) = &serving.probation {
+            match probation.record(calls, faults, now) {
+                Verdict::Undecided => return,
+                Verdict::Passed => {
+                    // Keep the version, drop the one kept for a rollback.
+                    let proven = Serving::new(&self.name, serving.proven(), None, None);
+                    self.serving.compare_and_swap(serving, Arc::new(proven));
+                    tracing::info!(guest = &*self.name, module = %serving.module.label(), "new version passed probation");
+                }
+                Verdict::Failed {
+                    calls,
+                    faults,
+                    since,
+                } => {
+                    self.roll_back(serving, calls, faults, since);
+                    return;
+                }
+            }
+        }
         if let Some(quarantine) = &self.quarantine
             && let Some(QuarantineChange::Started {
                 backoff,
@@ -312,23 +332,6 @@ impl GuestExecutor {
                 "guest quarantined: its messages are answered by its failure policy until the back-off ends"
             );
             self.metrics.quarantine_started();
-        }
-        let Some(probation) = &serving.probation else {
-            return;
-        };
-        match probation.record(calls, faults, now) {
-            Verdict::Undecided => {}
-            Verdict::Passed => {
-                // Keep the version, drop the one kept for a rollback.
-                let proven = Serving::new(&self.name, serving.proven(), None, None);
-                self.serving.compare_and_swap(serving, Arc::new(proven));
-                tracing::info!(guest = &*self.name, module = %serving.module.label(), "new version passed probation");
-            }
-            Verdict::Failed {
-                calls,
-                faults,
-                since,
-            } => self.roll_back(serving, calls, faults, since),
         }
     }
 

@@ -40,6 +40,10 @@ pub struct SandboxConfig {
     pub max_concurrent_calls: u32,
     /// Where compiled modules are cached (`None`: compile at every load).
     pub cache_dir: Option<PathBuf>,
+    /// Most calls of this guest running past their first epoch tick at once
+    /// (the threads' worth of time a guest whose calls all run long can
+    /// take). The serving agent sets it from its data-plane threads.
+    pub long_call_slots: u32,
 }
 
 /// Everything needed to compile and run guests; cheap to clone.
@@ -50,6 +54,8 @@ pub struct Sandbox {
     pub(crate) config: Arc<SandboxConfig>,
     /// Epoch ticks a call may run before it is interrupted.
     pub(crate) deadline_ticks: u64,
+    /// See [`SandboxConfig::long_call_slots`].
+    pub(crate) long_calls: Arc<tokio::sync::Semaphore>,
 }
 
 impl Sandbox {
@@ -98,6 +104,9 @@ impl Sandbox {
         Ok(Sandbox {
             engine,
             linker: Arc::new(linker),
+            long_calls: Arc::new(tokio::sync::Semaphore::new(
+                config.long_call_slots.max(1) as usize,
+            )),
             config: Arc::new(config),
             deadline_ticks,
         })

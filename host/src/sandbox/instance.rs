@@ -70,9 +70,14 @@ impl GuestInstance {
         // this thread run; once it has used its budget of ticks it is
         // interrupted. tokio's `yield_now` also makes the worker poll for
         // I/O before it resumes the call, so a frame that arrived for another
-        // connection is seen within a tick. A direct call cannot yield: once
-        // one runs for a whole tick, the module yields from then on.
+        // connection is seen within a tick. A call that runs past its first
+        // tick must hold one of the guest's long-call slots to go on: a guest
+        // whose calls all run long takes at most that many threads' worth of
+        // time, and its calls waiting for a slot do not use their budget.
+        // A direct call cannot yield: once it runs a whole tick it is cut,
+        // run again on a fiber, and the module yields from then on.
         let slow_seen = module.slow_call_seen.clone();
+        let long_calls = sandbox.long_calls.clone();
         store.epoch_deadline_callback(move |mut ctx| {
             let state = ctx.data_mut();
             // Ticks are counted while the call runs: time the thread spent
@@ -80,20 +85,43 @@ impl GuestInstance {
             // to this one, so a busy machine does not fail healthy guests.
             state.ticks_used += 1;
             if state.ticks_used >= state.deadline_ticks {
-                Err(Trap::Interrupt.into())
-            } else if state.direct_call {
-                // The first tick may come right after the call started; a
-                // second one means it ran for a whole tick.
-                if state.ticks_used >= 2 {
+                return Err(Trap::Interrupt.into());
+            }
+            // The first tick may come right after the call started; a
+            // second one means it ran for a whole tick.
+            let ran_a_whole_tick = state.ticks_used >= 2;
+            if state.direct_call {
+                if ran_a_whole_tick {
                     slow_seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                    state.cut_for_fiber = true;
+                    return Err(Trap::Interrupt.into());
                 }
-                Ok(UpdateDeadline::Continue(1))
-            } else {
-                Ok(UpdateDeadline::YieldCustom(
+                return Ok(UpdateDeadline::Continue(1));
+            }
+            let holds_slot = state
+                .long_call_slot
+                .lock()
+                .map(|slot| slot.is_some())
+                .unwrap_or(true);
+            if !ran_a_whole_tick || holds_slot {
+                return Ok(UpdateDeadline::YieldCustom(
                     1,
                     Box::pin(tokio::task::yield_now()),
-                ))
+                ));
             }
+            let slot = state.long_call_slot.clone();
+            let long_calls = long_calls.clone();
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(async move {
+                    // The semaphore is never closed.
+                    if let Ok(permit) = long_calls.acquire_owned().await
+                        && let Ok(mut slot) = slot.lock()
+                    {
+                        *slot = Some(permit);
+                    }
+                }),
+            ))
         });
         store.set_epoch_deadline(1);
         let instance = match module.instance_pre.instantiate_async(&mut store).await {
@@ -121,6 +149,12 @@ impl GuestInstance {
         })
     }
 
+    /// Whether the last call was a direct call cut after a whole tick: its
+    /// message must be run again on a fiber, on a fresh instance.
+    pub(crate) fn was_cut_for_fiber(&self) -> bool {
+        self.store.data().cut_for_fiber
+    }
+
     /// Calls `handle-message`; `direct` enters it without a fiber when the
     /// component allows it.
     pub(crate) async fn call(
@@ -141,9 +175,14 @@ impl GuestInstance {
                 outcome
             }
             _ => {
-                self.yielding
+                let outcome = self
+                    .yielding
                     .call_handle_message(&mut self.store, &input)
-                    .await
+                    .await;
+                if let Ok(mut slot) = self.store.data().long_call_slot.lock() {
+                    slot.take();
+                }
+                outcome
             }
         };
         match outcome {

@@ -197,7 +197,14 @@ impl InstanceLease<'_> {
             None => module.bounded(GuestInstance::new(module)).await?,
         };
         let direct = !module.slow_call_seen.load(Ordering::Relaxed);
-        let result = module.bounded(instance.call(message, direct)).await;
+        let mut result = module.bounded(instance.call(message, direct)).await;
+        if direct && instance.was_cut_for_fiber() {
+            // Cut after one tick because it could not yield: run the message
+            // again, from a fresh instance (the cut one's state is unknown),
+            // on a fiber with its whole budget.
+            instance = module.bounded(GuestInstance::new(module)).await?;
+            result = module.bounded(instance.call(message, false)).await;
+        }
         // A fresh instance serves one message; a poisoned one, none more.
         let reusable = module.sandbox.config.instance_mode == InstanceMode::Reuse
             && !matches!(&result, Err(failure) if failure.poisons_instance());

@@ -41,6 +41,12 @@ pub struct GuestState {
     pub deadline_ticks: u64,
     /// The running call was entered directly (it cannot yield).
     pub direct_call: bool,
+    /// Set when a direct call was cut after a whole tick, to be run again on
+    /// a fiber.
+    pub cut_for_fiber: bool,
+    /// The long-call slot the running call holds, once it has run past its
+    /// first tick (see `Sandbox::long_calls`); released when the call ends.
+    pub long_call_slot: Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
     config: Arc<GuestConfig>,
     wasi: WasiCtx,
     table: ResourceTable,
@@ -65,6 +71,8 @@ impl GuestState {
             ticks_used: 0,
             deadline_ticks,
             direct_call: false,
+            cut_for_fiber: false,
+            long_call_slot: Default::default(),
             config,
             table: {
                 let mut table = ResourceTable::new();

@@ -44,7 +44,11 @@ impl Agent {
                 .args(["-a", "127.0.0.1", "-p", &port.to_string()])
                 .env(
                     "RUST_LOG",
-                    std::env::var("SPOA_TEST_LOG").unwrap_or_else(|_| "info".into()),
+                    if args.iter().any(|a| a == "--debug") {
+                        "debug".into()
+                    } else {
+                        std::env::var("SPOA_TEST_LOG").unwrap_or_else(|_| "info".into())
+                    },
                 )
                 .env("XDG_CACHE_HOME", test_cache_dir())
                 .stdout(Stdio::null())

@@ -92,7 +92,35 @@ pub fn start_with(
     let spoe = std::fs::read_to_string(examples.join("spoe-iprep.conf")).expect("example spoe");
     let spoe_conf = dir.path().join("spoe-iprep.conf");
     std::fs::write(&spoe_conf, edit_spoe(spoe)).expect("writing the spoe conf");
+    let mut env = vec![
+        ("SPOE_CONF".to_string(), spoe_conf.display().to_string()),
+        ("SCORE_THRESHOLD".to_string(), threshold.to_string()),
+    ];
+    for (index, addr) in agent_addrs.iter().enumerate() {
+        env.push((format!("AGENT{}_ADDR", index + 1), addr.to_string()));
+    }
+    launch(binary, dir, config_path, env)
+}
 
+/// Starts `haproxy -db -f DIR/haproxy.cfg` with `files` (name, content)
+/// written to a fresh DIR. The configuration finds DIR in `${CONF_DIR}` and
+/// binds its HTTP frontend to `${HTTP_BIND}`.
+pub fn start_files(binary: &PathBuf, files: &[(&str, String)]) -> Haproxy {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (name, content) in files {
+        std::fs::write(dir.path().join(name), content).expect("writing a haproxy file");
+    }
+    let config_path = dir.path().join("haproxy.cfg");
+    let env = vec![("CONF_DIR".to_string(), dir.path().display().to_string())];
+    launch(binary, dir, config_path, env)
+}
+
+fn launch(
+    binary: &PathBuf,
+    dir: tempfile::TempDir,
+    config_path: PathBuf,
+    extra_env: Vec<(String, String)>,
+) -> Haproxy {
     for _attempt in 0..5 {
         let http: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let mut command = Command::new(binary);
@@ -100,13 +128,9 @@ pub fn start_with(
             .args(["-db", "-f"])
             .arg(&config_path)
             .env("HTTP_BIND", http.to_string())
-            .env("SPOE_CONF", &spoe_conf)
-            .env("SCORE_THRESHOLD", threshold.to_string())
+            .envs(extra_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        for (index, addr) in agent_addrs.iter().enumerate() {
-            command.env(format!("AGENT{}_ADDR", index + 1), addr.to_string());
-        }
         let mut child = command.spawn().expect("spawning haproxy");
         let log = Arc::new(Mutex::new(Vec::new()));
         for pipe in [
