@@ -62,7 +62,11 @@ impl Rules {
             return 0;
         };
         let lower = user_agent.to_ascii_lowercase();
-        if self.suspicious.iter().any(|word| lower.contains(word.as_str())) {
+        if self
+            .suspicious
+            .iter()
+            .any(|word| lower.contains(word.as_str()))
+        {
             self.suspicious_score
         } else {
             self.score
@@ -102,7 +106,10 @@ mod tests {
         let rules = Rules::default();
         assert_eq!(rules.score(Some("curl/8.5.0")), 10);
         assert_eq!(rules.score(Some("Googlebot/2.1")), 10);
-        assert_eq!(rules.score(Some("Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0")), 90);
+        assert_eq!(
+            rules.score(Some("Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0")),
+            90
+        );
         assert_eq!(rules.score(Some("  ")), 0);
         assert_eq!(rules.score(None), 0);
     }

@@ -117,7 +117,12 @@ pub struct ServeArgs {
     )]
     #[cfg_attr(
         not(feature = "native-iprep"),
-        arg(long, value_name = "PATH", required_unless_present = "config", conflicts_with = "config")
+        arg(
+            long,
+            value_name = "PATH",
+            required_unless_present = "config",
+            conflicts_with = "config"
+        )
     )]
     pub module: Option<PathBuf>,
 
@@ -208,7 +213,9 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     pub fn max_frame_size_or_default(&self, file: Option<u32>) -> u32 {
-        self.max_frame_size.or(file).unwrap_or(DEFAULT_MAX_FRAME_SIZE)
+        self.max_frame_size
+            .or(file)
+            .unwrap_or(DEFAULT_MAX_FRAME_SIZE)
     }
 }
 

@@ -506,7 +506,10 @@ mod tests {
             ]
         );
         assert_eq!(iprep.policy.error_var.as_deref(), Some(&b"error"[..]));
-        assert_eq!(iprep.policy.quarantine.as_ref().map(|q| q.failures), Some(5));
+        assert_eq!(
+            iprep.policy.quarantine.as_ref().map(|q| q.failures),
+            Some(5)
+        );
         assert_eq!(&iprep.grants.smoke_message.name[..], b"check-client-ip");
         assert_eq!(ua.module, Path::new("/opt/guests/ua.wasm"));
         assert_eq!(ua.sandbox.instance_mode, InstanceMode::Fresh);

@@ -102,7 +102,11 @@ impl GuestRuntime {
 
     /// Starts every guest of `specs`, reusing those of `running` whose
     /// definition is unchanged.
-    async fn start_all(&self, specs: &[GuestSpec], running: &[Arc<Guest>]) -> Result<Vec<Arc<Guest>>> {
+    async fn start_all(
+        &self,
+        specs: &[GuestSpec],
+        running: &[Arc<Guest>],
+    ) -> Result<Vec<Arc<Guest>>> {
         let mut guests = Vec::with_capacity(specs.len());
         for spec in specs {
             match running.iter().find(|guest| guest.spec == *spec) {
@@ -125,7 +129,10 @@ pub fn guest_set(guests: &[Arc<Guest>]) -> GuestSet {
 }
 
 /// Starts the guests of a configuration and the router over them.
-pub async fn start_router(runtime: &GuestRuntime, specs: &[GuestSpec]) -> Result<(Arc<Router>, Vec<Arc<Guest>>)> {
+pub async fn start_router(
+    runtime: &GuestRuntime,
+    specs: &[GuestSpec],
+) -> Result<(Arc<Router>, Vec<Arc<Guest>>)> {
     let guests = runtime.start_all(specs, &[]).await?;
     let router = Arc::new(Router::new(guest_set(&guests), runtime.metrics.clone()));
     Ok((router, guests))
@@ -147,7 +154,11 @@ impl ConfigReloader {
         let shutdown = self.runtime.shutdown.clone();
         spawn_sighup(tx.clone(), shutdown.clone())?;
         let watcher = if self.runtime.watch {
-            Some(watch_file(&self.config.path, "configuration file changed", tx)?)
+            Some(watch_file(
+                &self.config.path,
+                "configuration file changed",
+                tx,
+            )?)
         } else {
             None
         };
@@ -169,14 +180,18 @@ impl ConfigReloader {
 
     async fn reload(&mut self, reason: &'static str) {
         let path = self.config.path.clone();
-        let config = match AgentConfig::load(&path, &self.sandbox_defaults, self.error_var.as_deref()) {
-            Ok(config) => config,
-            Err(err) => {
-                self.runtime.metrics.config_reload("failed");
-                tracing::error!(reason, "configuration reload rejected, current guests keep serving: {err}");
-                return;
-            }
-        };
+        let config =
+            match AgentConfig::load(&path, &self.sandbox_defaults, self.error_var.as_deref()) {
+                Ok(config) => config,
+                Err(err) => {
+                    self.runtime.metrics.config_reload("failed");
+                    tracing::error!(
+                        reason,
+                        "configuration reload rejected, current guests keep serving: {err}"
+                    );
+                    return;
+                }
+            };
         if config.guests == self.config.guests {
             self.runtime.metrics.config_reload("unchanged");
             tracing::debug!(reason, "guest definitions unchanged");
@@ -186,7 +201,10 @@ impl ConfigReloader {
             Ok(guests) => guests,
             Err(err) => {
                 self.runtime.metrics.config_reload("failed");
-                tracing::error!(reason, "configuration reload rejected, current guests keep serving: {err:#}");
+                tracing::error!(
+                    reason,
+                    "configuration reload rejected, current guests keep serving: {err:#}"
+                );
                 return;
             }
         };
@@ -205,13 +223,11 @@ impl ConfigReloader {
             || config.max_frame_size != self.config.max_frame_size
             || config.metrics_address != self.config.metrics_address;
         if settings_changed {
-            tracing::warn!("global settings of the configuration file changed; they apply at the next start");
+            tracing::warn!(
+                "global settings of the configuration file changed; they apply at the next start"
+            );
         }
-        tracing::info!(
-            reason,
-            guests = guests.len(),
-            "configuration reloaded"
-        );
+        tracing::info!(reason, guests = guests.len(), "configuration reloaded");
         self.runtime.metrics.config_reload("ok");
         self.guests = guests;
         self.config = config;

@@ -233,15 +233,24 @@ mod tests {
     #[test]
     fn spoe_file_declares_every_message_with_its_args_event_and_timeout() {
         let spoe = spoe_file(&config(TWO), HaproxyVersion::V2_6);
-        assert!(spoe.contains("[spoa-host]\nspoe-agent spoa-host\n"), "{spoe}");
-        assert!(spoe.contains("    messages check-client-ip check-ua\n"), "{spoe}");
+        assert!(
+            spoe.contains("[spoa-host]\nspoe-agent spoa-host\n"),
+            "{spoe}"
+        );
+        assert!(
+            spoe.contains("    messages check-client-ip check-ua\n"),
+            "{spoe}"
+        );
         assert!(spoe.contains("spoe-message check-client-ip\n    args ip=src\n    event on-frontend-http-request\n"), "{spoe}");
         assert!(spoe.contains("    args ua=req.hdr(user-agent)\n    event on-frontend-http-request if { path_beg /api }\n"), "{spoe}");
         // Both on one event: 2 × (20 + 50) + 100 ms.
         assert!(spoe.contains("timeout processing 240ms"), "{spoe}");
         assert!(spoe.contains("option pipelining"), "{spoe}");
         let v3 = spoe_file(&config(TWO), HaproxyVersion::V3);
-        assert!(!v3.contains("pipelining") && !v3.contains("timeout hello"), "{v3}");
+        assert!(
+            !v3.contains("pipelining") && !v3.contains("timeout hello"),
+            "{v3}"
+        );
     }
 
     #[test]

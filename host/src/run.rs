@@ -219,7 +219,10 @@ async fn build_handler(
             Ok((router, Vec::new()))
         }
         None => {
-            let path = args.module.clone().context("--module or --config is required")?;
+            let path = args
+                .module
+                .clone()
+                .context("--module or --config is required")?;
             let spec = single_guest(path, &args.sandbox, args.error_var.as_deref());
             let (router, guests) = start_router(runtime, &[spec]).await?;
             Ok((router, guests))

@@ -30,7 +30,10 @@ fn metrics_endpoint_exposes_moving_series() {
     );
     let before = scrape(metrics_addr);
     assert_eq!(value(&before, "spoa_messages_total"), 0.0);
-    assert!(before.contains("spoa_module_info{guest=\"default\",path="), "{before}");
+    assert!(
+        before.contains("spoa_module_info{guest=\"default\",path="),
+        "{before}"
+    );
     assert!(before.contains("guest_hostile_a.wasm"));
 
     let mut client = SpopClient::connect(agent.addr());
@@ -52,7 +55,10 @@ fn metrics_endpoint_exposes_moving_series() {
 
     let after = scrape(metrics_addr);
     assert_eq!(value(&after, "spoa_messages_total"), 41.0);
-    assert_eq!(value(&after, "spoa_guest_calls_total{guest=\"default\"}"), 41.0);
+    assert_eq!(
+        value(&after, "spoa_guest_calls_total{guest=\"default\"}"),
+        41.0
+    );
     assert_eq!(value(&after, "spoa_actions_total"), 40.0);
     assert_eq!(
         value(&after, "spoa_frames_received_total{type=\"notify\"}"),
@@ -60,18 +66,24 @@ fn metrics_endpoint_exposes_moving_series() {
     );
     assert_eq!(value(&after, "spoa_frames_sent_total{type=\"ack\"}"), 41.0);
     assert_eq!(
-        value(&after, "spoa_guest_failures_total{guest=\"default\",kind=\"trap\"}"),
+        value(
+            &after,
+            "spoa_guest_failures_total{guest=\"default\",kind=\"trap\"}"
+        ),
         1.0
     );
     assert_eq!(value(&after, "spoa_disconnects_total{status=\"3\"}"), 1.0);
     assert!(value(&after, "spoa_connections_total") >= 2.0);
     assert!(value(&after, "spoa_connections_current") >= 1.0);
     assert!(value(&after, "spoa_guest_call_seconds_count{guest=\"default\"}") >= 1.0);
-    assert!(after
-        .lines()
-        .any(|l| l.starts_with("spoa_guest_call_seconds_bucket{") && l.contains("guest=\"default\"")));
+    assert!(after.lines().any(
+        |l| l.starts_with("spoa_guest_call_seconds_bucket{") && l.contains("guest=\"default\"")
+    ));
     assert_eq!(
-        value(&after, "spoa_module_reloads_total{guest=\"default\",result=\"failed\"}"),
+        value(
+            &after,
+            "spoa_module_reloads_total{guest=\"default\",result=\"failed\"}"
+        ),
         0.0
     );
     assert!(http::get(metrics_addr, "/other").expect("404").status == 404);

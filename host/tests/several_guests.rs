@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use spoa_host::spop::{Action, Ack, Frame, TypedData, VarScope};
+use spoa_host::spop::{Ack, Action, Frame, TypedData, VarScope};
 use support::agent::{Agent, run_host};
 use support::http::{metric_value, scrape_metrics};
 use support::spop_client::{
@@ -67,9 +67,11 @@ impl Setup {
 
 fn set_var(ack: &Ack, name: &str) -> Option<(VarScope, TypedData)> {
     ack.actions.iter().find_map(|action| match action {
-        Action::SetVar { scope, name: n, value } if &n[..] == name.as_bytes() => {
-            Some((*scope, value.clone()))
-        }
+        Action::SetVar {
+            scope,
+            name: n,
+            value,
+        } if &n[..] == name.as_bytes() => Some((*scope, value.clone())),
         _ => None,
     })
 }
@@ -102,7 +104,10 @@ fn each_message_goes_to_the_guest_that_declares_it_and_the_ack_keeps_their_order
     let (agent, metrics) = setup.start(ROUTING, &["--debug"]);
     let mut client = SpopClient::connect(agent.addr());
     client.hello("pipelining");
-    let browser = message("check-user-agent", vec![("ua", string("Mozilla/5.0 Firefox"))]);
+    let browser = message(
+        "check-user-agent",
+        vec![("ua", string("Mozilla/5.0 Firefox"))],
+    );
     client.send(&notify_frame(
         1,
         1,
@@ -134,9 +139,18 @@ fn each_message_goes_to_the_guest_that_declares_it_and_the_ack_keeps_their_order
     );
     let text = scrape_metrics(metrics);
     assert_eq!(metric_value(&text, "spoa_unrouted_messages_total"), 2.0);
-    assert_eq!(metric_value(&text, "spoa_guest_calls_total{guest=\"iprep\"}"), 1.0);
-    assert_eq!(metric_value(&text, "spoa_guest_calls_total{guest=\"ua\"}"), 2.0);
-    assert!(text.contains("spoa_module_info{guest=\"ua\",path="), "{text}");
+    assert_eq!(
+        metric_value(&text, "spoa_guest_calls_total{guest=\"iprep\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric_value(&text, "spoa_guest_calls_total{guest=\"ua\"}"),
+        2.0
+    );
+    assert!(
+        text.contains("spoa_module_info{guest=\"ua\",path="),
+        "{text}"
+    );
     let log = agent.log_text();
     assert_eq!(
         log.matches("no guest declares this message").count(),
@@ -177,8 +191,10 @@ fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
 }
 
 /// On one pipelined connection, NOTIFYs for a guest that loops to its
-/// deadline (200 ms) alternate with NOTIFYs for another guest: the other
-/// guest's ACKs must not wait for the looping one.
+/// deadline (200 ms) or traps are interleaved with NOTIFYs for another
+/// guest, up to 8 of the looping guest's in flight (as HAProxy keeps a
+/// bounded number of frames in flight): the other guest's ACKs must not wait
+/// for the looping one.
 #[test]
 fn a_guest_looping_to_its_deadline_does_not_delay_another_guests_messages() {
     let setup = Setup::new();
@@ -190,7 +206,7 @@ fn a_guest_looping_to_its_deadline_does_not_delay_another_guests_messages() {
             [[guest]]
             name = "spinner"
             module = "{module}"
-            messages = ["loop", "trap"]
+            messages = ["loop", "trap", "which"]
             timeout = "200ms"
             smoke-message = "which"
             [guest.on-failure]
@@ -207,45 +223,62 @@ fn a_guest_looping_to_its_deadline_does_not_delay_another_guests_messages() {
     let mut client = SpopClient::connect(agent.addr());
     client.hello("pipelining");
     client.set_read_timeout(Duration::from_secs(5));
-    let mut sent_at = std::collections::HashMap::new();
+    // SPOA_TEST_NOSPIN=1 measures the same traffic with a guest that answers
+    // at once (the baseline).
+    let baseline = std::env::var_os("SPOA_TEST_NOSPIN").is_some();
     let mut fast_latency = Vec::new();
-    let mut spins_answered = 0;
-    let rounds = 40u64;
-    for round in 0..rounds {
-        // A looping message, then a fast one right behind it.
-        let spin = if round % 4 == 3 { "trap" } else { "loop" };
-        let frames = [
-            encoded(&notify_frame(1, round * 2 + 1, vec![message(spin, vec![])])),
-            encoded(&notify_frame(
+    let mut spins_out = 0;
+    let mut next_id = 0u64;
+    for round in 0..60u64 {
+        let mut frames = Vec::new();
+        if spins_out < 8 {
+            let spin = match (baseline, round % 4) {
+                (true, _) => "which",
+                (false, 3) => "trap",
+                (false, _) => "loop",
+            };
+            next_id += 1;
+            frames.extend(encoded(&notify_frame(
                 1,
-                round * 2 + 2,
-                vec![check_client_ip(Ipv4Addr::LOCALHOST)],
-            )),
-        ]
-        .concat();
-        let now = Instant::now();
-        sent_at.insert(round * 2 + 2, now);
+                next_id * 2 + 1,
+                vec![message(spin, vec![])],
+            )));
+            spins_out += 1;
+        }
+        next_id += 1;
+        let fast_id = next_id * 2;
+        frames.extend(encoded(&notify_frame(
+            1,
+            fast_id,
+            vec![check_client_ip(Ipv4Addr::LOCALHOST)],
+        )));
+        let sent = Instant::now();
         client.send_raw(&frames);
-        // Collect the fast answer (spins arrive whenever they end).
         loop {
             let ack = client.recv_ack();
-            if ack.frame_id % 2 == 0 {
+            if ack.frame_id == fast_id {
                 assert_eq!(score_of(&ack), Some(42));
-                fast_latency.push(sent_at[&ack.frame_id].elapsed());
+                fast_latency.push(sent.elapsed());
                 break;
             }
-            spins_answered += 1;
+            assert_eq!(ack.frame_id % 2, 1, "an ACK for an earlier fast message?");
+            spins_out -= 1;
         }
     }
-    while spins_answered < rounds {
+    while spins_out > 0 {
         let ack = client.recv_ack();
         assert_eq!(ack.frame_id % 2, 1);
-        spins_answered += 1;
+        spins_out -= 1;
+    }
+    if std::env::var_os("SPOA_TEST_SAMPLES").is_some() {
+        let mut sorted = fast_latency.clone();
+        sorted.sort();
+        eprintln!("{sorted:?}");
     }
     let (p50, p99) = percentiles(fast_latency);
-    eprintln!("other guest while one loops: p50 {p50:?}, p99 {p99:?}");
+    eprintln!("other guest (baseline: {baseline}): p50 {p50:?}, p99 {p99:?}");
     assert!(
-        p99 < Duration::from_millis(60),
+        p99 < Duration::from_millis(50),
         "the fast guest waited {p99:?} at p99 behind a 200 ms looping guest"
     );
 }
@@ -287,10 +320,19 @@ fn a_guest_that_keeps_failing_is_quarantined_then_tried_again() {
     let ack = ask(&mut client, check_client_ip(Ipv4Addr::LOCALHOST));
     assert_eq!(error_var(&ack).as_deref(), Some("quarantined"), "{ack:?}");
     let text = scrape_metrics(metrics);
-    assert_eq!(metric_value(&text, "spoa_guest_quarantines_total{guest=\"flaky\"}"), 1.0);
-    assert_eq!(metric_value(&text, "spoa_guest_quarantined{guest=\"flaky\"}"), 1.0);
     assert_eq!(
-        metric_value(&text, "spoa_guest_failures_total{guest=\"flaky\",kind=\"quarantined\"}"),
+        metric_value(&text, "spoa_guest_quarantines_total{guest=\"flaky\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric_value(&text, "spoa_guest_quarantined{guest=\"flaky\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            "spoa_guest_failures_total{guest=\"flaky\",kind=\"quarantined\"}"
+        ),
         1.0
     );
     // After the back-off it is called again.
@@ -298,7 +340,10 @@ fn a_guest_that_keeps_failing_is_quarantined_then_tried_again() {
     let ack = ask(&mut client, check_client_ip(Ipv4Addr::LOCALHOST));
     assert_eq!(score_of(&ack), Some(42), "{ack:?}");
     let text = scrape_metrics(metrics);
-    assert_eq!(metric_value(&text, "spoa_guest_quarantined{guest=\"flaky\"}"), 0.0);
+    assert_eq!(
+        metric_value(&text, "spoa_guest_quarantined{guest=\"flaky\"}"),
+        0.0
+    );
     let log = agent.log_text();
     assert!(log.contains("guest quarantined"), "{log}");
     assert!(log.contains("quarantine over"), "{log}");
@@ -320,10 +365,18 @@ smoke-message = "which"
 
 /// Sends check-client-ip from a non-loopback address until `done` says stop;
 /// returns how many were sent.
-fn ask_until(client: &mut SpopClient, frame_id: &mut u64, mut done: impl FnMut(&Ack) -> bool) -> u64 {
+fn ask_until(
+    client: &mut SpopClient,
+    frame_id: &mut u64,
+    mut done: impl FnMut(&Ack) -> bool,
+) -> u64 {
     for sent in 1..=500 {
         *frame_id += 1;
-        client.send(&notify_frame(1, *frame_id, vec![check_client_ip(Ipv4Addr::new(198, 51, 100, 7))]));
+        client.send(&notify_frame(
+            1,
+            *frame_id,
+            vec![check_client_ip(Ipv4Addr::new(198, 51, 100, 7))],
+        ));
         if done(&client.recv_ack()) {
             return sent;
         }
@@ -372,10 +425,19 @@ fn a_new_version_that_fails_every_call_is_rolled_back_and_not_loaded_again() {
         false
     });
     eprintln!("rolled back after {failed} failed calls");
-    assert!(failed >= 1 && calls <= 100, "{failed} failures, {calls} calls");
+    assert!(
+        failed >= 1 && calls <= 100,
+        "{failed} failures, {calls} calls"
+    );
     let text = scrape_metrics(metrics);
-    assert_eq!(metric_value(&text, "spoa_guest_rollbacks_total{guest=\"iprep\"}"), 1.0);
-    assert!(text.contains("guest_hostile_a") || text.contains("iprep.wasm"), "{text}");
+    assert_eq!(
+        metric_value(&text, "spoa_guest_rollbacks_total{guest=\"iprep\"}"),
+        1.0
+    );
+    assert!(
+        text.contains("guest_hostile_a") || text.contains("iprep.wasm"),
+        "{text}"
+    );
     let log = agent.log_text();
     assert!(log.contains("new version rolled back"), "{log}");
 
@@ -389,14 +451,21 @@ fn a_new_version_that_fails_every_call_is_rolled_back_and_not_loaded_again() {
         "{}",
         agent.log_text()
     );
-    assert_eq!(ask_until(&mut client, &mut frame_id, |ack| score_of(ack) == Some(42)), 1);
+    assert_eq!(
+        ask_until(&mut client, &mut frame_id, |ack| score_of(ack) == Some(42)),
+        1
+    );
 
     // A changed file is loaded (and passes probation).
     setup.install(&hostile_guest('B'), "iprep.wasm");
     assert!(
         eventually(Duration::from_secs(10), || {
             frame_id += 1;
-            client.send(&notify_frame(1, frame_id, vec![check_client_ip(Ipv4Addr::new(198, 51, 100, 7))]));
+            client.send(&notify_frame(
+                1,
+                frame_id,
+                vec![check_client_ip(Ipv4Addr::new(198, 51, 100, 7))],
+            ));
             score_of(&client.recv_ack()) == Some(58)
         }),
         "version B never served:\n{}",
@@ -442,7 +511,11 @@ fn configuration_reload_adds_guests_keeps_the_others_and_refuses_duplicates() {
         "the new guest never answered:\n{}",
         agent.log_text()
     );
-    assert_eq!(count(&mut client, &mut frame_id), Some(3), "counter kept its instance");
+    assert_eq!(
+        count(&mut client, &mut frame_id),
+        Some(3),
+        "counter kept its instance"
+    );
 
     // A duplicate declaration is refused; everything keeps serving.
     setup.write_config(&format!(

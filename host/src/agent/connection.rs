@@ -7,8 +7,8 @@
 //!   [`Handler`] as one batch per read burst, answered on the same thread,
 //!   with no hand-off between threads per message.
 
-use std::io;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -82,17 +82,106 @@ const MAX_BATCH: usize = 256;
 const MAX_IN_FLIGHT: usize = 32;
 
 /// The ACKs of one batch and what it did.
-type Answered = (BytesMut, NotifyTally);
-type AnswerFuture = Pin<Box<dyn Future<Output = Answered> + Send>>;
+type Acks = (BytesMut, NotifyTally);
+type AnswerFuture = Pin<Box<dyn Future<Output = Acks> + Send>>;
 
-/// Answers `batch` on its own, so it can be in flight beside others.
-fn answer_batch(ctx: Arc<AgentContext>, batch: NotifyBatch, max_frame_size: u32) -> AnswerFuture {
-    Box::pin(async move {
+/// A batch answered: its ACKs, its tally, and whether it had to wait (then
+/// the next batches of the same handler parts start as tasks of their own).
+struct Answered {
+    acks: BytesMut,
+    tally: NotifyTally,
+    parts: u64,
+    waited: bool,
+}
+
+/// Answers `batch` on its own, so it can be in flight beside others; as a
+/// task of its own from the start when `spawn`.
+fn answer_batch(
+    ctx: Arc<AgentContext>,
+    batch: NotifyBatch,
+    max_frame_size: u32,
+    spawn: bool,
+) -> InlineOrSpawned {
+    let parts = batch.parts;
+    let answer: AnswerFuture = Box::pin(async move {
         let mut acks = BytesMut::new();
         let mut tally = NotifyTally::default();
         dispatch::answer(&*ctx.handler, batch, max_frame_size, &mut acks, &mut tally).await;
         (acks, tally)
-    })
+    });
+    InlineOrSpawned {
+        parts,
+        state: if spawn {
+            Answering::Spawned(tokio::spawn(answer))
+        } else {
+            Answering::Inline(answer)
+        },
+    }
+}
+
+/// A batch's answer, computed on the connection's task while it completes
+/// at once (the common case: no hand-off at all), or, once it has to wait
+/// (a call running past its first tick, a full permit queue, a guest waiting
+/// in the host), as a task of its own: the connection goes on reading and
+/// answering its other batches, and the long call runs on whichever thread
+/// is free.
+struct InlineOrSpawned {
+    parts: u64,
+    state: Answering,
+}
+
+enum Answering {
+    Inline(AnswerFuture),
+    Spawned(tokio::task::JoinHandle<Acks>),
+    Moving,
+}
+
+impl Future for InlineOrSpawned {
+    type Output = Answered;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Answered> {
+        use std::task::Poll;
+        let parts = self.parts;
+        let done = |(acks, tally): Acks, waited| {
+            Poll::Ready(Answered {
+                acks,
+                tally,
+                parts,
+                waited,
+            })
+        };
+        loop {
+            match &mut self.state {
+                Answering::Inline(answer) => match answer.as_mut().poll(cx) {
+                    Poll::Ready(acks) => return done(acks, false),
+                    Poll::Pending => {
+                        let Answering::Inline(answer) =
+                            std::mem::replace(&mut self.state, Answering::Moving)
+                        else {
+                            unreachable!("matched Inline above")
+                        };
+                        self.state = Answering::Spawned(tokio::spawn(answer));
+                    }
+                },
+                Answering::Spawned(task) => {
+                    return match Pin::new(task).poll(cx) {
+                        Poll::Ready(Ok(acks)) => done(acks, true),
+                        Poll::Ready(Err(err)) => {
+                            tracing::error!("answering a batch failed: {err}");
+                            done((BytesMut::new(), NotifyTally::default()), true)
+                        }
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+                Answering::Moving => {
+                    return done((BytesMut::new(), NotifyTally::default()), true);
+                }
+            }
+        }
+    }
 }
 
 /// What decoding the read buffer found after the NOTIFY frames it batched.
@@ -133,6 +222,7 @@ pub async fn serve_connection(
             read_buf: BytesMut::with_capacity(READ_RESERVE),
             write_buf: BytesMut::new(),
             ctx,
+            waiting_parts: 0,
         },
     };
     match connection.handshake_phase(&shutdown).await {
@@ -164,6 +254,9 @@ struct Link {
     read_buf: BytesMut,
     write_buf: BytesMut,
     ctx: Arc<AgentContext>,
+    /// Handler parts whose last batch had to wait: their next batches start
+    /// as tasks of their own rather than on this connection's task.
+    waiting_parts: u64,
 }
 
 impl Connection {
@@ -318,16 +411,18 @@ impl Connection {
     fn dispatch_buffered(
         &mut self,
         negotiated: &Negotiated,
-        in_flight: &mut FuturesUnordered<AnswerFuture>,
+        in_flight: &mut FuturesUnordered<InlineOrSpawned>,
     ) -> Option<End> {
         while in_flight.len() < MAX_IN_FLIGHT {
             let mut batches: Vec<NotifyBatch> = Vec::new();
             let next = self.take_batches(&mut batches);
             for batch in batches {
+                let spawn = batch.parts & self.link.waiting_parts != 0;
                 in_flight.push(answer_batch(
                     self.link.ctx.clone(),
                     batch,
                     negotiated.max_frame_size,
+                    spawn,
                 ));
             }
             match next {
@@ -339,9 +434,14 @@ impl Connection {
         None
     }
 
-    async fn write_answered(&mut self, (acks, tally): Answered) -> io::Result<()> {
-        self.link.ctx.metrics.record_notify_batch(&tally);
-        self.link.write_buf.extend_from_slice(&acks);
+    async fn write_answered(&mut self, answered: Answered) -> io::Result<()> {
+        if answered.waited {
+            self.link.waiting_parts |= answered.parts;
+        } else {
+            self.link.waiting_parts &= !answered.parts;
+        }
+        self.link.ctx.metrics.record_notify_batch(&answered.tally);
+        self.link.write_buf.extend_from_slice(&answered.acks);
         self.flush().await
     }
 

@@ -36,12 +36,9 @@ impl NotifyBatch {
 
     /// The partition set of a NOTIFY's messages.
     pub fn parts_of(handler: &dyn Handler, notify: &Notify) -> u64 {
-        notify
-            .messages
-            .iter()
-            .fold(0, |parts, message| {
-                parts | 1 << handler.partition(message).min(63)
-            })
+        notify.messages.iter().fold(0, |parts, message| {
+            parts | 1 << handler.partition(message).min(63)
+        })
     }
 
     pub fn push(&mut self, notify: Notify) {

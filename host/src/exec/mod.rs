@@ -246,7 +246,13 @@ impl GuestExecutor {
     }
 
     /// The answer to every message of a batch the guest is not called for.
-    fn refuse(&self, label: Arc<str>, count: usize, kind: FailureKind, reason: &str) -> BatchOutcome {
+    fn refuse(
+        &self,
+        label: Arc<str>,
+        count: usize,
+        kind: FailureKind,
+        reason: &str,
+    ) -> BatchOutcome {
         let mut failures = [0; FailureKind::ALL.len()];
         failures[kind.index()] = count as u64;
         self.metrics.record_batch(0, &failures);
@@ -286,7 +292,10 @@ impl GuestExecutor {
         match quarantine.check(Instant::now()) {
             Ok(quarantined) => quarantined,
             Err(()) => {
-                tracing::info!(guest = &*self.name, "quarantine over; calling the guest again");
+                tracing::info!(
+                    guest = &*self.name,
+                    "quarantine over; calling the guest again"
+                );
                 self.metrics.quarantine_ended();
                 false
             }

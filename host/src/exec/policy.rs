@@ -289,7 +289,11 @@ mod tests {
         let later = now + Duration::from_secs(11);
         assert!(matches!(
             q.record(10, 10, later),
-            Some(QuarantineChange::Started { faults: 10, calls: 10, .. })
+            Some(QuarantineChange::Started {
+                faults: 10,
+                calls: 10,
+                ..
+            })
         ));
         assert_eq!(q.check(later), Ok(true));
     }
@@ -327,8 +331,19 @@ mod tests {
                 verdict => break verdict,
             }
         };
-        assert!(matches!(verdict, Verdict::Failed { calls: 21, faults: 21, .. }));
-        assert_eq!(probation.record(1, 1, now), Verdict::Undecided, "decided once");
+        assert!(matches!(
+            verdict,
+            Verdict::Failed {
+                calls: 21,
+                faults: 21,
+                ..
+            }
+        ));
+        assert_eq!(
+            probation.record(1, 1, now),
+            Verdict::Undecided,
+            "decided once"
+        );
     }
 
     #[test]

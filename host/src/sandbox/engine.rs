@@ -55,7 +55,26 @@ pub struct Sandbox {
     /// Epoch ticks a call may run before it is interrupted.
     pub(crate) deadline_ticks: u64,
     /// See [`SandboxConfig::long_call_slots`].
-    pub(crate) long_calls: Arc<tokio::sync::Semaphore>,
+    pub(crate) long_calls: Arc<LongCalls>,
+}
+
+/// A guest's long-call slots: the share of the data plane its calls that
+/// run past a whole tick may take together.
+pub(crate) struct LongCalls {
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl LongCalls {
+    fn new(slots: u32) -> LongCalls {
+        LongCalls {
+            slots: Arc::new(tokio::sync::Semaphore::new(slots.max(1) as usize)),
+        }
+    }
+
+    /// Waits for a slot. The semaphore is never closed.
+    pub(crate) async fn acquire(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.slots.clone().acquire_owned().await.ok()
+    }
 }
 
 impl Sandbox {
@@ -104,9 +123,7 @@ impl Sandbox {
         Ok(Sandbox {
             engine,
             linker: Arc::new(linker),
-            long_calls: Arc::new(tokio::sync::Semaphore::new(
-                config.long_call_slots.max(1) as usize,
-            )),
+            long_calls: Arc::new(LongCalls::new(config.long_call_slots)),
             config: Arc::new(config),
             deadline_ticks,
         })
@@ -114,12 +131,13 @@ impl Sandbox {
 }
 
 /// The epoch tick is also the time slice of a long call: at every tick a
-/// running call yields its thread to the other calls waiting for it. 1 ms
-/// (a fifth of the deadline when that is shorter, but at least 100 µs): a
-/// runaway call is cut within a tick of its deadline, and a message queued
-/// behind calls that loop waits about a millisecond per looping call.
+/// running call yields its thread to the other calls waiting for it, and a
+/// call that ran a whole tick needs a long-call slot to go on. 500 µs (a
+/// fifth of the deadline when that is shorter, but at least 100 µs): a
+/// runaway call is cut within a tick of its deadline, and a new looping call
+/// takes at most two ticks before it waits for its guest's slot.
 fn epoch_tick(call_timeout: Duration) -> Duration {
-    (call_timeout / 5).clamp(Duration::from_micros(100), Duration::from_millis(1))
+    (call_timeout / 5).clamp(Duration::from_micros(100), Duration::from_micros(500))
 }
 
 fn spawn_epoch_ticker(engine: &Engine, tick: Duration) -> Result<()> {

@@ -114,8 +114,7 @@ impl GuestInstance {
             Ok(UpdateDeadline::YieldCustom(
                 1,
                 Box::pin(async move {
-                    // The semaphore is never closed.
-                    if let Ok(permit) = long_calls.acquire_owned().await
+                    if let Some(permit) = long_calls.acquire().await
                         && let Ok(mut slot) = slot.lock()
                     {
                         *slot = Some(permit);
@@ -133,6 +132,10 @@ impl GuestInstance {
                 });
             }
         };
+        // Start code that ran long took a long-call slot; the calls take their own.
+        if let Ok(mut slot) = store.data().long_call_slot.lock() {
+            slot.take();
+        }
         let load_failed = |err: wasmtime::Error| GuestFailure::Instantiate(format!("{err:#}"));
         let yielding = module
             .indices
