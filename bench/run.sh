@@ -59,6 +59,17 @@ if [ -f "$HOSTILE" ]; then
     stop_agent
 fi
 
+# Several guests: the other guest's latency while one loops to its deadline
+# or traps on every call (4 connections each), against the same agent idle.
+if [ -f "$HOSTILE" ]; then
+    start_agent --config bench/several-guests.toml
+    run -d "$DURATION" -c 1 -p 1 --label "several guests: iprep alone"
+    run -d "$DURATION" -c 1 -p 1 --spin 4 --spin-message loop --label "several guests: iprep while the other guest loops to its deadline"
+    run -d "$DURATION" -c 1 -p 1 --spin 4 --spin-message trap --label "several guests: iprep while the other guest traps"
+    run -d "$DURATION" -c 4 -p 16 --label "several guests: iprep, 4x16 (routing cost)"
+    stop_agent
+fi
+
 # The example guests, one per language (make examples builds them).
 for example in rust python js; do
     module=target/examples/iprep_$example.wasm

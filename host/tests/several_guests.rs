@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use spoa_host::spop::{Ack, Action, Frame, TypedData, VarScope};
+use spoa_host::spop::{Ack, Action, TypedData, VarScope};
 use support::agent::{Agent, run_host};
 use support::http::{metric_value, scrape_metrics};
 use support::spop_client::{

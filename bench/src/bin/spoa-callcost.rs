@@ -66,7 +66,8 @@ fn main() -> Result<()> {
             let load_started = Instant::now();
             let module =
                 spoa_host::reload::load(&sandbox, None, &args.module, &sandbox_args.grants())
-                    .await?;
+                    .await?
+                    .module;
             println!(
                 "  load: {:.1} ms ({})",
                 load_started.elapsed().as_secs_f64() * 1e3,
