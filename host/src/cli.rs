@@ -222,7 +222,7 @@ impl ServeArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct SandboxArgs {
     /// Time budget of one handle-message call: the time it runs (counted in
-    /// 1 ms ticks, not the time its thread spent on other calls or was
+    /// 500 µs ticks, not the time its thread spent on other calls or was
     /// descheduled), and in wall-clock time while it waits in the host (a WASI
     /// sleep or poll). A guest over budget is interrupted and the message gets
     /// no actions. Keep it well under the SPOE `timeout processing`.

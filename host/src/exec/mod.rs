@@ -5,7 +5,7 @@
 //! An established connection lives on the data plane and calls the guest
 //! right there, once per message of a read burst, holding a permit (at most
 //! `max_concurrent_calls` batches are in calls at once; the rest wait in
-//! line). A call that runs long yields its thread at every epoch tick (1 ms),
+//! line). A call that runs long yields its thread at every epoch tick (500 µs),
 //! so the other connections on that thread keep flowing, and it is cut at
 //! its deadline. See `docs/design/guest-executor.md` for the measurements
 //! behind this choice (a hand-off to separate guest threads per batch cost
