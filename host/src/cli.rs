@@ -66,6 +66,13 @@ pub struct HaproxyConfigArgs {
     /// backend section.
     #[arg(long, value_enum, default_value_t = HaproxySection::Spoe)]
     pub section: HaproxySection,
+    /// The sandbox flags the agent runs with (their --guest-timeout is the
+    /// deadline of guests whose table sets none).
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    /// The agent's --error-var, if it runs with one.
+    #[arg(long, value_name = "NAME", value_parser = parse_var_name)]
+    pub error_var: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -409,8 +416,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ));
         }
     };
-    Duration::try_from_secs_f64(seconds).map_err(|err| format!("`{text}`: {err}"))
+    let duration =
+        Duration::try_from_secs_f64(seconds).map_err(|err| format!("`{text}`: {err}"))?;
+    if duration > MAX_DURATION {
+        return Err(format!("`{text}` is longer than a day"));
+    }
+    Ok(duration)
 }
+
+/// The longest duration any flag or key accepts: arithmetic on durations
+/// (back-offs that double, deadlines twice over) then never overflows.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 /// Parses `16MiB`, `512KiB`, `1GiB`, `1048576` (bytes).
 pub fn parse_size(text: &str) -> Result<usize, String> {

@@ -116,6 +116,20 @@ pub struct SpoeTable {
     pub condition: Option<String>,
 }
 
+impl GuestSpec {
+    /// Whether `other` runs the same guest (module, limits, grants, policy):
+    /// then a configuration reload keeps its executor and instances, and
+    /// only its routing may change.
+    pub fn runs_like(&self, other: &GuestSpec) -> bool {
+        self.name == other.name
+            && self.module == other.module
+            && self.sandbox == other.sandbox
+            && self.limits == other.limits
+            && self.grants == other.grants
+            && self.policy == other.policy
+    }
+}
+
 /// The event a message is sent on when its table names none.
 pub const DEFAULT_EVENT: &str = "on-frontend-http-request";
 
@@ -251,11 +265,19 @@ fn resolve_guest(
             return Err(format!("message `{message}` is listed twice"));
         }
     }
-    for declared in table.spoe.keys() {
+    for (declared, spoe) in &table.spoe {
         if !table.messages.contains(declared) {
             return Err(format!(
                 "[guest.spoe.{declared}] describes a message not in `messages`"
             ));
+        }
+        if let Some(condition) = &spoe.condition {
+            let keyword = condition.split_whitespace().next().unwrap_or_default();
+            if keyword != "if" && keyword != "unless" {
+                return Err(format!(
+                    "[guest.spoe.{declared}] condition must start with `if` or `unless`"
+                ));
+            }
         }
     }
     let duration = |text: &Option<String>, default: Duration, key: &str| match text {

@@ -19,16 +19,19 @@ use crate::router::{GuestSet, Router};
 use crate::sandbox::Sandbox;
 
 /// A running guest: its executor and its reload triggers, which stop when
-/// the guest is dropped.
+/// the last `Guest` sharing them is dropped.
 pub struct Guest {
     pub spec: GuestSpec,
     pub executor: Arc<GuestExecutor>,
-    stop: CancellationToken,
+    triggers: Arc<Triggers>,
 }
 
-impl Drop for Guest {
+/// Cancels a guest's reload triggers when dropped.
+struct Triggers(CancellationToken);
+
+impl Drop for Triggers {
     fn drop(&mut self) {
-        self.stop.cancel();
+        self.0.cancel();
     }
 }
 
@@ -96,12 +99,14 @@ impl GuestRuntime {
         Ok(Guest {
             spec,
             executor,
-            stop,
+            triggers: Arc::new(Triggers(stop)),
         })
     }
 
     /// Starts every guest of `specs`, reusing those of `running` whose
-    /// definition is unchanged.
+    /// definition is unchanged but for the messages they answer and how
+    /// HAProxy sends them (routing only). A changed guest takes over from its
+    /// predecessor of the same name (see [`GuestExecutor::succeed`]).
     async fn start_all(
         &self,
         specs: &[GuestSpec],
@@ -109,9 +114,22 @@ impl GuestRuntime {
     ) -> Result<Vec<Arc<Guest>>> {
         let mut guests = Vec::with_capacity(specs.len());
         for spec in specs {
-            match running.iter().find(|guest| guest.spec == *spec) {
-                Some(guest) => guests.push(guest.clone()),
-                None => guests.push(Arc::new(self.start(spec.clone()).await?)),
+            let same_name = running.iter().find(|guest| guest.spec.name == spec.name);
+            match same_name {
+                Some(guest) if guest.spec.runs_like(spec) => {
+                    guests.push(Arc::new(Guest {
+                        spec: spec.clone(),
+                        executor: guest.executor.clone(),
+                        triggers: guest.triggers.clone(),
+                    }));
+                }
+                _ => {
+                    let started = self.start(spec.clone()).await?;
+                    if let Some(previous) = same_name {
+                        started.executor.succeed(&previous.executor);
+                    }
+                    guests.push(Arc::new(started));
+                }
             }
         }
         Ok(guests)
@@ -128,12 +146,23 @@ pub fn guest_set(guests: &[Arc<Guest>]) -> GuestSet {
     )
 }
 
+/// Starts one guest answering every message (the `--module` form): its
+/// executor is the handler, without routing.
+pub async fn start_single(runtime: &GuestRuntime, spec: GuestSpec) -> Result<Guest> {
+    let guest = runtime.start(spec).await?;
+    guest.executor.publish();
+    Ok(guest)
+}
+
 /// Starts the guests of a configuration and the router over them.
 pub async fn start_router(
     runtime: &GuestRuntime,
     specs: &[GuestSpec],
 ) -> Result<(Arc<Router>, Vec<Arc<Guest>>)> {
     let guests = runtime.start_all(specs, &[]).await?;
+    for guest in &guests {
+        guest.executor.publish();
+    }
     let router = Arc::new(Router::new(guest_set(&guests), runtime.metrics.clone()));
     Ok((router, guests))
 }
@@ -209,6 +238,15 @@ impl ConfigReloader {
             }
         };
         self.router.replace(guest_set(&guests));
+        for guest in &guests {
+            let kept = self
+                .guests
+                .iter()
+                .any(|old| Arc::ptr_eq(&old.executor, &guest.executor));
+            if !kept {
+                guest.executor.publish();
+            }
+        }
         for gone in self
             .guests
             .iter()

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 
+#[cfg(test)]
+use crate::cli::SandboxArgs;
 use crate::cli::{
-    DEFAULT_ADDRESS, DEFAULT_PORT, HaproxyConfigArgs, HaproxySection, HaproxyVersion, SandboxArgs,
+    DEFAULT_ADDRESS, DEFAULT_PORT, HaproxyConfigArgs, HaproxySection, HaproxyVersion,
 };
 use crate::config::{AgentConfig, DEFAULT_EVENT};
 
@@ -23,14 +25,7 @@ const BACKEND: &str = "spoa-agents";
 const PROCESSING_MARGIN: Duration = Duration::from_millis(100);
 
 pub fn print(args: &HaproxyConfigArgs) -> Result<()> {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Defaults {
-        #[command(flatten)]
-        sandbox: SandboxArgs,
-    }
-    let defaults = Defaults::parse_from(["spoa-host"]).sandbox;
-    let config = AgentConfig::load(&args.config, &defaults, None)?;
+    let config = AgentConfig::load(&args.config, &args.sandbox, args.error_var.as_deref())?;
     let text = match args.section {
         HaproxySection::Spoe => spoe_file(&config, args.haproxy),
         HaproxySection::Backend => backend(&config, args.haproxy),
@@ -187,7 +182,7 @@ pub fn backend(config: &AgentConfig, version: HaproxyVersion) -> String {
     for (index, server) in servers.iter().enumerate() {
         let _ = writeln!(
             out,
-            "    server agent{} {server} check inter 1s rise 1 fall 1 on-marked-down shutdown-sessions",
+            "    server agent{} {server} check inter 1s fall 3 rise 2 on-marked-down shutdown-sessions",
             index + 1
         );
     }

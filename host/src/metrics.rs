@@ -431,6 +431,11 @@ impl GuestMetrics {
         }
     }
 
+    /// Calls of this guest so far.
+    pub fn calls_total(&self) -> u64 {
+        self.calls.get()
+    }
+
     /// Makes `identity` the module `module_info` reports for this guest;
     /// counts a successful reload unless it is the first load.
     pub fn module_serving(&self, identity: &ModuleIdentity, is_reload: bool) {

@@ -14,7 +14,7 @@ use crate::agent::{AgentContext, ConnectionSettings, Handler};
 use crate::cli::{Cli, Command, DEFAULT_ADDRESS, DEFAULT_PORT, LogFormat, SandboxArgs, ServeArgs};
 use crate::config::{AgentConfig, single_guest};
 use crate::exec::start_data_plane;
-use crate::guests::{ConfigReloader, Guest, GuestRuntime, start_router};
+use crate::guests::{ConfigReloader, Guest, GuestRuntime, start_router, start_single};
 use crate::metrics::Metrics;
 use crate::reload::load;
 use crate::sandbox::Sandbox;
@@ -224,8 +224,8 @@ async fn build_handler(
                 .clone()
                 .context("--module or --config is required")?;
             let spec = single_guest(path, &args.sandbox, args.error_var.as_deref());
-            let (router, guests) = start_router(runtime, &[spec]).await?;
-            Ok((router, guests))
+            let guest = start_single(runtime, spec).await?;
+            Ok((guest.executor.clone(), vec![Arc::new(guest)]))
         }
     }
 }

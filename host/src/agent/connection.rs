@@ -41,6 +41,7 @@ pub struct ConnectionSettings {
 }
 
 /// What every connection shares.
+#[derive(Clone)]
 pub struct AgentContext {
     pub handler: Arc<dyn Handler>,
     /// The runtime established connections (and their guest calls) run on.
@@ -85,102 +86,44 @@ const MAX_IN_FLIGHT: usize = 32;
 type Acks = (BytesMut, NotifyTally);
 type AnswerFuture = Pin<Box<dyn Future<Output = Acks> + Send>>;
 
-/// A batch answered: its ACKs, its tally, and whether it had to wait (then
-/// the next batches of the same handler parts start as tasks of their own).
-struct Answered {
-    acks: BytesMut,
-    tally: NotifyTally,
-    parts: u64,
-    waited: bool,
-}
-
-/// Answers `batch` on its own, so it can be in flight beside others; as a
-/// task of its own from the start when `spawn`.
-fn answer_batch(
-    ctx: Arc<AgentContext>,
-    batch: NotifyBatch,
-    max_frame_size: u32,
-    spawn: bool,
-) -> InlineOrSpawned {
-    let parts = batch.parts;
-    let answer: AnswerFuture = Box::pin(async move {
+/// The answer to `batch`, owning all it needs so it can continue as a task
+/// of its own.
+fn answer_batch(ctx: Arc<AgentContext>, batch: NotifyBatch, max_frame_size: u32) -> AnswerFuture {
+    Box::pin(async move {
         let mut acks = BytesMut::new();
         let mut tally = NotifyTally::default();
         dispatch::answer(&*ctx.handler, batch, max_frame_size, &mut acks, &mut tally).await;
         (acks, tally)
-    });
-    InlineOrSpawned {
-        parts,
-        state: if spawn {
-            Answering::Spawned(tokio::spawn(answer))
-        } else {
-            Answering::Inline(answer)
-        },
-    }
+    })
 }
 
-/// A batch's answer, computed on the connection's task while it completes
-/// at once (the common case: no hand-off at all), or, once it has to wait
-/// (a call running past its first tick, a full permit queue, a guest waiting
-/// in the host), as a task of its own: the connection goes on reading and
-/// answering its other batches, and the long call runs on whichever thread
-/// is free.
-struct InlineOrSpawned {
+/// A batch that had to wait (a call running past its first tick, a full
+/// permit queue, a guest waiting in the host), continuing as a task of its
+/// own while the connection reads and answers its other batches.
+struct SpawnedBatch {
     parts: u64,
-    state: Answering,
+    task: tokio::task::JoinHandle<Acks>,
 }
 
-enum Answering {
-    Inline(AnswerFuture),
-    Spawned(tokio::task::JoinHandle<Acks>),
-    Moving,
-}
-
-impl Future for InlineOrSpawned {
-    type Output = Answered;
+impl Future for SpawnedBatch {
+    /// The batch's parts and ACKs, or `Err` when its task failed (its
+    /// NOTIFYs cannot be answered: the connection ends).
+    type Output = Result<(u64, Acks), End>;
 
     fn poll(
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Answered> {
-        use std::task::Poll;
+    ) -> std::task::Poll<Self::Output> {
         let parts = self.parts;
-        let done = |(acks, tally): Acks, waited| {
-            Poll::Ready(Answered {
-                acks,
-                tally,
-                parts,
-                waited,
+        Pin::new(&mut self.task)
+            .poll(cx)
+            .map(|joined| match joined {
+                Ok(acks) => Ok((parts, acks)),
+                Err(err) => Err(End::Disconnect(
+                    Status::Unknown,
+                    format!("answering a batch failed: {err}"),
+                )),
             })
-        };
-        loop {
-            match &mut self.state {
-                Answering::Inline(answer) => match answer.as_mut().poll(cx) {
-                    Poll::Ready(acks) => return done(acks, false),
-                    Poll::Pending => {
-                        let Answering::Inline(answer) =
-                            std::mem::replace(&mut self.state, Answering::Moving)
-                        else {
-                            unreachable!("matched Inline above")
-                        };
-                        self.state = Answering::Spawned(tokio::spawn(answer));
-                    }
-                },
-                Answering::Spawned(task) => {
-                    return match Pin::new(task).poll(cx) {
-                        Poll::Ready(Ok(acks)) => done(acks, true),
-                        Poll::Ready(Err(err)) => {
-                            tracing::error!("answering a batch failed: {err}");
-                            done((BytesMut::new(), NotifyTally::default()), true)
-                        }
-                        Poll::Pending => Poll::Pending,
-                    };
-                }
-                Answering::Moving => {
-                    return done((BytesMut::new(), NotifyTally::default()), true);
-                }
-            }
-        }
     }
 }
 
@@ -300,7 +243,10 @@ impl Connection {
         negotiated: Negotiated,
         shutdown: CancellationToken,
     ) -> io::Result<tokio::task::JoinHandle<()>> {
-        let Connection { stream, link } = self;
+        let Connection { stream, mut link } = self;
+        // A copy of its own: every batch holds a reference, and a count
+        // shared by every connection would bounce between the cores.
+        link.ctx = Arc::new((*link.ctx).clone());
         let socket = stream.into_std()?;
         let data_plane = link.ctx.data_plane.clone();
         Ok(data_plane.spawn(async move {
@@ -349,11 +295,12 @@ impl Connection {
 
     /// Reads NOTIFY frames and answers them until the connection ends.
     ///
-    /// Batches of different handler parts (guests) are in flight at once,
-    /// each ACK written as soon as its batch is answered: a guest running to
-    /// its deadline delays only the NOTIFYs that wait for it. A fast batch
-    /// completes the first time it is polled, so with fast guests this is
-    /// one batch per read burst, as before.
+    /// Each batch is polled once right away: a batch of fast guests completes
+    /// then (no task, no hand-off), and its ACKs are written at once. A batch
+    /// that has to wait continues as a task of its own, and the next batches
+    /// of the same guests start as tasks directly, until one completes at
+    /// once again: a guest running to its deadline delays only the NOTIFYs
+    /// that wait for it (SPOP lets ACKs leave in any order with pipelining).
     async fn serve_notifies(
         &mut self,
         negotiated: &Negotiated,
@@ -364,6 +311,9 @@ impl Connection {
             if let Some(end) = self.dispatch_buffered(negotiated, &mut in_flight) {
                 break end;
             }
+            if let Err(err) = self.flush().await {
+                break End::Io(err);
+            }
             let idle = if in_flight.is_empty() {
                 self.link.ctx.settings.idle_timeout
             } else {
@@ -373,57 +323,81 @@ impl Connection {
             tokio::select! {
                 biased;
                 Some(answered) = in_flight.next(), if !in_flight.is_empty() => {
-                    if let Err(err) = self.write_answered(answered).await {
-                        break End::Io(err);
+                    if let Err(end) = self.write_spawned(answered, &in_flight).await {
+                        break end;
                     }
                 }
                 _ = shutdown.cancelled() => {
                     // Answer what the kernel already holds for us, then leave.
                     self.read_ready_without_waiting();
-                    break self
-                        .dispatch_buffered(negotiated, &mut in_flight)
-                        .unwrap_or(End::Shutdown);
+                    break End::Shutdown;
                 }
                 outcome = self.read_more(idle), if can_read => {
                     if let Some(end) = self.read_end(outcome) {
-                        // Frames completed by the last read are still owed an answer.
-                        break self.dispatch_buffered(negotiated, &mut in_flight).unwrap_or(end);
+                        break end;
                     }
                 }
             }
         };
-        // Every NOTIFY already accepted is answered before the connection ends.
-        while let Some(answered) = in_flight.next().await {
-            if self.write_answered(answered).await.is_err() {
+        // Every NOTIFY already accepted is answered before the connection
+        // ends; after a peer's DISCONNECT or a protocol error nothing past it
+        // is read.
+        let answer_rest = matches!(end, End::Shutdown | End::PeerClosed { .. });
+        loop {
+            if answer_rest {
+                let _ = self.dispatch_buffered(negotiated, &mut in_flight);
+            }
+            if self.flush().await.is_err() {
                 // The peer is gone; the remaining answers have nowhere to go,
                 // but their calls still finish (and are counted).
                 while in_flight.next().await.is_some() {}
                 break;
             }
+            match in_flight.next().await {
+                Some(answered) => {
+                    if self.write_spawned(answered, &in_flight).await.is_err() {
+                        while in_flight.next().await.is_some() {}
+                        break;
+                    }
+                }
+                None => break,
+            }
         }
         end
     }
 
-    /// Starts a batch for every whole frame in the read buffer, grouped by
-    /// the handler parts their messages go to, while fewer than
-    /// [`MAX_IN_FLIGHT`] batches run. Returns how the connection must end,
-    /// if a frame says so.
+    /// Answers every whole frame in the read buffer, grouped by the handler
+    /// parts their messages go to, while fewer than [`MAX_IN_FLIGHT`]
+    /// batches wait. ACKs of batches that complete at once go to the write
+    /// buffer. Returns how the connection must end, if a frame says so.
     fn dispatch_buffered(
         &mut self,
         negotiated: &Negotiated,
-        in_flight: &mut FuturesUnordered<InlineOrSpawned>,
+        in_flight: &mut FuturesUnordered<SpawnedBatch>,
     ) -> Option<End> {
         while in_flight.len() < MAX_IN_FLIGHT {
             let mut batches: Vec<NotifyBatch> = Vec::new();
             let next = self.take_batches(&mut batches);
             for batch in batches {
-                let spawn = batch.parts & self.link.waiting_parts != 0;
-                in_flight.push(answer_batch(
-                    self.link.ctx.clone(),
-                    batch,
-                    negotiated.max_frame_size,
-                    spawn,
-                ));
+                let parts = batch.parts;
+                let mut answer =
+                    answer_batch(self.link.ctx.clone(), batch, negotiated.max_frame_size);
+                if parts & self.link.waiting_parts == 0 {
+                    // A future registers the waker of its latest poll, so a
+                    // batch first polled with a no-op waker is woken
+                    // correctly once its task polls it again.
+                    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                    if let std::task::Poll::Ready(acks) = answer.as_mut().poll(&mut cx) {
+                        self.link.waiting_parts &= !parts;
+                        self.take_acks(acks);
+                        continue;
+                    }
+                }
+                self.link.waiting_parts |= parts;
+                in_flight.push(SpawnedBatch {
+                    parts,
+                    task: tokio::spawn(answer),
+                });
             }
             match next {
                 Next::NeedInput => return None,
@@ -434,15 +408,25 @@ impl Connection {
         None
     }
 
-    async fn write_answered(&mut self, answered: Answered) -> io::Result<()> {
-        if answered.waited {
-            self.link.waiting_parts |= answered.parts;
-        } else {
-            self.link.waiting_parts &= !answered.parts;
+    fn take_acks(&mut self, (acks, tally): Acks) {
+        self.link.ctx.metrics.record_notify_batch(&tally);
+        self.link.write_buf.extend_from_slice(&acks);
+    }
+
+    /// Writes the ACKs of a batch that ran as a task of its own. Once no
+    /// batch of its parts is waiting any more, their next batch is tried at
+    /// once again.
+    async fn write_spawned(
+        &mut self,
+        answered: Result<(u64, Acks), End>,
+        in_flight: &FuturesUnordered<SpawnedBatch>,
+    ) -> Result<(), End> {
+        let (parts, acks) = answered?;
+        if !in_flight.iter().any(|batch| batch.parts & parts != 0) {
+            self.link.waiting_parts &= !parts;
         }
-        self.link.ctx.metrics.record_notify_batch(&answered.tally);
-        self.link.write_buf.extend_from_slice(&answered.acks);
-        self.flush().await
+        self.take_acks(acks);
+        self.flush().await.map_err(End::Io)
     }
 
     /// Decodes whole frames from the read buffer into `batches` (one per

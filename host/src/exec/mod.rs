@@ -151,7 +151,6 @@ impl GuestExecutor {
         policy: FailurePolicy,
         metrics: GuestMetrics,
     ) -> GuestExecutor {
-        metrics.module_serving(&module.identity, false);
         GuestExecutor {
             serving: ArcSwap::from_pointee(Serving::new(
                 name,
@@ -223,6 +222,36 @@ impl GuestExecutor {
         )));
     }
 
+    /// Takes over from `previous`, the executor this one replaces (a changed
+    /// guest table): the version `previous` rolled back stays refused, and
+    /// with a rollback policy this executor's first version is on probation
+    /// with `previous`'s as the last good one.
+    pub fn succeed(&self, previous: &GuestExecutor) {
+        *self.rejected.lock().unwrap_or_else(|p| p.into_inner()) = previous.rejected();
+        let Some(policy) = &self.policy.rollback else {
+            return;
+        };
+        let current = self.serving.load_full();
+        let old = previous.serving.load_full();
+        let last_good = match (&old.probation, &old.last_good) {
+            (Some(_), Some(last_good)) => last_good.clone(),
+            _ => old.proven(),
+        };
+        self.serving.store(Arc::new(Serving::new(
+            &self.name,
+            current.proven(),
+            Some(Probation::new(policy.clone())),
+            Some(last_good),
+        )));
+    }
+
+    /// Publishes the serving module in `module_info` (once the executor
+    /// serves: a configuration reload that fails publishes nothing).
+    pub fn publish(&self) {
+        self.metrics.module_serving(&self.active().identity, false);
+        self.metrics.quarantine_ended();
+    }
+
     /// Starts a task on the data plane.
     pub fn spawn<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>
     where
@@ -289,7 +318,7 @@ impl GuestExecutor {
         let Some(quarantine) = &self.quarantine else {
             return false;
         };
-        match quarantine.check(Instant::now()) {
+        match quarantine.check() {
             Ok(quarantined) => quarantined,
             Err(()) => {
                 tracing::info!(
@@ -326,12 +355,13 @@ impl GuestExecutor {
                 }
             }
         }
-        if let Some(quarantine) = &self.quarantine
+        if faults > 0
+            && let Some(quarantine) = &self.quarantine
             && let Some(QuarantineChange::Started {
                 backoff,
                 faults,
                 calls,
-            }) = quarantine.record(calls, faults, now)
+            }) = quarantine.record(calls, faults, self.metrics.calls_total(), now)
         {
             tracing::warn!(
                 guest = &*self.name,
@@ -379,8 +409,8 @@ impl Handler for GuestExecutor {
             let _permit = match self.permits.try_acquire() {
                 Ok(permit) => permit,
                 Err(_) => {
-                    if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.queue_limit {
-                        self.waiting.fetch_sub(1, Ordering::Relaxed);
+                    let waiting = WaitingGuard::enter(&self.waiting);
+                    if waiting.before >= self.queue_limit {
                         return self.refuse(
                             label,
                             count,
@@ -389,7 +419,7 @@ impl Handler for GuestExecutor {
                         );
                     }
                     let permit = self.permits.acquire().await;
-                    self.waiting.fetch_sub(1, Ordering::Relaxed);
+                    drop(waiting);
                     // The semaphore is never closed.
                     match permit {
                         Ok(permit) => permit,
@@ -422,7 +452,7 @@ impl Handler for GuestExecutor {
             }
             drop(lease);
             self.metrics.record_batch(count as u64, &failures);
-            if self.quarantine.is_some() || serving.probation.is_some() {
+            if faults > 0 || serving.probation.is_some() {
                 self.judge(&serving, count as u64, faults);
             }
             BatchOutcome {
@@ -430,6 +460,28 @@ impl Handler for GuestExecutor {
                 outcomes,
             }
         })
+    }
+}
+
+/// Counts a batch waiting for a permit for as long as it lives, also when
+/// the batch is dropped while it waits.
+struct WaitingGuard<'a> {
+    waiting: &'a AtomicUsize,
+    before: usize,
+}
+
+impl<'a> WaitingGuard<'a> {
+    fn enter(waiting: &'a AtomicUsize) -> WaitingGuard<'a> {
+        WaitingGuard {
+            before: waiting.fetch_add(1, Ordering::Relaxed),
+            waiting,
+        }
+    }
+}
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

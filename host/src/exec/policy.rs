@@ -95,8 +95,9 @@ pub enum QuarantineChange {
     },
 }
 
-/// A guest's quarantine state. The check on every batch is one atomic load;
-/// the bookkeeping after a batch takes a lock.
+/// A guest's quarantine state. A batch without faults costs one atomic
+/// load (the check); the bookkeeping takes a lock only for batches with
+/// faults, and counts the window's calls from the guest's call counter.
 pub struct Quarantine {
     policy: QuarantinePolicy,
     clock_origin: Instant,
@@ -107,8 +108,10 @@ pub struct Quarantine {
 }
 
 struct Window {
-    started: Instant,
-    calls: u64,
+    /// When the window began (the first fault after the previous window).
+    started: Option<Instant>,
+    /// The guest's call counter when the window began.
+    calls_at_start: u64,
     faults: u64,
     backoff: Duration,
     released_at: Option<Instant>,
@@ -116,17 +119,16 @@ struct Window {
 
 impl Quarantine {
     pub fn new(policy: QuarantinePolicy) -> Quarantine {
-        let now = Instant::now();
         Quarantine {
             window: Mutex::new(Window {
-                started: now,
-                calls: 0,
+                started: None,
+                calls_at_start: 0,
                 faults: 0,
                 backoff: policy.backoff,
                 released_at: None,
             }),
             policy,
-            clock_origin: now,
+            clock_origin: Instant::now(),
             until_ms: AtomicU64::new(0),
         }
     }
@@ -136,13 +138,14 @@ impl Quarantine {
         (at.saturating_duration_since(self.clock_origin).as_millis() as u64).max(1)
     }
 
-    /// Whether the guest is quarantined at `now`. `Err(())` when the
-    /// quarantine just ended (the caller logs it once).
-    pub fn check(&self, now: Instant) -> Result<bool, ()> {
+    /// Whether the guest is quarantined now. `Err(())` when the quarantine
+    /// just ended (the caller logs it once).
+    pub fn check(&self) -> Result<bool, ()> {
         let until = self.until_ms.load(Ordering::Relaxed);
         if until == 0 {
             return Ok(false);
         }
+        let now = Instant::now();
         if self.millis(now) < until {
             return Ok(true);
         }
@@ -153,8 +156,7 @@ impl Quarantine {
             .is_ok()
         {
             let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
-            window.started = now;
-            window.calls = 0;
+            window.started = None;
             window.faults = 0;
             window.released_at = Some(now);
             return Err(());
@@ -162,18 +164,30 @@ impl Quarantine {
         Ok(false)
     }
 
-    /// Counts a batch's calls and faults.
-    pub fn record(&self, calls: u64, faults: u64, now: Instant) -> Option<QuarantineChange> {
+    /// Counts a batch of `batch_calls` calls with `faults` faults (at least
+    /// one); `calls_total` is the guest's call counter after the batch.
+    pub fn record(
+        &self,
+        batch_calls: u64,
+        faults: u64,
+        calls_total: u64,
+        now: Instant,
+    ) -> Option<QuarantineChange> {
         let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        if now.saturating_duration_since(window.started) >= self.policy.window {
-            window.started = now;
-            window.calls = 0;
+        let expired = window
+            .started
+            .is_none_or(|started| now.saturating_duration_since(started) >= self.policy.window);
+        if expired {
+            window.started = Some(now);
+            window.calls_at_start = calls_total.saturating_sub(batch_calls);
             window.faults = 0;
         }
-        window.calls += calls;
         window.faults += faults;
+        let calls = calls_total
+            .saturating_sub(window.calls_at_start)
+            .max(window.faults);
         let tripped = window.faults >= self.policy.failures
-            && window.faults as f64 >= self.policy.ratio * window.calls as f64;
+            && window.faults as f64 >= self.policy.ratio * calls as f64;
         if !tripped || self.until_ms.load(Ordering::Relaxed) != 0 {
             return None;
         }
@@ -181,18 +195,26 @@ impl Quarantine {
             .released_at
             .is_some_and(|at| now.saturating_duration_since(at) < self.policy.window);
         window.backoff = if relapsed {
-            (window.backoff * 2).min(self.policy.max_backoff)
+            (window.backoff.saturating_mul(2)).min(self.policy.max_backoff)
         } else {
             self.policy.backoff
         };
         let change = QuarantineChange::Started {
             backoff: window.backoff,
             faults: window.faults,
-            calls: window.calls,
+            calls,
         };
-        self.until_ms
-            .store(self.millis(now + window.backoff), Ordering::Relaxed);
+        let until = now.checked_add(window.backoff).unwrap_or(now);
+        self.until_ms.store(self.millis(until), Ordering::Relaxed);
         Some(change)
+    }
+
+    /// Ends a quarantine at once (tests).
+    #[cfg(test)]
+    fn expire(&self) {
+        if self.until_ms.load(Ordering::Relaxed) != 0 {
+            self.until_ms.store(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -279,43 +301,43 @@ mod tests {
     fn quarantine_needs_both_the_count_and_the_ratio() {
         let q = quarantine();
         let now = Instant::now();
-        // 4 faults: under the count.
-        assert_eq!(q.record(4, 4, now), None);
-        assert_eq!(q.check(now), Ok(false));
+        // 4 faults in 4 calls: under the count.
+        assert_eq!(q.record(4, 4, 4, now), None);
+        assert_eq!(q.check(), Ok(false));
         // 5 faults in 100 calls: under the ratio.
-        assert_eq!(q.record(96, 1, now), None);
-        assert_eq!(q.check(now), Ok(false));
-        // A new window: 10 faults in 10 calls trips it.
+        assert_eq!(q.record(96, 1, 100, now), None);
+        assert_eq!(q.check(), Ok(false));
+        // A new window: 10 faults in 10 calls trip it.
         let later = now + Duration::from_secs(11);
         assert!(matches!(
-            q.record(10, 10, later),
+            q.record(10, 10, 110, later),
             Some(QuarantineChange::Started {
                 faults: 10,
                 calls: 10,
                 ..
             })
         ));
-        assert_eq!(q.check(later), Ok(true));
+        assert_eq!(q.check(), Ok(true));
     }
 
     #[test]
     fn quarantine_ends_once_and_relapses_back_off_longer() {
         let q = quarantine();
         let now = Instant::now();
-        assert!(q.record(5, 5, now).is_some());
-        let after = now + Duration::from_millis(1100);
-        assert_eq!(q.check(after), Err(()), "ends after the back-off");
-        assert_eq!(q.check(after), Ok(false), "and is reported once");
+        assert!(q.record(5, 5, 5, now).is_some());
+        q.expire();
+        assert_eq!(q.check(), Err(()), "ends after the back-off");
+        assert_eq!(q.check(), Ok(false), "and is reported once");
         // Fails again right away: twice the back-off.
         assert_eq!(
-            q.record(5, 5, after),
+            q.record(5, 5, 10, Instant::now()),
             Some(QuarantineChange::Started {
                 backoff: Duration::from_secs(2),
                 faults: 5,
                 calls: 5
             })
         );
-        assert_eq!(q.check(after + Duration::from_millis(1500)), Ok(true));
+        assert_eq!(q.check(), Ok(true));
     }
 
     #[test]

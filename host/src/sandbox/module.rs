@@ -202,6 +202,7 @@ impl InstanceLease<'_> {
             // Cut after one tick because it could not yield: run the message
             // again, from a fresh instance (the cut one's state is unknown),
             // on a fiber with its whole budget.
+            drop(instance);
             instance = module.bounded(GuestInstance::new(module)).await?;
             result = module.bounded(instance.call(message, false)).await;
         }
