@@ -13,8 +13,9 @@ use crate::spop::{self, DEFAULT_MAX_FRAME_SIZE, MIN_FRAME_SIZE};
 
 /// The listen port when neither the command line nor the file sets one.
 pub const DEFAULT_PORT: u16 = 12345;
-/// The listen address when neither the command line nor the file sets one.
-pub const DEFAULT_ADDRESS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+/// The listen address when neither the command line nor the file sets one:
+/// loopback, so nothing is reachable from elsewhere unless asked for.
+pub const DEFAULT_ADDRESS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 /// The largest `--max-frame-size` accepted.
 pub const MAX_FRAME_SIZE_LIMIT: u32 = 16 * 1024 * 1024;
 
@@ -145,10 +146,38 @@ pub struct ServeArgs {
     #[arg(short = 'p', long)]
     pub port: Option<u16>,
 
-    /// Address to listen on, IPv4 or IPv6 (default 0.0.0.0; overrides the
-    /// file's `address`).
+    /// Address to listen on, IPv4 or IPv6 (default 127.0.0.1; overrides the
+    /// file's `address`). Listening beyond loopback without --tls-cert or
+    /// --allow-from lets anyone who reaches the port send messages.
     #[arg(short = 'a', long)]
     pub address: Option<IpAddr>,
+
+    /// Also (or, without -p/-a, only) listen on this Unix socket. A stale
+    /// socket file left by a process that is gone is replaced.
+    #[arg(long, value_name = "PATH")]
+    pub unix: Option<PathBuf>,
+
+    /// Permission bits of the --unix socket file, in octal (who may connect).
+    #[arg(long, value_name = "MODE", default_value = "600", value_parser = parse_mode, requires = "unix")]
+    pub unix_mode: u32,
+
+    /// Serve TCP over TLS with this certificate chain (PEM). Reloaded when
+    /// the file changes; connections in progress keep their session.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require a client certificate signed by this CA (PEM): mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Accept TCP connections only from this network (CIDR, IPv4 or IPv6;
+    /// repeatable). Others are closed before a byte is read.
+    #[arg(long, value_name = "CIDR", value_parser = crate::net::parse_network)]
+    pub allow_from: Vec<ipnet::IpNet>,
 
     /// Worker threads serving established connections and running their
     /// guest calls (default: one per CPU). Accepting, HELLOs, health checks,
@@ -330,6 +359,14 @@ fn default_cache_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
     Some(base.join("spoa-host"))
+}
+
+/// Parses octal permission bits (`600`, `0660`).
+fn parse_mode(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|mode| *mode <= 0o777)
+        .ok_or_else(|| format!("`{text}` is not an octal mode (e.g. 660)"))
 }
 
 /// Validates a variable name as guest actions' names are validated.

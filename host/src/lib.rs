@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod metrics_http;
 #[cfg(feature = "native-iprep")]
 pub mod native;
+pub mod net;
 pub mod reload;
 pub mod router;
 pub mod run;

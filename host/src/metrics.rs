@@ -34,6 +34,35 @@ struct GuestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefusalReason {
+    MaxConnections,
+    AllowList,
+    Tls,
+}
+
+impl RefusalReason {
+    pub const ALL: [RefusalReason; 3] = [
+        RefusalReason::MaxConnections,
+        RefusalReason::AllowList,
+        RefusalReason::Tls,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            RefusalReason::MaxConnections => "max_connections",
+            RefusalReason::AllowList => "allow_list",
+            RefusalReason::Tls => "tls",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -76,7 +105,7 @@ pub struct Metrics {
     registry: Registry,
     pub connections_current: Gauge,
     pub connections_total: Counter,
-    pub connections_refused: Counter,
+    connections_refused: [Counter; RefusalReason::ALL.len()],
     frames_received: [Counter; 6],
     frames_sent: [Counter; 6],
     pub messages: Counter,
@@ -123,12 +152,19 @@ impl Metrics {
             "Connections accepted",
             connections_total.clone(),
         );
-        let connections_refused = Counter::<u64, AtomicU64>::default();
+        let refused = Family::<ReasonLabels, Counter<u64, AtomicU64>>::default();
         registry.register(
             "connections_refused",
-            "Connections refused because --max-connections was reached",
-            connections_refused.clone(),
+            "Connections refused, by reason: max_connections (status 13), allow_list (closed before a byte is read), tls (failed handshake)",
+            refused.clone(),
         );
+        let connections_refused = RefusalReason::ALL.map(|reason| {
+            refused
+                .get_or_create(&ReasonLabels {
+                    reason: reason.name(),
+                })
+                .clone()
+        });
 
         let received = Family::<FrameLabels, Counter>::default();
         registry.register(
@@ -237,6 +273,10 @@ impl Metrics {
     /// The series of the guest called `name`, resolved once.
     pub fn guest(&self, name: &str) -> GuestMetrics {
         GuestMetrics::new(&self.guests, name)
+    }
+
+    pub fn connection_refused(&self, reason: RefusalReason) {
+        self.connections_refused[reason as usize].inc();
     }
 
     pub fn frame_received(&self, frame_type: FrameType) {

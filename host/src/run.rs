@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{AgentContext, ConnectionSettings, Handler};
@@ -16,6 +15,7 @@ use crate::config::{AgentConfig, single_guest};
 use crate::exec::start_data_plane;
 use crate::guests::{ConfigReloader, Guest, GuestRuntime, start_router, start_single};
 use crate::metrics::Metrics;
+use crate::net::{AllowList, Listeners, TlsFiles, TlsServer, UnixSettings};
 use crate::reload::load;
 use crate::sandbox::Sandbox;
 use crate::server::{ServerSettings, serve};
@@ -135,14 +135,15 @@ async fn serve_async(
     let metrics_address = args
         .metrics_address
         .or(config.as_ref().and_then(|c| c.metrics_address));
-    let listen = SocketAddr::new(
-        args.address
-            .or(config.as_ref().and_then(|c| c.address))
-            .unwrap_or(DEFAULT_ADDRESS),
-        args.port
-            .or(config.as_ref().and_then(|c| c.port))
-            .unwrap_or(DEFAULT_PORT),
-    );
+    let address = args.address.or(config.as_ref().and_then(|c| c.address));
+    let port = args.port.or(config.as_ref().and_then(|c| c.port));
+    // With --unix alone, no TCP listener.
+    let listen = (args.unix.is_none() || address.is_some() || port.is_some()).then(|| {
+        SocketAddr::new(
+            address.unwrap_or(DEFAULT_ADDRESS),
+            port.unwrap_or(DEFAULT_PORT),
+        )
+    });
     let max_frame_size =
         args.max_frame_size_or_default(config.as_ref().and_then(|c| c.max_frame_size));
     let runtime = GuestRuntime {
@@ -158,11 +159,33 @@ async fn serve_async(
         crate::metrics_http::spawn(address, metrics.clone(), shutdown.clone()).await?;
     }
 
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = Arc::new(TlsServer::new(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: args.tls_client_ca.clone(),
+            })?);
+            tls.clone().spawn_reloads(!args.no_watch, shutdown.clone())?;
+            Some(tls)
+        }
+        _ => None,
+    };
+    let allow = AllowList::new(args.allow_from.clone());
+    let unix = args.unix.as_ref().map(|path| UnixSettings {
+        path: path.clone(),
+        mode: args.unix_mode,
+    });
+    let listeners = Listeners::bind(listen, unix.as_ref()).await?;
+    if let Some(address) = listeners.tcp_address() {
+        warn_if_exposed(address, tls.is_some(), !allow.is_empty());
+    }
     tracing::info!(
-        address = %listener.local_addr().unwrap_or(listen),
+        address = ?listeners.tcp_address(),
+        unix = ?listeners.unix_path(),
+        tls = tls.is_some(),
+        client_certificates = tls.as_ref().is_some_and(|t| t.requires_client_certificate()),
+        allow_from = ?args.allow_from,
         max_frame_size,
         "spoa-host listening"
     );
@@ -179,11 +202,14 @@ async fn serve_async(
     });
     spawn_signal_handler(shutdown.clone())?;
     serve(
-        listener,
+        listeners,
         ctx,
         ServerSettings {
             max_connections: args.max_connections,
             drain_timeout: args.shutdown_timeout,
+            allow,
+            tls,
+            handshake_timeout: args.hello_timeout,
         },
         shutdown,
     )
@@ -228,6 +254,21 @@ async fn build_handler(
             Ok((guest.executor.clone(), vec![Arc::new(guest)]))
         }
     }
+}
+
+/// One warning at start-up when anyone who can reach the port may talk to
+/// the agent: SPOP has no authentication of its own.
+fn warn_if_exposed(address: SocketAddr, tls: bool, allow_list: bool) {
+    if address.ip().is_loopback() || tls || allow_list {
+        return;
+    }
+    tracing::warn!(
+        %address,
+        "listening beyond loopback without TLS or an allow-list: anyone who can reach this \
+         port can send messages to the guests. Add --tls-cert/--tls-key (and --tls-client-ca \
+         for HAProxy's client certificate), or --allow-from with HAProxy's addresses, or \
+         listen on 127.0.0.1 or a Unix socket (--unix)"
+    );
 }
 
 /// A refused module, with the step that refused it.

@@ -1,39 +1,67 @@
-//! The listener: accepts connections up to `--max-connections`, refuses the
-//! rest cleanly, and drains every connection on shutdown.
+//! The listeners: accepts connections — refusing sources outside
+//! `--allow-from` before reading a byte, and peers that fail the TLS
+//! handshake — up to `--max-connections`, refuses the rest cleanly, and
+//! drains every connection on shutdown.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::agent::{AgentContext, disconnect_and_close, serve_connection};
+use crate::metrics::RefusalReason;
+use crate::net::{Accepted, AllowList, Listeners, Peer, TlsServer, Transport};
 use crate::spop::Status;
+
+/// Refused addresses logged once each, up to this many.
+const MAX_LOGGED_REFUSALS: usize = 1024;
 
 pub struct ServerSettings {
     pub max_connections: usize,
     /// How long shutdown waits for connections to finish before abandoning them.
     pub drain_timeout: Duration,
+    /// TCP sources allowed to connect (empty: all).
+    pub allow: AllowList,
+    /// TLS on the TCP listener.
+    pub tls: Option<Arc<TlsServer>>,
+    /// How long a TLS handshake may take.
+    pub handshake_timeout: Duration,
+}
+
+/// Logs each refused address once (at debug level), bounded.
+#[derive(Default)]
+struct RefusalLog {
+    seen: Mutex<HashSet<(IpAddr, RefusalReason)>>,
+}
+
+impl RefusalLog {
+    fn first_time(&self, address: IpAddr, reason: RefusalReason) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.len() < MAX_LOGGED_REFUSALS && seen.insert((address, reason))
+    }
 }
 
 /// Accepts until `shutdown` fires, then waits for connections to drain.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     ctx: Arc<AgentContext>,
     settings: ServerSettings,
     shutdown: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(settings.max_connections));
+    let refusals = Arc::new(RefusalLog::default());
     loop {
         let accepted = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
+            accepted = listeners.accept() => accepted,
         };
-        let (stream, peer) = match accepted {
+        let accepted = match accepted {
             Ok(accepted) => accepted,
             Err(err) => {
                 // Typically EMFILE: back off instead of spinning.
@@ -42,34 +70,56 @@ pub async fn serve(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        match permits.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let ctx = ctx.clone();
-                let shutdown = shutdown.clone();
+        let (stream, peer) = match accepted {
+            Accepted::Tcp(stream, address) => {
+                if !settings.allow.allows(address.ip()) {
+                    ctx.metrics.connection_refused(RefusalReason::AllowList);
+                    if refusals.first_time(address.ip(), RefusalReason::AllowList) {
+                        tracing::debug!(peer = %address, "connection refused: source not in --allow-from");
+                    }
+                    drop(stream);
+                    continue;
+                }
+                let _ = stream.set_nodelay(true);
+                (TcpOrTls::Tcp(stream, address), Peer::Tcp(address))
+            }
+            Accepted::Unix(stream) => (TcpOrTls::Unix(stream), Peer::Unix),
+        };
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                ctx.metrics.connection_refused(RefusalReason::MaxConnections);
+                ctx.metrics.disconnect_sent(Status::ResourceAllocation);
+                tracing::warn!(%peer, max = settings.max_connections, "connection refused: --max-connections reached");
+                tracker.spawn(refuse_busy(stream));
+                continue;
+            }
+        };
+        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+        match (stream, &settings.tls) {
+            (TcpOrTls::Tcp(stream, address), Some(tls)) => {
+                let tls = tls.clone();
+                let refusals = refusals.clone();
+                let timeout = settings.handshake_timeout;
+                tracker.spawn(serve_tls(
+                    stream, address, tls, timeout, refusals, ctx, shutdown, permit,
+                ));
+            }
+            (TcpOrTls::Tcp(stream, _), None) => {
                 tracker.spawn(async move {
-                    serve_connection(stream, peer, ctx, shutdown).await;
+                    serve_connection(Transport::Tcp(stream), peer, ctx, shutdown).await;
                     drop(permit);
                 });
             }
-            Err(_) => {
-                ctx.metrics.connections_refused.inc();
-                ctx.metrics.disconnect_sent(Status::ResourceAllocation);
-                tracing::warn!(%peer, max = settings.max_connections, "connection refused: --max-connections reached");
+            (TcpOrTls::Unix(stream), _) => {
                 tracker.spawn(async move {
-                    let mut stream = stream;
-                    disconnect_and_close(
-                        &mut stream,
-                        bytes::BytesMut::new(),
-                        Status::ResourceAllocation,
-                        "too many connections",
-                    )
-                    .await;
+                    serve_connection(Transport::Unix(stream), peer, ctx, shutdown).await;
+                    drop(permit);
                 });
             }
         }
     }
-    drop(listener);
+    drop(listeners);
     tracker.close();
     tracing::info!(connections = tracker.len(), "draining connections");
     if tokio::time::timeout(settings.drain_timeout, tracker.wait())
@@ -81,4 +131,81 @@ pub async fn serve(
             "drain timeout reached; closing remaining connections"
         );
     }
+}
+
+enum TcpOrTls {
+    Tcp(tokio::net::TcpStream, SocketAddr),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn refuse_busy(stream: TcpOrTls) {
+    let message = "too many connections";
+    let status = Status::ResourceAllocation;
+    match stream {
+        TcpOrTls::Tcp(mut stream, _) => {
+            disconnect_and_close(&mut stream, bytes::BytesMut::new(), status, message).await
+        }
+        TcpOrTls::Unix(mut stream) => {
+            disconnect_and_close(&mut stream, bytes::BytesMut::new(), status, message).await
+        }
+    }
+}
+
+/// The TLS handshake runs on the data plane (it is CPU work the single
+/// control thread must not do), and the connection stays there: a TLS
+/// session cannot move between runtimes. A peer that fails it (plain TCP,
+/// no client certificate, one from another CA) is closed without a guest
+/// ever being called.
+#[allow(clippy::too_many_arguments)]
+async fn serve_tls(
+    stream: tokio::net::TcpStream,
+    address: SocketAddr,
+    tls: Arc<TlsServer>,
+    timeout: Duration,
+    refusals: Arc<RefusalLog>,
+    ctx: Arc<AgentContext>,
+    shutdown: CancellationToken,
+    permit: OwnedSemaphorePermit,
+) {
+    let socket = match stream.into_std() {
+        Ok(socket) => socket,
+        Err(err) => {
+            tracing::warn!(peer = %address, "could not move the connection to the data plane: {err}");
+            return;
+        }
+    };
+    let data_plane = ctx.data_plane.clone();
+    let task = data_plane.spawn(async move {
+        let stream = match tokio::net::TcpStream::from_std(socket) {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::warn!(peer = %address, "could not register the connection: {err}");
+                return;
+            }
+        };
+        let acceptor = tls.acceptor();
+        let refused = |why: String| {
+            ctx.metrics.connection_refused(RefusalReason::Tls);
+            if refusals.first_time(address.ip(), RefusalReason::Tls) {
+                tracing::debug!(peer = %address, "TLS handshake refused: {why}");
+            }
+        };
+        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            Ok(Ok(session)) => {
+                serve_connection(
+                    Transport::Tls(Box::new(session)),
+                    Peer::Tcp(address),
+                    ctx.clone(),
+                    shutdown,
+                )
+                .await
+            }
+            Ok(Err(err)) => refused(err.to_string()),
+            Err(_) => refused(format!("no handshake within {timeout:?}")),
+        }
+    });
+    if let Err(join) = task.await {
+        tracing::error!(peer = %address, "TLS connection task failed: {join}");
+    }
+    drop(permit);
 }

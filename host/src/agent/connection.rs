@@ -9,7 +9,6 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,8 +16,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +24,7 @@ use super::dispatch::{self, NotifyBatch};
 use super::handler::Handler;
 use super::hello::{Negotiated, agent_hello, negotiate};
 use crate::metrics::{Metrics, NotifyTally};
+use crate::net::{Peer, Transport};
 use crate::spop::codec::encode_frame;
 use crate::spop::{DecodeError, Disconnect, Frame, FrameType, KvList, SpopCodec, Status};
 
@@ -149,8 +148,8 @@ enum ReadOutcome {
 /// after HELLO the connection continues on the data plane, and this task
 /// waits for it (so the listener's drain and connection limit see it).
 pub async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
+    stream: Transport,
+    peer: Peer,
     ctx: Arc<AgentContext>,
     shutdown: CancellationToken,
 ) {
@@ -161,7 +160,7 @@ pub async fn serve_connection(
         stream,
         link: Link {
             codec: SpopCodec::new(ctx.settings.max_frame_size),
-            peer,
+            peer: peer.clone(),
             read_buf: BytesMut::with_capacity(READ_RESERVE),
             write_buf: BytesMut::new(),
             ctx,
@@ -185,14 +184,14 @@ pub async fn serve_connection(
 }
 
 struct Connection {
-    stream: TcpStream,
+    stream: Transport,
     link: Link,
 }
 
 /// Everything of a connection but its socket: what moves with it from the
 /// control plane to the data plane.
 struct Link {
-    peer: SocketAddr,
+    peer: Peer,
     codec: SpopCodec,
     read_buf: BytesMut,
     write_buf: BytesMut,
@@ -247,10 +246,10 @@ impl Connection {
         // A copy of its own: every batch holds a reference, and a count
         // shared by every connection would bounce between the cores.
         link.ctx = Arc::new((*link.ctx).clone());
-        let socket = stream.into_std()?;
+        let detached = stream.detach()?;
         let data_plane = link.ctx.data_plane.clone();
         Ok(data_plane.spawn(async move {
-            let stream = match TcpStream::from_std(socket) {
+            let stream = match detached.attach() {
                 Ok(stream) => stream,
                 Err(err) => {
                     tracing::warn!(peer = %link.peer, "could not register the connection: {err}");
@@ -537,7 +536,7 @@ impl Connection {
     }
 
     async fn finish(&mut self, end: End) {
-        let peer = self.link.peer;
+        let peer = self.link.peer.clone();
         let (status, message) = match end {
             End::PeerClosed { unfinished_frame } => {
                 tracing::debug!(%peer, unfinished_frame, "peer closed the connection");
@@ -588,8 +587,8 @@ impl Connection {
 /// half-closes, and drains briefly so the peer reads the frame rather than a
 /// reset caused by unread input. Bounded in time: a peer that reads nothing
 /// cannot hold the task.
-pub async fn disconnect_and_close(
-    stream: &mut TcpStream,
+pub async fn disconnect_and_close<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     mut pending: BytesMut,
     status: Status,
     message: &str,

@@ -1,0 +1,13 @@
+//! Who may talk to the agent, and over what: TCP (with a source
+//! allow-list), TLS with optional client certificates, and a Unix socket.
+//! Knows nothing of SPOP: it hands the agent a byte stream and a peer.
+
+mod allow;
+mod listen;
+mod tls;
+mod transport;
+
+pub use allow::{AllowList, parse_network};
+pub use listen::{Accepted, Listeners, UnixSettings};
+pub use tls::{TlsFiles, TlsServer};
+pub use transport::{Detached, Peer, Transport};
