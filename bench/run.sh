@@ -70,6 +70,16 @@ if [ -f "$HOSTILE" ]; then
     stop_agent
 fi
 
+# TLS next to plain TCP, one run (the generator speaks mutual TLS too).
+PKI=target/bench-pki
+scripts/dev-certs.sh "$PKI" >/dev/null
+start_agent --module "$GUEST"
+run -d "$DURATION" -c 4 -p 16 --label "plain TCP, 4x16"
+stop_agent
+start_agent --module "$GUEST" --tls-cert "$PKI/server.pem" --tls-key "$PKI/server.key" --tls-client-ca "$PKI/ca.pem"
+run -d "$DURATION" -c 4 -p 16 --tls-ca "$PKI/ca.pem" --tls-cert "$PKI/client.pem" --tls-key "$PKI/client.key" --label "mutual TLS, 4x16"
+stop_agent
+
 # The example guests, one per language (make examples builds them).
 for example in rust python js; do
     module=target/examples/iprep_$example.wasm

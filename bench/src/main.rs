@@ -72,6 +72,44 @@ struct Args {
     /// latency (connect to AGENT-HELLO) is reported.
     #[arg(long, default_value_t = 0)]
     healthchecks_per_sec: u32,
+    /// Speak TLS on the measured connections, trusting this CA (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// A client certificate (PEM) for mutual TLS, with --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+}
+
+/// A byte stream to the agent: TCP, or TLS over TCP.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+fn tls_connector(args: &Args) -> Result<Option<tokio_rustls::TlsConnector>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let Some(ca) = &args.tls_ca else {
+        return Ok(None);
+    };
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let config = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => builder.with_client_auth_cert(
+            CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?,
+            PrivateKeyDer::from_pem_file(key)?,
+        )?,
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(Some(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        config,
+    ))))
 }
 
 /// What one connection measured.
@@ -132,10 +170,12 @@ async fn run(args: Args) -> Result<()> {
             measure_until,
         ))
     });
+    let tls = tls_connector(&args)?;
     let mut tasks = Vec::new();
     for id in 0..args.connections {
         tasks.push(tokio::spawn(drive_connection(
             args.addr,
+            tls.clone(),
             id as u64,
             args.pipeline,
             args.messages,
@@ -263,14 +303,27 @@ fn check_client_ip(i: u64) -> Message {
 
 async fn drive_connection(
     addr: SocketAddr,
+    tls: Option<tokio_rustls::TlsConnector>,
     stream_id: u64,
     pipeline: usize,
     messages: usize,
     measure_from: Instant,
     measure_until: Instant,
 ) -> Result<ConnectionStats> {
-    let mut stream = TcpStream::connect(addr).await.context("connecting")?;
-    stream.set_nodelay(true)?;
+    let tcp = TcpStream::connect(addr).await.context("connecting")?;
+    tcp.set_nodelay(true)?;
+    let mut stream: Box<dyn Io> = match tls {
+        Some(connector) => {
+            let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+            Box::new(
+                connector
+                    .connect(name, tcp)
+                    .await
+                    .context("TLS handshake")?,
+            )
+        }
+        None => Box::new(tcp),
+    };
     let mut codec = SpopCodec::new(16 * 1024 * 1024);
     let mut read_buf = BytesMut::with_capacity(64 * 1024);
     let mut write_buf = BytesMut::with_capacity(64 * 1024);
@@ -439,7 +492,7 @@ async fn probe_healthchecks(
 }
 
 async fn read_frames(
-    stream: &mut TcpStream,
+    stream: &mut (impl tokio::io::AsyncRead + Unpin + ?Sized),
     codec: &mut SpopCodec,
     buf: &mut BytesMut,
 ) -> Result<Vec<Frame>> {
@@ -454,7 +507,7 @@ async fn read_frames(
 }
 
 async fn next_frame(
-    stream: &mut TcpStream,
+    stream: &mut (impl tokio::io::AsyncRead + Unpin + ?Sized),
     codec: &mut SpopCodec,
     buf: &mut BytesMut,
 ) -> Result<Frame> {

@@ -166,7 +166,8 @@ async fn serve_async(
                 key: key.clone(),
                 client_ca: args.tls_client_ca.clone(),
             })?);
-            tls.clone().spawn_reloads(!args.no_watch, shutdown.clone())?;
+            tls.clone()
+                .spawn_reloads(!args.no_watch, shutdown.clone())?;
             Some(tls)
         }
         _ => None,

@@ -88,7 +88,8 @@ pub async fn serve(
         let permit = match permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                ctx.metrics.connection_refused(RefusalReason::MaxConnections);
+                ctx.metrics
+                    .connection_refused(RefusalReason::MaxConnections);
                 ctx.metrics.disconnect_sent(Status::ResourceAllocation);
                 tracing::warn!(%peer, max = settings.max_connections, "connection refused: --max-connections reached");
                 tracker.spawn(refuse_busy(stream));

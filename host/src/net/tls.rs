@@ -66,9 +66,17 @@ impl TlsServer {
         crate::reload::spawn_sighup(tx.clone(), shutdown.clone())?;
         let mut watchers = Vec::new();
         if watch {
-            let files = [Some(&self.files.cert), Some(&self.files.key), self.files.client_ca.as_ref()];
+            let files = [
+                Some(&self.files.cert),
+                Some(&self.files.key),
+                self.files.client_ca.as_ref(),
+            ];
             for file in files.into_iter().flatten() {
-                watchers.push(crate::reload::watch_file(file, "TLS file changed", tx.clone())?);
+                watchers.push(crate::reload::watch_file(
+                    file,
+                    "TLS file changed",
+                    tx.clone(),
+                )?);
             }
         }
         tokio::spawn(async move {

@@ -1,0 +1,470 @@
+//! Who may talk to the agent: mutual TLS, a source allow-list and a Unix
+//! socket, with a real HAProxy; refusals that never reach a guest.
+//! Certificates are generated for each test with the `openssl` command.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use support::agent::Agent;
+use support::haproxy::{self, haproxy_binary};
+use support::http::{self, metric_value, scrape_metrics};
+use support::spop_client::SpopClient;
+use support::{eventually, free_port, iprep_guest};
+
+/// A CA, a server certificate for 127.0.0.1 signed by it, a client
+/// certificate signed by it, and a client certificate from another CA.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running openssl (apt-get install -y openssl)");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = dir.path();
+        for ca in ["ca", "other-ca"] {
+            openssl(
+                d,
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                    "-nodes",
+                    "-keyout",
+                    &format!("{ca}.key"),
+                    "-out",
+                    &format!("{ca}.pem"),
+                    "-days",
+                    "2",
+                    "-subj",
+                    &format!("/CN={ca}"),
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                ],
+            );
+        }
+        std::fs::write(
+            d.join("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("writing");
+        std::fs::write(
+            d.join("client.ext"),
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
+        )
+        .expect("writing");
+        for (name, ca, ext) in [
+            ("server", "ca", "server.ext"),
+            ("renewed", "ca", "server.ext"),
+            ("client", "ca", "client.ext"),
+            ("stranger", "other-ca", "client.ext"),
+        ] {
+            openssl(
+                d,
+                &[
+                    "req",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                    "-nodes",
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                    "-subj",
+                    &format!("/CN={name}"),
+                ],
+            );
+            openssl(
+                d,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &format!("{name}.csr"),
+                    "-CA",
+                    &format!("{ca}.pem"),
+                    "-CAkey",
+                    &format!("{ca}.key"),
+                    "-CAcreateserial",
+                    "-out",
+                    &format!("{name}.pem"),
+                    "-days",
+                    "2",
+                    "-extfile",
+                    ext,
+                ],
+            );
+            // HAProxy's `crt` takes the certificate and its key in one file.
+            let bundle = [
+                std::fs::read(d.join(format!("{name}.pem"))).expect("cert"),
+                std::fs::read(d.join(format!("{name}.key"))).expect("key"),
+            ]
+            .concat();
+            std::fs::write(d.join(format!("{name}-bundle.pem")), bundle).expect("writing");
+        }
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    fn agent_args(&self, metrics: SocketAddr) -> Vec<String> {
+        [
+            "--module",
+            &iprep_guest().display().to_string(),
+            "--tls-cert",
+            &self.path("server.pem"),
+            "--tls-key",
+            &self.path("server.key"),
+            "--tls-client-ca",
+            &self.path("ca.pem"),
+            "--metrics-address",
+            &metrics.to_string(),
+            "--debug",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+}
+
+/// The example HAProxy configuration with the agent's `server` line given
+/// `options` (TLS) or another address (`unix@…`).
+fn start_haproxy(binary: &PathBuf, agent: &str, options: &str) -> haproxy::Haproxy {
+    let agent = agent.to_string();
+    let options = options.to_string();
+    haproxy::start(&binary.clone(), &[], 0, move |config| {
+        config
+            .replace("\"${AGENT1_ADDR-127.0.0.1:12345}\"", &agent)
+            .replace(" check inter 1s", &format!(" {options} check inter 300ms"))
+    })
+}
+
+fn scored(proxy: &haproxy::Haproxy) -> bool {
+    http::get(proxy.http, "/")
+        .map(|r| r.header("X-IP-Score").is_some())
+        .unwrap_or(false)
+}
+
+#[test]
+fn haproxy_scores_over_mutual_tls() {
+    let Some(binary) = haproxy_binary() else {
+        return;
+    };
+    let pki = Pki::new();
+    let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let agent = Agent::start_with(&pki.agent_args(metrics));
+    let proxy = start_haproxy(
+        &binary,
+        &agent.addr().to_string(),
+        &format!(
+            "ssl verify required ca-file {} crt {}",
+            pki.path("ca.pem"),
+            pki.path("client-bundle.pem")
+        ),
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || scored(&proxy)),
+        "no score over mutual TLS; haproxy log:\n{}\nagent log:\n{}",
+        proxy.log_text(),
+        agent.log_text()
+    );
+    for i in 0..20 {
+        let response = http::get(proxy.http, &format!("/{i}")).expect("request");
+        assert!(
+            response.header("X-IP-Score").is_some(),
+            "request {i} unscored"
+        );
+    }
+    let text = scrape_metrics(metrics);
+    assert!(metric_value(&text, "spoa_messages_total") >= 20.0);
+    assert_eq!(
+        metric_value(&text, "spoa_connections_refused_total{reason=\"tls\"}"),
+        0.0
+    );
+}
+
+#[test]
+fn a_client_certificate_from_another_ca_is_refused_and_haproxy_marks_the_agent_down() {
+    let Some(binary) = haproxy_binary() else {
+        return;
+    };
+    let pki = Pki::new();
+    let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let agent = Agent::start_with(&pki.agent_args(metrics));
+    let proxy = start_haproxy(
+        &binary,
+        &agent.addr().to_string(),
+        &format!(
+            "ssl verify required ca-file {} crt {}",
+            pki.path("ca.pem"),
+            pki.path("stranger-bundle.pem")
+        ),
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || proxy
+            .log_text()
+            .contains("is DOWN")),
+        "the health check never marked the agent down:\n{}",
+        proxy.log_text()
+    );
+    for i in 0..5 {
+        let response = http::get(proxy.http, &format!("/{i}")).expect("request");
+        assert!(
+            response.header("X-IP-Score").is_none(),
+            "scored without a valid certificate"
+        );
+    }
+    let text = scrape_metrics(metrics);
+    assert!(metric_value(&text, "spoa_connections_refused_total{reason=\"tls\"}") >= 1.0);
+    assert_eq!(
+        metric_value(&text, "spoa_messages_total"),
+        0.0,
+        "no guest was called"
+    );
+    let log = agent.log_text();
+    assert!(log.contains("TLS handshake refused"), "{log}");
+    assert_eq!(
+        log.matches("TLS handshake refused").count(),
+        1,
+        "logged once per peer address:\n{log}"
+    );
+}
+
+#[test]
+fn plain_spop_on_a_tls_port_is_refused_without_calling_a_guest() {
+    let pki = Pki::new();
+    let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let agent = Agent::start_with(&pki.agent_args(metrics));
+    let mut client = SpopClient::connect(agent.addr());
+    client.set_read_timeout(Duration::from_secs(5));
+    client.send(&support::spop_client::hello_frame(
+        "2.0",
+        16380,
+        "pipelining",
+        false,
+    ));
+    // What the peer sees: at most a TLS alert record (type 21), then the close.
+    let mut answer = Vec::new();
+    use std::io::Read;
+    client
+        .stream()
+        .read_to_end(&mut answer)
+        .expect("closed by the agent");
+    assert!(
+        answer.is_empty() || answer[0] == 21,
+        "expected a TLS alert or nothing, got {answer:02x?}"
+    );
+    assert!(eventually(Duration::from_secs(5), || metric_value(
+        &scrape_metrics(metrics),
+        "spoa_connections_refused_total{reason=\"tls\"}"
+    ) >= 1.0));
+}
+
+#[test]
+fn a_source_outside_the_allow_list_is_refused_before_a_byte_is_read() {
+    let Some(binary) = haproxy_binary() else {
+        return;
+    };
+    let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let agent = Agent::start(
+        &iprep_guest(),
+        &[
+            "--allow-from",
+            "192.0.2.0/24",
+            "--allow-from",
+            "2001:db8::/32",
+            "--metrics-address",
+            &metrics.to_string(),
+        ],
+    );
+    let proxy = start_haproxy(&binary, &agent.addr().to_string(), "");
+    assert!(
+        eventually(Duration::from_secs(10), || proxy
+            .log_text()
+            .contains("is DOWN")),
+        "{}",
+        proxy.log_text()
+    );
+    let response = http::get(proxy.http, "/").expect("request");
+    assert!(response.header("X-IP-Score").is_none());
+    let text = scrape_metrics(metrics);
+    assert!(
+        metric_value(
+            &text,
+            "spoa_connections_refused_total{reason=\"allow_list\"}"
+        ) >= 1.0
+    );
+    assert_eq!(
+        metric_value(&text, "spoa_connections_total"),
+        0.0,
+        "never served"
+    );
+
+    // The same agent, allowing loopback: scored.
+    let allowed = Agent::start(&iprep_guest(), &["--allow-from", "127.0.0.0/8"]);
+    let proxy = start_haproxy(&binary, &allowed.addr().to_string(), "");
+    assert!(
+        eventually(Duration::from_secs(10), || scored(&proxy)),
+        "{}",
+        proxy.log_text()
+    );
+}
+
+#[test]
+fn haproxy_scores_over_a_unix_socket_and_a_stale_socket_file_is_replaced() {
+    let Some(binary) = haproxy_binary() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("agent.sock");
+    // A socket file left by a process that is gone.
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("stale socket"));
+    assert!(socket.exists());
+    let agent = Agent::start(
+        &iprep_guest(),
+        &[
+            "--unix",
+            &socket.display().to_string(),
+            "--unix-mode",
+            "660",
+        ],
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&socket)
+        .expect("socket")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o660);
+    let proxy = start_haproxy(&binary, &format!("unix@{}", socket.display()), "");
+    assert!(
+        eventually(Duration::from_secs(10), || scored(&proxy)),
+        "no score over the Unix socket; haproxy log:\n{}\nagent log:\n{}",
+        proxy.log_text(),
+        agent.log_text()
+    );
+    // A second agent on the same, live socket is refused.
+    let output = support::agent::run_host(&[
+        "--module",
+        &iprep_guest().display().to_string(),
+        "--unix",
+        &socket.display().to_string(),
+    ]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("in use"));
+}
+
+#[test]
+fn a_peer_without_a_client_certificate_is_refused() {
+    let Some(binary) = haproxy_binary() else {
+        return;
+    };
+    let pki = Pki::new();
+    let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let agent = Agent::start_with(&pki.agent_args(metrics));
+    let proxy = start_haproxy(
+        &binary,
+        &agent.addr().to_string(),
+        &format!("ssl verify required ca-file {}", pki.path("ca.pem")),
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || proxy
+            .log_text()
+            .contains("is DOWN")),
+        "{}",
+        proxy.log_text()
+    );
+    let text = scrape_metrics(metrics);
+    assert!(metric_value(&text, "spoa_connections_refused_total{reason=\"tls\"}") >= 1.0);
+    assert_eq!(metric_value(&text, "spoa_messages_total"), 0.0);
+}
+
+/// The certificate the agent presents, as `openssl s_client` sees it.
+fn served_subject(pki: &Pki, addr: SocketAddr) -> String {
+    let output = Command::new("openssl")
+        .args(["s_client", "-connect", &addr.to_string(), "-CAfile"])
+        .arg(pki.path("ca.pem"))
+        .arg("-cert")
+        .arg(pki.path("client.pem"))
+        .arg("-key")
+        .arg(pki.path("client.key"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.lines()
+        .find(|line| line.starts_with("subject="))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn certificates_are_reloaded_when_they_change_and_sessions_in_progress_go_on() {
+    let Some(binary) = haproxy_binary() else {
+        return;
+    };
+    let pki = Pki::new();
+    let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let agent = Agent::start_with(&pki.agent_args(metrics));
+    let proxy = start_haproxy(
+        &binary,
+        &agent.addr().to_string(),
+        &format!(
+            "ssl verify required ca-file {} crt {}",
+            pki.path("ca.pem"),
+            pki.path("client-bundle.pem")
+        ),
+    );
+    assert!(eventually(Duration::from_secs(10), || scored(&proxy)));
+    assert!(served_subject(&pki, agent.addr()).contains("server"));
+
+    // Renew: the new chain and key replace the files (as a deploy tool or
+    // cert-manager would, by rename).
+    for (from, to) in [("renewed.key", "server.key"), ("renewed.pem", "server.pem")] {
+        std::fs::copy(pki.path(from), pki.path(&format!("{to}.new"))).expect("copy");
+        std::fs::rename(pki.path(&format!("{to}.new")), pki.path(to)).expect("rename");
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || served_subject(
+            &pki,
+            agent.addr()
+        )
+        .contains("renewed")),
+        "the renewed certificate is not served:\n{}",
+        agent.log_text()
+    );
+    assert!(agent.log_text().contains("TLS certificate reloaded"));
+    // HAProxy's sessions opened before go on scoring.
+    for i in 0..10 {
+        let response = http::get(proxy.http, &format!("/after/{i}")).expect("request");
+        assert!(
+            response.header("X-IP-Score").is_some(),
+            "unscored after the reload"
+        );
+    }
+}
