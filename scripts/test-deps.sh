@@ -3,13 +3,15 @@
 # real one) and the Python and JavaScript toolchains the example guests are
 # built with (python3 with venv, node and npm). Installs what is missing with
 # apt-get when it can (root and apt-get present); otherwise says what to
-# install. The HAProxy tests fail, never skip, without HAProxy.
+# install. The HAProxy tests fail, never skip, without HAProxy. The TLS tests
+# generate their certificates with the openssl command.
 set -euo pipefail
 
 missing=()
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3 python3-venv python3-pip)
 
 if [ ${#missing[@]} -gt 0 ]; then

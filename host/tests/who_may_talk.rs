@@ -468,3 +468,51 @@ fn certificates_are_reloaded_when_they_change_and_sessions_in_progress_go_on() {
         );
     }
 }
+
+/// Starts spoa-host with `args` (no `-a`), returns its log up to "listening".
+fn startup_log(args: &[&str]) -> String {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(support::agent::host_binary())
+        .args(["--module", &iprep_guest().display().to_string()])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning spoa-host");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut log = String::new();
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("spoa-host listening") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    log
+}
+
+#[test]
+fn loopback_by_default_and_one_warning_when_exposed_without_tls_or_allow_list() {
+    let port = free_port().to_string();
+    let default = startup_log(&["-p", &port]);
+    assert!(default.contains("127.0.0.1:"), "{default}");
+    assert!(!default.contains("WARN"), "{default}");
+
+    let port = free_port().to_string();
+    let exposed = startup_log(&["-a", "0.0.0.0", "-p", &port]);
+    assert_eq!(
+        exposed
+            .matches("listening beyond loopback without TLS or an allow-list")
+            .count(),
+        1,
+        "{exposed}"
+    );
+    assert!(exposed.contains("--allow-from") && exposed.contains("--tls-cert"));
+
+    let port = free_port().to_string();
+    let listed = startup_log(&["-a", "0.0.0.0", "-p", &port, "--allow-from", "10.0.0.0/8"]);
+    assert!(!listed.contains("beyond loopback"), "{listed}");
+}
