@@ -5,7 +5,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -154,10 +154,10 @@ impl Pki {
 
 /// The example HAProxy configuration with the agent's `server` line given
 /// `options` (TLS) or another address (`unix@…`).
-fn start_haproxy(binary: &PathBuf, agent: &str, options: &str) -> haproxy::Haproxy {
+fn start_haproxy(binary: &Path, agent: &str, options: &str) -> haproxy::Haproxy {
     let agent = agent.to_string();
     let options = options.to_string();
-    haproxy::start(&binary.clone(), &[], 0, move |config| {
+    haproxy::start(&binary.to_path_buf(), &[], 0, move |config| {
         config
             .replace("\"${AGENT1_ADDR-127.0.0.1:12345}\"", &agent)
             .replace(" check inter 1s", &format!(" {options} check inter 300ms"))
