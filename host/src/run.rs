@@ -179,7 +179,11 @@ async fn serve_async(
     });
     let listeners = Listeners::bind(listen, unix.as_ref()).await?;
     if let Some(address) = listeners.tcp_address() {
-        warn_if_exposed(address, tls.is_some(), !allow.is_empty());
+        // TLS without client certificates encrypts, but anyone can still talk.
+        let authenticated = tls
+            .as_ref()
+            .is_some_and(|tls| tls.requires_client_certificate());
+        warn_if_exposed(address, authenticated, !allow.is_empty());
     }
     tracing::info!(
         address = ?listeners.tcp_address(),
@@ -259,16 +263,16 @@ async fn build_handler(
 
 /// One warning at start-up when anyone who can reach the port may talk to
 /// the agent: SPOP has no authentication of its own.
-fn warn_if_exposed(address: SocketAddr, tls: bool, allow_list: bool) {
-    if address.ip().is_loopback() || tls || allow_list {
+fn warn_if_exposed(address: SocketAddr, client_certificates: bool, allow_list: bool) {
+    if address.ip().is_loopback() || client_certificates || allow_list {
         return;
     }
     tracing::warn!(
         %address,
-        "listening beyond loopback without TLS or an allow-list: anyone who can reach this \
-         port can send messages to the guests. Add --tls-cert/--tls-key (and --tls-client-ca \
-         for HAProxy's client certificate), or --allow-from with HAProxy's addresses, or \
-         listen on 127.0.0.1 or a Unix socket (--unix)"
+        "listening beyond loopback without TLS client certificates or an allow-list: anyone \
+         who can reach this port can send messages to the guests. Add --tls-cert/--tls-key \
+         with --tls-client-ca (HAProxy's client certificate), or --allow-from with HAProxy's \
+         addresses, or listen on 127.0.0.1 or a Unix socket (--unix)"
     );
 }
 

@@ -92,7 +92,13 @@ pub async fn serve(
                     .connection_refused(RefusalReason::MaxConnections);
                 ctx.metrics.disconnect_sent(Status::ResourceAllocation);
                 tracing::warn!(%peer, max = settings.max_connections, "connection refused: --max-connections reached");
-                tracker.spawn(refuse_busy(stream));
+                if settings.tls.is_some() && matches!(stream, TcpOrTls::Tcp(..)) {
+                    // A TLS peer could not read a plaintext DISCONNECT.
+                    drop(stream);
+                } else {
+                    ctx.metrics.disconnect_sent(Status::ResourceAllocation);
+                    tracker.spawn(refuse_busy(stream));
+                }
                 continue;
             }
         };

@@ -505,7 +505,7 @@ fn loopback_by_default_and_one_warning_when_exposed_without_tls_or_allow_list() 
     let exposed = startup_log(&["-a", "0.0.0.0", "-p", &port]);
     assert_eq!(
         exposed
-            .matches("listening beyond loopback without TLS or an allow-list")
+            .matches("listening beyond loopback without TLS client certificates or an allow-list")
             .count(),
         1,
         "{exposed}"

@@ -530,7 +530,12 @@ impl Connection {
         if self.link.write_buf.is_empty() {
             return Ok(());
         }
-        let result = self.stream.write_all(&self.link.write_buf).await;
+        let mut result = self.stream.write_all(&self.link.write_buf).await;
+        if result.is_ok() {
+            // TLS buffers records: flushing pushes them to the socket (a
+            // no-op for TCP and Unix streams).
+            result = self.stream.flush().await;
+        }
         self.link.write_buf.clear();
         result
     }

@@ -25,7 +25,19 @@ pub enum Accepted {
 /// The agent's listening sockets.
 pub struct Listeners {
     tcp: Option<TcpListener>,
-    unix: Option<(UnixListener, PathBuf)>,
+    unix: Option<(UnixListener, PathBuf, FileId)>,
+}
+
+/// Device and inode of the socket file this process bound, so exit removes
+/// only that file, not one a later instance bound at the same path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId(u64, u64);
+
+fn file_id(path: &std::path::Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|meta| FileId(meta.dev(), meta.ino()))
 }
 
 impl Listeners {
@@ -39,7 +51,12 @@ impl Listeners {
             None => None,
         };
         let unix = match unix {
-            Some(settings) => Some((bind_unix(settings)?, settings.path.clone())),
+            Some(settings) => {
+                let listener = bind_unix(settings)?;
+                let id = file_id(&settings.path)
+                    .with_context(|| format!("{} vanished", settings.path.display()))?;
+                Some((listener, settings.path.clone(), id))
+            }
             None => None,
         };
         Ok(Listeners { tcp, unix })
@@ -50,7 +67,7 @@ impl Listeners {
     }
 
     pub fn unix_path(&self) -> Option<&PathBuf> {
-        self.unix.as_ref().map(|(_, path)| path)
+        self.unix.as_ref().map(|(_, path, _)| path)
     }
 
     pub async fn accept(&self) -> io::Result<Accepted> {
@@ -62,7 +79,7 @@ impl Listeners {
         };
         let unix = async {
             match &self.unix {
-                Some((listener, _)) => listener.accept().await,
+                Some((listener, _, _)) => listener.accept().await,
                 None => std::future::pending().await,
             }
         };
@@ -75,15 +92,20 @@ impl Listeners {
 
 impl Drop for Listeners {
     fn drop(&mut self) {
-        if let Some((_, path)) = &self.unix {
+        if let Some((_, path, id)) = &self.unix
+            && file_id(path) == Some(*id)
+        {
             let _ = std::fs::remove_file(path);
         }
     }
 }
 
 /// Binds the Unix socket. A socket file left by a process that is gone is
-/// replaced; one a live process still listens on, or a file that is not a
-/// socket, is an error.
+/// replaced; one a live process still listens on (or that cannot be
+/// checked), or a file that is not a socket, is an error. The mode is set
+/// right after binding: keep the socket in a directory only the agent (and
+/// HAProxy's group) can enter, so nobody can connect or swap the file in
+/// between.
 fn bind_unix(settings: &UnixSettings) -> Result<UnixListener> {
     let path = &settings.path;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
@@ -94,11 +116,18 @@ fn bind_unix(settings: &UnixSettings) -> Result<UnixListener> {
         );
         match std::os::unix::net::UnixStream::connect(path) {
             Ok(_) => anyhow::bail!("{} is in use by another process", path.display()),
-            Err(_) => {
+            // Nobody listens: a socket left by a process that is gone.
+            Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {
                 tracing::info!(path = %path.display(), "removing a stale socket file");
                 std::fs::remove_file(path)
                     .with_context(|| format!("removing the stale socket {}", path.display()))?;
             }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            // Not allowed to connect, for one: it may well be alive.
+            Err(err) => anyhow::bail!(
+                "{} exists and cannot be checked ({err}); not replacing it",
+                path.display()
+            ),
         }
     }
     let listener =
