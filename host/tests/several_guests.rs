@@ -83,7 +83,13 @@ fn error_var(ack: &Ack) -> Option<String> {
     }
 }
 
+// The file's address and port could not be bound by a test (a documentation
+// address, a privileged port): the agent starts because -a and -p on its
+// command line override them.
 const ROUTING: &str = r#"
+address = "192.0.2.1"
+port = 1
+
 [[guest]]
 name = "iprep"
 module = "iprep.wasm"
