@@ -7,14 +7,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::SandboxArgs;
 use crate::config::{AgentConfig, GuestSpec};
 use crate::exec::GuestExecutor;
 use crate::metrics::Metrics;
-use crate::reload::{Loaded, Reloader, load, log_loaded, spawn_sighup, watch_file};
+use crate::reload::{Loaded, Reloader, Triggers, load, log_loaded};
 use crate::router::{GuestSet, Router};
 use crate::sandbox::Sandbox;
 
@@ -23,13 +22,13 @@ use crate::sandbox::Sandbox;
 pub struct Guest {
     pub spec: GuestSpec,
     pub executor: Arc<GuestExecutor>,
-    triggers: Arc<Triggers>,
+    stop: Arc<StopOnDrop>,
 }
 
 /// Cancels a guest's reload triggers when dropped.
-struct Triggers(CancellationToken);
+struct StopOnDrop(CancellationToken);
 
-impl Drop for Triggers {
+impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.0.cancel();
     }
@@ -99,7 +98,7 @@ impl GuestRuntime {
         Ok(Guest {
             spec,
             executor,
-            triggers: Arc::new(Triggers(stop)),
+            stop: Arc::new(StopOnDrop(stop)),
         })
     }
 
@@ -120,7 +119,7 @@ impl GuestRuntime {
                     guests.push(Arc::new(Guest {
                         spec: spec.clone(),
                         executor: guest.executor.clone(),
-                        triggers: guest.triggers.clone(),
+                        stop: guest.stop.clone(),
                     }));
                 }
                 _ => {
@@ -179,28 +178,14 @@ pub struct ConfigReloader {
 
 impl ConfigReloader {
     pub fn spawn(mut self) -> Result<()> {
-        let (tx, mut rx) = mpsc::channel::<&'static str>(16);
         let shutdown = self.runtime.shutdown.clone();
-        spawn_sighup(tx.clone(), shutdown.clone())?;
-        let watcher = if self.runtime.watch {
-            Some(watch_file(
-                &self.config.path,
-                "configuration file changed",
-                tx,
-            )?)
-        } else {
-            None
-        };
+        let mut triggers = Triggers::new(&shutdown)?;
+        if self.runtime.watch {
+            triggers.watch_file(&self.config.path, "configuration file changed")?;
+        }
         let data_plane = self.runtime.data_plane.clone();
         data_plane.spawn(async move {
-            let _watcher = watcher;
-            loop {
-                let reason = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    reason = rx.recv() => match reason { Some(r) => r, None => return },
-                };
-                tokio::time::sleep(crate::reload::SETTLE).await;
-                while rx.try_recv().is_ok() {}
+            while let Some(reason) = triggers.next(&shutdown).await {
                 self.reload(reason).await;
             }
         });

@@ -17,7 +17,7 @@ use crate::sandbox::{GrantSources, LoadError, LoadedModule, Sandbox};
 
 /// Quiet period after a file event before reloading: editors and deploy tools
 /// write in several steps.
-pub(crate) const SETTLE: Duration = Duration::from_millis(50);
+const SETTLE: Duration = Duration::from_millis(50);
 
 /// Reloads one guest's module.
 pub struct Reloader {
@@ -170,32 +170,21 @@ impl Reloader {
 
     /// Starts the SIGHUP and (unless `watch` is false) file-change triggers.
     pub fn spawn_triggers(self: Arc<Self>, watch: bool, shutdown: CancellationToken) -> Result<()> {
-        let (tx, mut rx) = mpsc::channel::<&'static str>(16);
-        spawn_sighup(tx.clone(), shutdown.clone())?;
-        // The watchers must live as long as the loop below.
-        let mut watchers = Vec::new();
+        let mut triggers = Triggers::new(&shutdown)?;
         if watch {
-            watchers.push(watch_file(&self.path, "module changed", tx.clone())?);
+            triggers.watch_file(&self.path, "module changed")?;
             if let Some(file) = &self.grants.config_file {
-                watchers.push(watch_file(file, "configuration changed", tx.clone())?);
+                triggers.watch_file(file, "configuration changed")?;
             }
             if let Some(dir) = &self.grants.data_dir {
-                watchers.push(watch_tree(dir, "data changed", tx.clone())?);
+                triggers.watch_tree(dir, "data changed")?;
             }
         }
         // The loop runs on the data plane: loads and smoke calls run guest
         // code, which never runs on the control plane.
         let executor = self.executor.clone();
         executor.spawn(async move {
-            let _watchers = watchers;
-            loop {
-                let reason = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    reason = rx.recv() => match reason { Some(r) => r, None => return },
-                };
-                // Coalesce the burst of events one write produces.
-                tokio::time::sleep(SETTLE).await;
-                while rx.try_recv().is_ok() {}
+            while let Some(reason) = triggers.next(&shutdown).await {
                 self.reload(reason).await;
             }
         });
@@ -203,10 +192,53 @@ impl Reloader {
     }
 }
 
-pub(crate) fn spawn_sighup(
+/// What starts a reload: SIGHUP, and changes to the files and trees it
+/// watches. Shared by module, configuration-file and TLS reloads.
+pub struct Triggers {
     tx: mpsc::Sender<&'static str>,
-    shutdown: CancellationToken,
-) -> Result<()> {
+    rx: mpsc::Receiver<&'static str>,
+    /// Kept alive as long as the triggers are.
+    watchers: Vec<notify::RecommendedWatcher>,
+}
+
+impl Triggers {
+    /// SIGHUP triggers, until `shutdown`.
+    pub fn new(shutdown: &CancellationToken) -> Result<Triggers> {
+        let (tx, rx) = mpsc::channel(16);
+        spawn_sighup(tx.clone(), shutdown.clone())?;
+        Ok(Triggers {
+            tx,
+            rx,
+            watchers: Vec::new(),
+        })
+    }
+
+    pub fn watch_file(&mut self, path: &Path, reason: &'static str) -> Result<()> {
+        self.watchers
+            .push(watch_file(path, reason, self.tx.clone())?);
+        Ok(())
+    }
+
+    pub fn watch_tree(&mut self, dir: &Path, reason: &'static str) -> Result<()> {
+        self.watchers
+            .push(watch_tree(dir, reason, self.tx.clone())?);
+        Ok(())
+    }
+
+    /// The next reason to reload, once the burst of events one write
+    /// produces has settled; `None` at shutdown.
+    pub async fn next(&mut self, shutdown: &CancellationToken) -> Option<&'static str> {
+        let reason = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            reason = self.rx.recv() => reason?,
+        };
+        tokio::time::sleep(SETTLE).await;
+        while self.rx.try_recv().is_ok() {}
+        Some(reason)
+    }
+}
+
+fn spawn_sighup(tx: mpsc::Sender<&'static str>, shutdown: CancellationToken) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     tokio::spawn(async move {
@@ -224,7 +256,7 @@ pub(crate) fn spawn_sighup(
 
 /// Watches a file's directory, not the file: an atomic rename replaces the
 /// file's inode, which a watch on the file itself would lose.
-pub(crate) fn watch_file(
+fn watch_file(
     path: &Path,
     reason: &'static str,
     tx: mpsc::Sender<&'static str>,

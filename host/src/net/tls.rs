@@ -5,13 +5,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::reload::Triggers;
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -62,9 +62,7 @@ impl TlsServer {
 
     /// Reloads when a file changes (unless `watch` is false) and on SIGHUP.
     pub fn spawn_reloads(self: Arc<Self>, watch: bool, shutdown: CancellationToken) -> Result<()> {
-        let (tx, mut rx) = mpsc::channel::<&'static str>(16);
-        crate::reload::spawn_sighup(tx.clone(), shutdown.clone())?;
-        let mut watchers = Vec::new();
+        let mut triggers = Triggers::new(&shutdown)?;
         if watch {
             let files = [
                 Some(&self.files.cert),
@@ -72,22 +70,11 @@ impl TlsServer {
                 self.files.client_ca.as_ref(),
             ];
             for file in files.into_iter().flatten() {
-                watchers.push(crate::reload::watch_file(
-                    file,
-                    "TLS file changed",
-                    tx.clone(),
-                )?);
+                triggers.watch_file(file, "TLS file changed")?;
             }
         }
         tokio::spawn(async move {
-            let _watchers = watchers;
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    got = rx.recv() => if got.is_none() { return },
-                }
-                tokio::time::sleep(crate::reload::SETTLE).await;
-                while rx.try_recv().is_ok() {}
+            while triggers.next(&shutdown).await.is_some() {
                 self.reload();
             }
         });
