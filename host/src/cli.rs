@@ -317,6 +317,17 @@ pub struct SandboxArgs {
 }
 
 impl SandboxArgs {
+    /// The flags' defaults, as a command line without them gives.
+    #[cfg(test)]
+    pub fn defaults() -> SandboxArgs {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            sandbox: SandboxArgs,
+        }
+        Only::parse_from(["spoa-host"]).sandbox
+    }
+
     pub fn to_config(&self) -> SandboxConfig {
         SandboxConfig {
             call_timeout: self.guest_timeout,

@@ -280,10 +280,6 @@ fn resolve_guest(
             }
         }
     }
-    let duration = |text: &Option<String>, default: Duration, key: &str| match text {
-        Some(text) => parse_duration(text).map_err(|err| format!("{key}: {err}")),
-        None => Ok(default),
-    };
     let mut sandbox = defaults.to_config();
     sandbox.call_timeout = duration(&table.timeout, sandbox.call_timeout, "timeout")?;
     if sandbox.call_timeout.is_zero() {
@@ -360,6 +356,14 @@ fn resolve_guest(
     })
 }
 
+/// The duration `text` says, or `default` when the key is absent.
+fn duration(text: &Option<String>, default: Duration, key: &str) -> Result<Duration, String> {
+    match text {
+        Some(text) => parse_duration(text).map_err(|err| format!("{key}: {err}")),
+        None => Ok(default),
+    }
+}
+
 /// Batches that may wait for a guest's permits by default.
 pub fn default_queue(concurrency: u32) -> u32 {
     concurrency.saturating_mul(4)
@@ -390,10 +394,6 @@ fn resolve_policy(table: &FailureTable, error_var: Option<&str>) -> Result<Failu
     let ratio = |value: Option<f64>, default: f64, key: &str| match value {
         Some(r) if (0.0..=1.0).contains(&r) => Ok(r),
         Some(_) => Err(format!("{key}: must be between 0 and 1")),
-        None => Ok(default),
-    };
-    let duration = |text: &Option<String>, default: Duration, key: &str| match text {
-        Some(text) => parse_duration(text).map_err(|err| format!("{key}: {err}")),
         None => Ok(default),
     };
     let quarantine = if table.quarantine.unwrap_or(true) {
@@ -462,19 +462,14 @@ pub const SINGLE_GUEST_NAME: &str = "default";
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    fn defaults() -> SandboxArgs {
-        #[derive(Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            sandbox: SandboxArgs,
-        }
-        Wrapper::parse_from(["x"]).sandbox
-    }
 
     fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
-        AgentConfig::parse(Path::new("/etc/spoa/agent.toml"), text, &defaults(), None)
+        AgentConfig::parse(
+            Path::new("/etc/spoa/agent.toml"),
+            text,
+            &SandboxArgs::defaults(),
+            None,
+        )
     }
 
     const TWO_GUESTS: &str = r#"

@@ -195,14 +195,13 @@ mod tests {
     use std::path::Path;
 
     fn config(text: &str) -> AgentConfig {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Defaults {
-            #[command(flatten)]
-            sandbox: SandboxArgs,
-        }
-        let defaults = Defaults::parse_from(["x"]).sandbox;
-        AgentConfig::parse(Path::new("agent.toml"), text, &defaults, None).expect("valid")
+        AgentConfig::parse(
+            Path::new("agent.toml"),
+            text,
+            &SandboxArgs::defaults(),
+            None,
+        )
+        .expect("valid")
     }
 
     const TWO: &str = r#"
