@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::agent::{Agent, run_host};
-use support::haproxy::{self, haproxy_binary, haproxy_version};
+use support::agent::Agent;
+use support::haproxy::{self, haproxy_binary};
 use support::http::{self, metric_value, scrape_metrics};
 use support::{artifact, eventually, free_port, iprep_guest};
 
@@ -63,15 +63,11 @@ backend app
 "#;
 
 fn install(dir: &std::path::Path, source: &std::path::Path, name: &str) {
-    let aside = dir.join(format!(".{name}.new"));
-    std::fs::copy(source, &aside).expect("copying");
-    std::fs::rename(&aside, dir.join(name)).expect("renaming");
+    support::install(source, &dir.join(name));
 }
 
 fn write(dir: &std::path::Path, name: &str, text: &str) {
-    let aside = dir.join(format!(".{name}.new"));
-    std::fs::write(&aside, text).expect("writing");
-    std::fs::rename(&aside, dir.join(name)).expect("renaming");
+    support::write_atomically(&dir.join(name), text);
 }
 
 /// What the request loop saw: UA scores in order, and any response that
@@ -107,24 +103,8 @@ fn two_guests_score_the_same_request_and_reload_one_at_a_time_without_a_lost_sco
         "haproxy-side.toml",
         &AGENT_CONFIG.replace("SERVERS", &format!("servers = [\"{}\"]", agent.addr())),
     );
-    let version = if haproxy_version(&binary) >= (3, 1) {
-        "3"
-    } else {
-        "2.6"
-    };
-    let generate = |section: &str| {
-        let output = run_host(&[
-            "haproxy-config",
-            "--config",
-            &dir.join("haproxy-side.toml").display().to_string(),
-            "--haproxy",
-            version,
-            "--section",
-            section,
-        ]);
-        assert!(output.status.success(), "{output:?}");
-        String::from_utf8(output.stdout).expect("utf-8")
-    };
+    let haproxy_side = dir.join("haproxy-side.toml");
+    let generate = |section: &str| haproxy::generated_config(&binary, &haproxy_side, section);
     let spoe = generate("spoe");
     let config = format!("{FRONTEND}\n{}", generate("backend"));
     let proxy = haproxy::start_files(&binary, &[("haproxy.cfg", config), ("spoe.conf", spoe)]);

@@ -33,21 +33,16 @@ impl Setup {
         self.dir.path().join(name)
     }
 
-    /// Installs `source` as `name` atomically (write aside, rename), as a
-    /// deploy tool would.
+    /// Installs `source` as `name`, as a deploy tool would.
     fn install(&self, source: &Path, name: &str) -> PathBuf {
         let target = self.path(name);
-        let aside = self.path(&format!(".{name}.new"));
-        std::fs::copy(source, &aside).expect("copying the module");
-        std::fs::rename(&aside, &target).expect("renaming the module");
+        support::install(source, &target);
         target
     }
 
     fn write_config(&self, text: &str) -> PathBuf {
         let target = self.path("agent.toml");
-        let aside = self.path(".agent.toml.new");
-        std::fs::write(&aside, text).expect("writing the config");
-        std::fs::rename(&aside, &target).expect("renaming the config");
+        support::write_atomically(&target, text);
         target
     }
 
@@ -556,24 +551,7 @@ fn haproxy_config_prints_what_haproxy_accepts() {
     let config = setup.write_config(&format!(
         "{ROUTING}\n[guest.spoe.check-user-agent]\nargs = [\"ua=req.hdr(user-agent)\"]\n"
     ));
-    let version = if support::haproxy::haproxy_version(&haproxy) >= (3, 1) {
-        "3"
-    } else {
-        "2.6"
-    };
-    let section = |name: &str| {
-        let output = run_host(&[
-            "haproxy-config",
-            "--config",
-            &config.display().to_string(),
-            "--haproxy",
-            version,
-            "--section",
-            name,
-        ]);
-        assert!(output.status.success(), "{output:?}");
-        String::from_utf8(output.stdout).expect("utf-8")
-    };
+    let section = |name: &str| support::haproxy::generated_config(&haproxy, &config, name);
     let spoe = section("spoe");
     std::fs::write(setup.path("spoe.conf"), &spoe).expect("writing");
     let cfg = format!(

@@ -152,6 +152,25 @@ impl Pki {
     }
 }
 
+impl Pki {
+    /// An agent requiring client certificates from `ca.pem`, and HAProxy
+    /// connecting to it over TLS with `client_bundle` (or no certificate).
+    fn agent_behind_haproxy(
+        &self,
+        binary: &Path,
+        client_bundle: Option<&str>,
+    ) -> (Agent, SocketAddr, haproxy::Haproxy) {
+        let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let agent = Agent::start_with(&self.agent_args(metrics));
+        let mut options = format!("ssl verify required ca-file {}", self.path("ca.pem"));
+        if let Some(bundle) = client_bundle {
+            options.push_str(&format!(" crt {}", self.path(bundle)));
+        }
+        let proxy = start_haproxy(binary, &agent.addr().to_string(), &options);
+        (agent, metrics, proxy)
+    }
+}
+
 /// The example HAProxy configuration with the agent's `server` line given
 /// `options` (TLS) or another address (`unix@…`).
 fn start_haproxy(binary: &Path, agent: &str, options: &str) -> haproxy::Haproxy {
@@ -176,17 +195,7 @@ fn haproxy_scores_over_mutual_tls() {
         return;
     };
     let pki = Pki::new();
-    let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let agent = Agent::start_with(&pki.agent_args(metrics));
-    let proxy = start_haproxy(
-        &binary,
-        &agent.addr().to_string(),
-        &format!(
-            "ssl verify required ca-file {} crt {}",
-            pki.path("ca.pem"),
-            pki.path("client-bundle.pem")
-        ),
-    );
+    let (agent, metrics, proxy) = pki.agent_behind_haproxy(&binary, Some("client-bundle.pem"));
     assert!(
         eventually(Duration::from_secs(10), || scored(&proxy)),
         "no score over mutual TLS; haproxy log:\n{}\nagent log:\n{}",
@@ -214,17 +223,7 @@ fn a_client_certificate_from_another_ca_is_refused_and_haproxy_marks_the_agent_d
         return;
     };
     let pki = Pki::new();
-    let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let agent = Agent::start_with(&pki.agent_args(metrics));
-    let proxy = start_haproxy(
-        &binary,
-        &agent.addr().to_string(),
-        &format!(
-            "ssl verify required ca-file {} crt {}",
-            pki.path("ca.pem"),
-            pki.path("stranger-bundle.pem")
-        ),
-    );
+    let (agent, metrics, proxy) = pki.agent_behind_haproxy(&binary, Some("stranger-bundle.pem"));
     assert!(
         eventually(Duration::from_secs(10), || proxy
             .log_text()
@@ -385,13 +384,7 @@ fn a_peer_without_a_client_certificate_is_refused() {
         return;
     };
     let pki = Pki::new();
-    let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let agent = Agent::start_with(&pki.agent_args(metrics));
-    let proxy = start_haproxy(
-        &binary,
-        &agent.addr().to_string(),
-        &format!("ssl verify required ca-file {}", pki.path("ca.pem")),
-    );
+    let (_agent, metrics, proxy) = pki.agent_behind_haproxy(&binary, None);
     assert!(
         eventually(Duration::from_secs(10), || proxy
             .log_text()
@@ -429,17 +422,7 @@ fn certificates_are_reloaded_when_they_change_and_sessions_in_progress_go_on() {
         return;
     };
     let pki = Pki::new();
-    let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let agent = Agent::start_with(&pki.agent_args(metrics));
-    let proxy = start_haproxy(
-        &binary,
-        &agent.addr().to_string(),
-        &format!(
-            "ssl verify required ca-file {} crt {}",
-            pki.path("ca.pem"),
-            pki.path("client-bundle.pem")
-        ),
-    );
+    let (agent, _metrics, proxy) = pki.agent_behind_haproxy(&binary, Some("client-bundle.pem"));
     assert!(eventually(Duration::from_secs(10), || scored(&proxy)));
     assert!(served_subject(&pki, agent.addr()).contains("server"));
 

@@ -41,6 +41,27 @@ pub fn haproxy_version(binary: &PathBuf) -> (u32, u32) {
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
+/// `spoa-host haproxy-config --config CONFIG --section SECTION` for the
+/// installed HAProxy's version.
+pub fn generated_config(binary: &PathBuf, config: &std::path::Path, section: &str) -> String {
+    let version = if haproxy_version(binary) >= (3, 1) {
+        "3"
+    } else {
+        "2.6"
+    };
+    let output = super::agent::run_host(&[
+        "haproxy-config",
+        "--config",
+        &config.display().to_string(),
+        "--haproxy",
+        version,
+        "--section",
+        section,
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
 /// The examples directory matching the installed HAProxy.
 pub fn examples_dir(binary: &PathBuf) -> PathBuf {
     let (major, minor) = haproxy_version(binary);

@@ -83,3 +83,27 @@ pub fn hostile_guest(version: char) -> PathBuf {
 pub fn source_fixture(name: &str) -> PathBuf {
     workspace_root().join("tests").join("fixtures").join(name)
 }
+
+/// Puts `source`'s content at `target` as a deploy tool would: written
+/// aside, then renamed over it (one atomic change for the watchers).
+pub fn install(source: &std::path::Path, target: &std::path::Path) {
+    let aside = aside(target);
+    std::fs::copy(source, &aside).expect("copying aside");
+    std::fs::rename(&aside, target).expect("renaming into place");
+}
+
+/// Writes `text` to `target` the same way.
+pub fn write_atomically(target: &std::path::Path, text: &str) {
+    let aside = aside(target);
+    std::fs::write(&aside, text).expect("writing aside");
+    std::fs::rename(&aside, target).expect("renaming into place");
+}
+
+fn aside(target: &std::path::Path) -> PathBuf {
+    let name = target
+        .file_name()
+        .expect("a file name")
+        .to_string_lossy()
+        .into_owned();
+    target.with_file_name(format!(".{name}.new"))
+}
