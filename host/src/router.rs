@@ -23,22 +23,17 @@ const MAX_LOGGED_UNROUTED: usize = 1024;
 pub struct GuestSet {
     guests: Vec<Arc<GuestExecutor>>,
     routes: HashMap<Bytes, usize>,
-    /// The guest answering every message (the one-guest `--module` form).
-    catch_all: Option<usize>,
 }
 
 impl GuestSet {
-    /// `guests[i]` answers `messages[i]`; an empty list means every message.
+    /// `guests[i]` answers `messages[i]` (the `--module` form, which answers
+    /// every message, is served without a router).
     pub fn new(guests: Vec<(Arc<GuestExecutor>, Vec<String>)>) -> GuestSet {
         let mut routes = HashMap::new();
-        let mut catch_all = None;
         let executors = guests
             .into_iter()
             .enumerate()
             .map(|(index, (executor, messages))| {
-                if messages.is_empty() {
-                    catch_all = Some(index);
-                }
                 for message in messages {
                     routes.insert(Bytes::from(message), index);
                 }
@@ -48,19 +43,11 @@ impl GuestSet {
         GuestSet {
             guests: executors,
             routes,
-            catch_all,
         }
-    }
-
-    pub fn guests(&self) -> &[Arc<GuestExecutor>] {
-        &self.guests
     }
 
     /// The index of the guest answering `name`.
     fn route(&self, name: &[u8]) -> Option<usize> {
-        if let Some(index) = self.catch_all {
-            return Some(index);
-        }
         self.routes.get(name).copied()
     }
 }
@@ -79,10 +66,6 @@ impl Router {
             metrics,
             logged_unrouted: Mutex::new(HashSet::new()),
         }
-    }
-
-    pub fn current(&self) -> Arc<GuestSet> {
-        self.set.load_full()
     }
 
     /// Makes `set` answer the next batches.
@@ -108,10 +91,6 @@ impl Router {
 impl Handler for Router {
     fn handle_batch<'a>(&'a self, messages: &'a [spop::Message]) -> BatchFuture<'a> {
         let set = self.set.load_full();
-        if let Some(index) = set.catch_all {
-            let guest = set.guests[index].clone();
-            return Box::pin(async move { guest.handle_batch(messages).await });
-        }
         let routes: Vec<Option<usize>> = messages.iter().map(|m| set.route(&m.name)).collect();
         // The common case: the whole batch goes to one guest.
         if let Some(&Some(first)) = routes.first()
@@ -132,25 +111,22 @@ impl Handler for Router {
                 set.guests
                     .iter()
                     .zip(&per_guest)
-                    .filter(|(_, batch)| !batch.is_empty())
-                    .map(|(guest, batch)| guest.handle_batch(batch)),
+                    .enumerate()
+                    .filter(|(_, (_, batch))| !batch.is_empty())
+                    .map(|(index, (guest, batch))| async move {
+                        (index, guest.handle_batch(batch).await)
+                    }),
             )
             .await;
             let mut label = String::new();
             let mut answers_by_guest: Vec<Option<std::vec::IntoIter<MessageOutcome>>> =
                 (0..set.guests.len()).map(|_| None).collect();
-            let mut answers = answers.into_iter();
-            for (index, batch) in per_guest.iter().enumerate() {
-                if batch.is_empty() {
-                    continue;
+            for (index, BatchOutcome { handler, outcomes }) in answers {
+                if !label.is_empty() {
+                    label.push('+');
                 }
-                if let Some(BatchOutcome { handler, outcomes }) = answers.next() {
-                    if !label.is_empty() {
-                        label.push('+');
-                    }
-                    label.push_str(&handler);
-                    answers_by_guest[index] = Some(outcomes.into_iter());
-                }
+                label.push_str(&handler);
+                answers_by_guest[index] = Some(outcomes.into_iter());
             }
             let outcomes = routes
                 .iter()
