@@ -216,7 +216,12 @@ pub fn run(args: &CallArgs) -> anyhow::Result<bool> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let sandbox = Sandbox::new(args.sandbox.to_config())?;
+        let kv_spec = args
+            .kv
+            .spec(&Default::default())
+            .map_err(anyhow::Error::msg)?;
+        let kv = crate::kv::KvStore::open(&kv_spec).map_err(anyhow::Error::msg)?;
+        let sandbox = Sandbox::new(args.sandbox.to_config(), kv)?;
         let module = crate::reload::load(&sandbox, None, &args.module, &args.sandbox.grants())
             .await
             .map_err(|err| crate::run::rejected(&args.module, err))?

@@ -112,6 +112,8 @@ pub struct CallArgs {
     pub cases: Option<PathBuf>,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+    #[command(flatten)]
+    pub kv: KvArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -200,6 +202,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub sandbox: SandboxArgs,
 
+    #[command(flatten)]
+    pub kv: KvArgs,
+
     /// A peer must complete HELLO within this time, or gets DISCONNECT
     /// status 2 (timeout).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
@@ -245,6 +250,70 @@ pub struct ServeArgs {
     #[cfg(feature = "native-iprep")]
     #[arg(long, conflicts_with_all = ["module", "config"])]
     pub native_iprep: bool,
+}
+
+/// Where guests' shared state (`wasi:keyvalue`) lives.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct KvArgs {
+    /// The key-value store guests share: `memory` (in this process, the
+    /// default) or `redis://HOST:PORT[/DB]` (shared by every agent using that
+    /// Redis; connects lazily, reconnects by itself).
+    #[arg(long, value_name = "memory|redis://HOST:PORT")]
+    pub kv: Option<String>,
+
+    /// Most memory the in-process store holds, counting keys, values and 96
+    /// bytes per entry (default 64MiB); past it, the least recently used
+    /// entries are evicted.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub kv_memory: Option<usize>,
+
+    /// Prefix of every Redis key (default `spoa:`): keys are
+    /// PREFIX BUCKET:KEY.
+    #[arg(long, value_name = "PREFIX")]
+    pub kv_prefix: Option<String>,
+}
+
+/// The in-process store's default size.
+pub const DEFAULT_KV_MEMORY: usize = 64 << 20;
+/// The default prefix of Redis keys.
+pub const DEFAULT_KV_PREFIX: &str = "spoa:";
+
+impl KvArgs {
+    /// The backend these flags name, the file's settings filling what the
+    /// flags leave out.
+    pub fn spec(&self, file: &KvArgs) -> Result<crate::kv::KvBackendSpec, String> {
+        use crate::kv::KvBackendSpec;
+        let kv = self
+            .kv
+            .as_deref()
+            .or(file.kv.as_deref())
+            .unwrap_or("memory");
+        let limit_bytes = self
+            .kv_memory
+            .or(file.kv_memory)
+            .unwrap_or(DEFAULT_KV_MEMORY);
+        let prefix = self
+            .kv_prefix
+            .as_deref()
+            .or(file.kv_prefix.as_deref())
+            .unwrap_or(DEFAULT_KV_PREFIX);
+        if kv == "memory" {
+            return Ok(KvBackendSpec::Memory { limit_bytes });
+        }
+        if kv.starts_with("redis://")
+            || kv.starts_with("rediss://")
+            || kv.starts_with("redis+unix://")
+        {
+            crate::kv::redis::validate_prefix(prefix)?;
+            return Ok(KvBackendSpec::Redis {
+                url: kv.to_owned(),
+                prefix: prefix.to_owned(),
+            });
+        }
+        Err(format!(
+            "--kv `{kv}`: expected `memory` or a redis://HOST:PORT address"
+        ))
+    }
 }
 
 impl ServeArgs {
@@ -314,6 +383,11 @@ pub struct SandboxArgs {
     /// An argument of the smoke message, repeatable (NAME=TYPE:VALUE).
     #[arg(long = "smoke-arg", value_name = "NAME=TYPE:VALUE", value_parser = parse_typed_arg, requires = "smoke_message")]
     pub smoke_args: Vec<spop::Arg>,
+
+    /// A wasi:keyvalue bucket the guest may open, repeatable; `*` grants
+    /// every bucket. Default: `default` only (the empty name opens it too).
+    #[arg(long = "kv-bucket", value_name = "NAME", value_parser = parse_bucket_grant)]
+    pub kv_buckets: Vec<String>,
 }
 
 impl SandboxArgs {
@@ -360,6 +434,8 @@ impl SandboxArgs {
             config_file: self.guest_config_file.clone(),
             data_dir: self.guest_data.clone(),
             smoke_message,
+            // Each name was validated by `parse_bucket_grant`.
+            kv_buckets: crate::kv::BucketGrants::from_names(&self.kv_buckets).unwrap_or_default(),
         }
     }
 }
@@ -477,6 +553,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 /// Parses `16MiB`, `512KiB`, `1GiB`, `1048576` (bytes).
+fn parse_bucket_grant(text: &str) -> Result<String, String> {
+    if text != "*" {
+        crate::kv::validate_bucket_name(text)?;
+    }
+    Ok(text.to_owned())
+}
+
 pub fn parse_size(text: &str) -> Result<usize, String> {
     let text = text.trim();
     let split = text

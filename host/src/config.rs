@@ -41,6 +41,10 @@ struct FileConfig {
     workers: Option<u16>,
     max_frame_size: Option<u32>,
     metrics_address: Option<SocketAddr>,
+    /// `kv = "redis://…"` or `"memory"`, as `--kv`.
+    kv: Option<String>,
+    kv_memory: Option<String>,
+    kv_prefix: Option<String>,
     #[serde(default)]
     haproxy: HaproxyTable,
     #[serde(default, rename = "guest")]
@@ -82,6 +86,9 @@ struct GuestTable {
     smoke_message: Option<String>,
     #[serde(default)]
     smoke_args: Vec<String>,
+    /// The wasi:keyvalue buckets it may open (default: `--kv-bucket`, else
+    /// `default`).
+    kv_buckets: Option<Vec<String>>,
     #[serde(default)]
     on_failure: FailureTable,
     #[serde(default)]
@@ -157,6 +164,8 @@ pub struct AgentConfig {
     pub workers: Option<u16>,
     pub max_frame_size: Option<u32>,
     pub metrics_address: Option<SocketAddr>,
+    /// The shared store's settings (the command line's flags win).
+    pub kv: crate::cli::KvArgs,
     pub haproxy: HaproxyTable,
     pub guests: Vec<GuestSpec>,
 }
@@ -211,7 +220,20 @@ impl AgentConfig {
             guests.push(spec);
         }
         check_unique(&guests).map_err(invalid)?;
+        let kv = crate::cli::KvArgs {
+            kv: file.kv,
+            kv_memory: file
+                .kv_memory
+                .as_deref()
+                .map(crate::cli::parse_size)
+                .transpose()
+                .map_err(|err| invalid(format!("kv-memory: {err}")))?,
+            kv_prefix: file.kv_prefix,
+        };
+        kv.spec(&crate::cli::KvArgs::default())
+            .map_err(|err| invalid(format!("kv: {err}")))?;
         Ok(AgentConfig {
+            kv,
             path: path.to_path_buf(),
             address: file.address,
             port: file.port,
@@ -337,11 +359,17 @@ fn resolve_guest(
             Ok((key, text))
         })
         .collect::<Result<_, _>>()?;
+    let kv_buckets = match &table.kv_buckets {
+        Some(names) => crate::kv::BucketGrants::from_names(names)
+            .map_err(|err| format!("kv-buckets: {err}"))?,
+        None => defaults.grants().kv_buckets,
+    };
     let grants = GrantSources {
         config_pairs,
         config_file: table.config_file.map(|file| base.join(file)),
         data_dir: table.data.map(|dir| base.join(dir)),
         smoke_message,
+        kv_buckets,
     };
     let policy = resolve_policy(&table.on_failure, error_var)?;
     Ok(GuestSpec {

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::SandboxArgs;
 use crate::config::{AgentConfig, GuestSpec};
 use crate::exec::GuestExecutor;
+use crate::kv::KvStore;
 use crate::metrics::Metrics;
 use crate::reload::{Loaded, Reloader, Triggers, load, log_loaded};
 use crate::router::{GuestSet, Router};
@@ -46,6 +47,8 @@ pub struct GuestRuntime {
     /// one fewer than the data-plane threads, at least one, so a guest whose
     /// calls all run to their deadline always leaves a thread to the others.
     pub long_call_slots: u32,
+    /// The store every guest shares (`wasi:keyvalue`).
+    pub kv: KvStore,
 }
 
 impl GuestRuntime {
@@ -56,7 +59,7 @@ impl GuestRuntime {
             long_call_slots: self.long_call_slots,
             ..spec.sandbox.clone()
         };
-        let sandbox = Sandbox::new(sandbox_config)
+        let sandbox = Sandbox::new(sandbox_config, self.kv.clone())
             .with_context(|| format!("guest `{}`: creating its sandbox", spec.name))?;
         let started = Instant::now();
         let metrics = self.metrics.guest(&spec.name);
@@ -244,7 +247,8 @@ impl ConfigReloader {
             || config.port != self.config.port
             || config.workers != self.config.workers
             || config.max_frame_size != self.config.max_frame_size
-            || config.metrics_address != self.config.metrics_address;
+            || config.metrics_address != self.config.metrics_address
+            || config.kv != self.config.kv;
         if settings_changed {
             tracing::warn!(
                 "global settings of the configuration file changed; they apply at the next start"

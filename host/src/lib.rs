@@ -15,6 +15,7 @@ pub mod config;
 pub mod exec;
 pub mod guests;
 pub mod haproxy_config;
+pub mod kv;
 pub mod metrics;
 pub mod metrics_http;
 #[cfg(feature = "native-iprep")]

@@ -13,6 +13,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::agent::FailureKind;
+use crate::kv::{KvFailureCause, KvStats, KvStore};
 use crate::sandbox::{LoadFailureCause, ModuleIdentity};
 use crate::spop::{FrameType, Status};
 
@@ -60,6 +61,11 @@ impl RefusalReason {
             RefusalReason::Tls => "tls",
         }
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    cause: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -116,6 +122,93 @@ pub struct Metrics {
     disconnects: Family<StatusLabels, Counter>,
     disconnect_handles: Vec<(Status, Counter)>,
     guests: GuestFamilies,
+    kv: KvSeries,
+    /// The store whose figures are read at each scrape.
+    kv_store: Mutex<Option<KvStore>>,
+}
+
+/// The shared key-value store's series, set from [`KvStore::stats`] at each
+/// scrape (the store counts under its own locks; nothing here is on its
+/// hot path).
+struct KvSeries {
+    entries: Gauge,
+    bytes: Gauge,
+    limit_bytes: Gauge,
+    evictions: Counter,
+    expired: Counter,
+    failures: [Counter; KvFailureCause::ALL.len()],
+    reconnects: Counter,
+}
+
+impl KvSeries {
+    fn register(registry: &mut Registry) -> KvSeries {
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let gauge = Gauge::default();
+            registry.register(name, help, gauge.clone());
+            gauge
+        };
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let counter = Counter::default();
+            registry.register(name, help, counter.clone());
+            counter
+        };
+        let failures = Family::<CauseLabels, Counter>::default();
+        registry.register(
+            "kv_failures",
+            "Guest key-value calls that failed, by cause: unavailable (store unreachable), timeout (past the call's deadline), invalid (the call was wrong)",
+            failures.clone(),
+        );
+        KvSeries {
+            entries: gauge(
+                registry,
+                "kv_entries",
+                "Entries in the in-process key-value store",
+            ),
+            bytes: gauge(
+                registry,
+                "kv_bytes",
+                "Bytes held by the in-process key-value store (keys, values, 96 per entry)",
+            ),
+            limit_bytes: gauge(
+                registry,
+                "kv_limit_bytes",
+                "Most bytes the in-process key-value store holds (--kv-memory)",
+            ),
+            evictions: counter(
+                registry,
+                "kv_evictions",
+                "Live entries evicted (least recently used) to make room",
+            ),
+            expired: counter(registry, "kv_expired", "Expired entries removed"),
+            failures: KvFailureCause::ALL.map(|cause| {
+                failures
+                    .get_or_create(&CauseLabels {
+                        cause: cause.name(),
+                    })
+                    .clone()
+            }),
+            reconnects: counter(
+                registry,
+                "kv_reconnects",
+                "Times the Redis store came back after failing",
+            ),
+        }
+    }
+
+    fn update(&self, stats: &KvStats) {
+        let raise = |counter: &Counter, to: u64| {
+            counter.inc_by(to.saturating_sub(counter.get()));
+        };
+        self.entries.set(stats.entries as i64);
+        self.bytes.set(stats.bytes as i64);
+        self.limit_bytes.set(stats.limit_bytes as i64);
+        raise(&self.evictions, stats.evictions);
+        raise(&self.expired, stats.expired);
+        for (counter, &count) in self.failures.iter().zip(stats.failures.iter()) {
+            raise(counter, count);
+        }
+        raise(&self.reconnects, stats.reconnects);
+    }
 }
 
 /// The per-guest series, labelled `guest`.
@@ -227,6 +320,7 @@ impl Metrics {
             config_reloads.clone(),
         );
         let guests = GuestFamilies::register(&mut registry);
+        let kv = KvSeries::register(&mut registry);
 
         Metrics {
             registry,
@@ -243,7 +337,14 @@ impl Metrics {
             disconnects,
             disconnect_handles,
             guests,
+            kv,
+            kv_store: Mutex::new(None),
         }
+    }
+
+    /// Shows `store`'s figures (`spoa_kv_*`) from now on.
+    pub fn watch_kv(&self, store: KvStore) {
+        *self.kv_store.lock().unwrap_or_else(|p| p.into_inner()) = Some(store);
     }
 
     /// Adds what one batch of NOTIFY frames did. Connections count locally
@@ -305,6 +406,9 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        if let Some(store) = &*self.kv_store.lock().unwrap_or_else(|p| p.into_inner()) {
+            self.kv.update(&store.stats());
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -10,10 +10,13 @@ use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{AgentContext, ConnectionSettings, Handler};
-use crate::cli::{Cli, Command, DEFAULT_ADDRESS, DEFAULT_PORT, LogFormat, SandboxArgs, ServeArgs};
+use crate::cli::{
+    Cli, Command, DEFAULT_ADDRESS, DEFAULT_PORT, KvArgs, LogFormat, SandboxArgs, ServeArgs,
+};
 use crate::config::{AgentConfig, single_guest};
 use crate::exec::start_data_plane;
 use crate::guests::{ConfigReloader, Guest, GuestRuntime, start_router, start_single};
+use crate::kv::KvStore;
 use crate::metrics::Metrics;
 use crate::net::{AllowList, Listeners, TlsFiles, TlsServer, UnixSettings};
 use crate::reload::load;
@@ -65,7 +68,7 @@ fn check(path: &std::path::Path, sandbox_args: &SandboxArgs) -> Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async {
-        let sandbox = Sandbox::new(sandbox_args.to_config())?;
+        let sandbox = Sandbox::new(sandbox_args.to_config(), KvStore::scratch())?;
         let started = Instant::now();
         let module = load(&sandbox, None, path, &sandbox_args.grants())
             .await
@@ -146,7 +149,21 @@ async fn serve_async(
     });
     let max_frame_size =
         args.max_frame_size_or_default(config.as_ref().and_then(|c| c.max_frame_size));
+    let kv_spec = args
+        .kv
+        .spec(config.as_ref().map_or(&KvArgs::default(), |c| &c.kv))
+        .map_err(anyhow::Error::msg)?;
+    // On the data plane: a Redis connection is driven where the guest calls
+    // that use it run, never on the control plane.
+    let kv = data_plane
+        .spawn(async move { KvStore::open(&kv_spec) })
+        .await
+        .context("opening the key-value store")?
+        .map_err(anyhow::Error::msg)?;
+    tracing::info!(store = %kv.describe(), "guest key-value store");
+    metrics.watch_kv(kv.clone());
     let runtime = GuestRuntime {
+        kv,
         data_plane: data_plane.clone(),
         metrics: metrics.clone(),
         watch: !args.no_watch,

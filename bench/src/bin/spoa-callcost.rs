@@ -32,6 +32,9 @@ struct Args {
     expect_actions: usize,
     #[command(flatten)]
     sandbox: SandboxArgs,
+    /// The guests' key-value store (`--kv redis://…` to measure Redis).
+    #[command(flatten)]
+    kv: spoa_host::cli::KvArgs,
 }
 
 fn main() -> Result<()> {
@@ -62,7 +65,12 @@ fn main() -> Result<()> {
         let mut sandbox_args = args.sandbox.clone();
         sandbox_args.fresh_instance = fresh;
         runtime.block_on(async {
-            let sandbox = Sandbox::new(sandbox_args.to_config())?;
+            let kv_spec = args
+                .kv
+                .spec(&Default::default())
+                .map_err(anyhow::Error::msg)?;
+            let kv = spoa_host::kv::KvStore::open(&kv_spec).map_err(anyhow::Error::msg)?;
+            let sandbox = Sandbox::new(sandbox_args.to_config(), kv)?;
             let load_started = Instant::now();
             let module =
                 spoa_host::reload::load(&sandbox, None, &args.module, &sandbox_args.grants())

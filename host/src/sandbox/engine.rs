@@ -11,6 +11,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use super::bindings::Handler;
 use super::state::GuestState;
+use crate::kv::KvStore;
 
 /// Instances a reload may hold on top of the serving ones: its smoke call,
 /// and a `spoa-host check` or `call` in the same process.
@@ -56,6 +57,8 @@ pub struct Sandbox {
     pub(crate) deadline_ticks: u64,
     /// See [`SandboxConfig::long_call_slots`].
     pub(crate) long_calls: Arc<LongCalls>,
+    /// The agent's shared key-value store.
+    pub(crate) kv: KvStore,
 }
 
 /// A guest's long-call slots: the share of the data plane its calls that
@@ -78,7 +81,8 @@ impl LongCalls {
 }
 
 impl Sandbox {
-    pub fn new(config: SandboxConfig) -> Result<Sandbox> {
+    /// A sandbox whose guests share `kv` (`wasi:keyvalue`).
+    pub fn new(config: SandboxConfig, kv: KvStore) -> Result<Sandbox> {
         let mut wasm_config = Config::new();
         wasm_config.wasm_component_model(true);
         // Deadlines by epoch: a counter bump from a ticker thread, checked at
@@ -126,6 +130,7 @@ impl Sandbox {
             long_calls: Arc::new(LongCalls::new(config.long_call_slots)),
             config: Arc::new(config),
             deadline_ticks,
+            kv,
         })
     }
 }

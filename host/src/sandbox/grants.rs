@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::module::GuestSettings;
 use super::state::GuestConfig;
+use crate::kv::BucketGrants;
 use crate::spop;
 
 /// Most files of the data directory looked at for its fingerprint.
@@ -25,6 +26,8 @@ pub struct GrantSources {
     pub data_dir: Option<PathBuf>,
     /// `--smoke-message` (and its arguments).
     pub smoke_message: spop::Message,
+    /// `--kv-bucket`: the buckets the guest may open.
+    pub kv_buckets: BucketGrants,
 }
 
 impl GrantSources {
@@ -58,6 +61,7 @@ impl GrantSources {
             config: Arc::new(config),
             data_dir: self.data_dir.clone(),
             smoke_message: self.smoke_message.clone(),
+            kv_grants: Arc::new(self.kv_buckets.clone()),
         })
     }
 }
@@ -85,6 +89,8 @@ impl GuestSettings {
             hasher.update(value.as_bytes());
             hasher.update([0]);
         }
+        hasher.update(self.kv_grants.describe().as_bytes());
+        hasher.update([0]);
         if let Some(dir) = &self.data_dir {
             let mut seen = 0;
             hash_tree(dir, &mut hasher, &mut seen);

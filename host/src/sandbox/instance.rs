@@ -7,7 +7,7 @@ use super::bindings::{Handler, blocking};
 use super::convert::{actions_from_wit, message_to_wit};
 use super::log::truncated;
 use super::module::LoadedModule;
-use super::state::GuestState;
+use super::state::{GuestState, KvAccess};
 use crate::spop;
 
 /// Longest failure reason kept from a guest (its `err` text or a trap).
@@ -60,8 +60,13 @@ impl GuestInstance {
             module.label.clone(),
             sandbox.config.memory_cap,
             sandbox.deadline_ticks,
+            sandbox.config.call_timeout,
             module.settings.config.clone(),
             module.settings.data_dir.as_deref(),
+            KvAccess {
+                store: sandbox.kv.clone(),
+                grants: module.settings.kv_grants.clone(),
+            },
         )
         .map_err(|err| GuestFailure::Instantiate(format!("{err:#}")))?;
         let mut store = Store::new(&sandbox.engine, state);
@@ -152,6 +157,12 @@ impl GuestInstance {
         })
     }
 
+    /// Gives the instance an empty store of its own (the smoke call), or
+    /// back the shared one.
+    pub(crate) fn use_smoke_store(&mut self, smoke: bool) {
+        self.store.data_mut().smoke_kv = smoke.then(crate::kv::KvStore::scratch);
+    }
+
     /// Whether the last call was a direct call cut after a whole tick: its
     /// message must be run again on a fiber, on a fresh instance.
     pub(crate) fn was_cut_for_fiber(&self) -> bool {
@@ -168,6 +179,7 @@ impl GuestInstance {
         let input = message_to_wit(message);
         let state = self.store.data_mut();
         state.ticks_used = 0;
+        state.call_started = std::time::Instant::now();
         state.log.start_call();
         self.store.set_epoch_deadline(1);
         let outcome = match (&self.blocking, direct) {

@@ -9,6 +9,7 @@ mod convert;
 mod engine;
 mod grants;
 mod instance;
+mod kv;
 mod log;
 mod module;
 mod state;

@@ -16,6 +16,7 @@ use super::cache::CompileCache;
 use super::engine::{InstanceMode, Sandbox};
 use super::instance::{GuestFailure, GuestInstance};
 use super::state::{GuestConfig, GuestState};
+use crate::kv::BucketGrants;
 use crate::spop;
 
 /// What identifies the module currently serving: logged on each load and
@@ -52,6 +53,8 @@ pub struct GuestSettings {
     pub data_dir: Option<PathBuf>,
     /// The message of the smoke call made before a module serves.
     pub smoke_message: spop::Message,
+    /// The `wasi:keyvalue` buckets the guest may open.
+    pub kv_grants: Arc<BucketGrants>,
 }
 
 impl GuestSettings {
@@ -126,8 +129,9 @@ pub enum LoadError {
     #[error("compiling the component: {0:#}")]
     Compile(anyhow::Error),
     #[error(
-        "{0:#}; the host provides spoa:agent (random, log), wasi:config/store and WASI 0.2 \
-         (with nothing granted); nothing else can be imported"
+        "{0:#}; the host provides spoa:agent (random, log, expiry), wasi:config/store, \
+         wasi:keyvalue@0.2.0-draft (store, atomics, batch) and WASI 0.2 (with nothing \
+         granted); nothing else can be imported"
     )]
     Imports(anyhow::Error),
     #[error("the component does not implement the spoa:agent/handler world: {0:#}")]
@@ -274,7 +278,10 @@ impl Sandbox {
         let host_can_wait = component
             .component_type()
             .imports(&self.engine)
-            .any(|(name, _)| name.starts_with("wasi:") && !name.starts_with("wasi:config/"));
+            .any(|(name, _)| {
+                (name.starts_with("wasi:") && !name.starts_with("wasi:config/"))
+                    || name.starts_with("spoa:agent/expiry")
+            });
         let blocking_indices = if host_can_wait {
             None
         } else {
@@ -341,7 +348,10 @@ impl LoadedModule {
             .await
             .map_err(LoadError::Instantiate)?;
         let message = &self.settings.smoke_message;
-        match self.bounded(instance.call(message, false)).await {
+        instance.use_smoke_store(true);
+        let outcome = self.bounded(instance.call(message, false)).await;
+        instance.use_smoke_store(false);
+        match outcome {
             Ok(_) | Err(GuestFailure::Returned(_)) | Err(GuestFailure::InvalidOutput(_)) => {
                 if self.sandbox.config.instance_mode == InstanceMode::Reuse {
                     self.put_idle(instance);

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use wasmtime::ResourceLimiter;
@@ -14,6 +15,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use super::bindings::{Level, config_store, spoa};
 use super::log::GuestLog;
 use super::wasi::{self, DenyHttp};
+use crate::kv::{BucketGrants, KvStore};
 
 /// Most random bytes one `get-random-bytes` call returns.
 const MAX_RANDOM_BYTES: u32 = 4096;
@@ -48,19 +50,39 @@ pub struct GuestState {
     /// first tick (see `Sandbox::long_calls`); released when the call ends.
     pub long_call_slot: Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
     config: Arc<GuestConfig>,
+    /// The agent's shared store, and the buckets this guest may open.
+    kv: KvStore,
+    pub(super) kv_grants: Arc<BucketGrants>,
+    /// Set for the smoke call: an empty store of its own, so proving a new
+    /// version never writes to the shared state.
+    pub(super) smoke_kv: Option<KvStore>,
+    /// When the running call started, and its budget: store calls are held
+    /// to what is left of it.
+    pub(super) call_started: Instant,
+    call_timeout: Duration,
     wasi: WasiCtx,
-    table: ResourceTable,
+    pub(super) table: ResourceTable,
     http: WasiHttpCtx,
     http_hooks: DenyHttp,
 }
 
+/// The shared store a guest's instances use, and what it may open in it.
+#[derive(Clone)]
+pub struct KvAccess {
+    pub store: KvStore,
+    pub grants: Arc<BucketGrants>,
+}
+
 impl GuestState {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         module_name: Arc<str>,
         memory_cap: usize,
         deadline_ticks: u64,
+        call_timeout: Duration,
         config: Arc<GuestConfig>,
         data_dir: Option<&Path>,
+        kv: KvAccess,
     ) -> Result<GuestState> {
         let log = Arc::new(GuestLog::new(module_name));
         Ok(GuestState {
@@ -74,6 +96,11 @@ impl GuestState {
             cut_for_fiber: false,
             long_call_slot: Default::default(),
             config,
+            kv: kv.store,
+            kv_grants: kv.grants,
+            smoke_kv: None,
+            call_started: Instant::now(),
+            call_timeout,
             table: {
                 let mut table = ResourceTable::new();
                 table.set_max_capacity(MAX_HOST_RESOURCES);
@@ -82,6 +109,18 @@ impl GuestState {
             http: WasiHttpCtx::new(),
             http_hooks: DenyHttp,
         })
+    }
+}
+
+impl GuestState {
+    /// The store this call uses: the shared one, or the smoke call's own.
+    pub(super) fn kv_store(&self) -> &KvStore {
+        self.smoke_kv.as_ref().unwrap_or(&self.kv)
+    }
+
+    /// When the running call's budget ends.
+    pub(super) fn call_deadline(&self) -> Instant {
+        self.call_started + self.call_timeout
     }
 }
 

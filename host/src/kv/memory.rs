@@ -1,0 +1,420 @@
+//! The in-process store: bounded, sharded, least-recently-used eviction,
+//! per-entry expiry.
+//!
+//! Eviction rule: the store holds at most its limit in bytes, counting each
+//! entry as its key, its bucket name and its value plus [`ENTRY_OVERHEAD`].
+//! Entries are spread over [`SHARDS`] shards by a hash of bucket and key,
+//! each holding at most an equal share of the limit. When a write would
+//! take its shard over that share, the shard's least recently used entries
+//! (last read or written longest ago) are removed until the new entry fits.
+//! Expired entries are never returned; they are removed when touched and by
+//! a sweep every second.
+
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use lru::LruCache;
+
+use super::{KeyPage, KvError, KvStats, MAX_BATCH_KEYS, MAX_COUNTER, parse_counter};
+
+/// Shards of the store: writers on different shards never wait for each other.
+pub const SHARDS: usize = 16;
+/// Bytes counted per entry on top of its key and value: the map slot, the
+/// LRU links, the allocations' headers.
+pub const ENTRY_OVERHEAD: usize = 96;
+/// How often expired entries are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+pub struct MemoryStore {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: std::hash::RandomState,
+    limit: usize,
+    shard_limit: usize,
+    evictions: AtomicU64,
+    expired: AtomicU64,
+}
+
+struct Shard {
+    entries: LruCache<String, Entry>,
+    bytes: usize,
+}
+
+struct Entry {
+    value: Vec<u8>,
+    expires: Option<Instant>,
+}
+
+impl Entry {
+    fn is_live(&self, now: Instant) -> bool {
+        self.expires.is_none_or(|at| at > now)
+    }
+}
+
+fn entry_size(key: &str, value: &[u8]) -> usize {
+    key.len() + value.len() + ENTRY_OVERHEAD
+}
+
+/// The map key: the bucket, NUL, the key (bucket names hold no NUL).
+fn full_key(bucket: &str, key: &str) -> String {
+    let mut full = String::with_capacity(bucket.len() + 1 + key.len());
+    full.push_str(bucket);
+    full.push('\0');
+    full.push_str(key);
+    full
+}
+
+impl MemoryStore {
+    /// A store of at most `limit_bytes` (at least one entry's worth per shard).
+    pub fn new(limit_bytes: usize) -> MemoryStore {
+        let shard_limit = (limit_bytes / SHARDS).max(ENTRY_OVERHEAD * 2);
+        MemoryStore {
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        entries: LruCache::unbounded(),
+                        bytes: 0,
+                    })
+                })
+                .collect(),
+            hasher: std::hash::RandomState::new(),
+            limit: shard_limit * SHARDS,
+            shard_limit,
+            evictions: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
+        }
+    }
+
+    pub fn limit_bytes(&self) -> usize {
+        self.limit
+    }
+
+    fn shard(&self, full_key: &str) -> MutexGuard<'_, Shard> {
+        let index = self.hasher.hash_one(full_key) as usize % SHARDS;
+        // A panic while holding a shard cannot leave it inconsistent in a way
+        // that matters more than losing the store: keep serving.
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        let full = full_key(bucket, key);
+        let mut shard = self.shard(&full);
+        let now = Instant::now();
+        let live = shard.entries.peek(&full)?.is_live(now);
+        if !live {
+            self.remove(&mut shard, &full, true);
+            return None;
+        }
+        shard.entries.get(&full).map(|entry| entry.value.clone())
+    }
+
+    pub fn set(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<(), KvError> {
+        let full = full_key(bucket, key);
+        let expires = ttl.map(|ttl| Instant::now() + ttl);
+        let mut shard = self.shard(&full);
+        self.insert(&mut shard, full, Entry { value, expires })
+    }
+
+    pub fn delete(&self, bucket: &str, key: &str) {
+        let full = full_key(bucket, key);
+        let mut shard = self.shard(&full);
+        self.remove(&mut shard, &full, false);
+    }
+
+    pub fn increment(
+        &self,
+        bucket: &str,
+        key: &str,
+        delta: u64,
+        window: Option<Duration>,
+    ) -> Result<u64, KvError> {
+        let full = full_key(bucket, key);
+        let mut shard = self.shard(&full);
+        let now = Instant::now();
+        let (current, expires) = match shard.entries.peek(&full) {
+            Some(entry) if entry.is_live(now) => (parse_counter(&entry.value)?, entry.expires),
+            _ => (0, None),
+        };
+        let next = current
+            .checked_add(delta)
+            .filter(|&n| n <= MAX_COUNTER)
+            .ok_or_else(|| KvError::Invalid(format!("the counter would exceed {MAX_COUNTER}")))?;
+        let expires = expires.or_else(|| window.map(|window| now + window));
+        let entry = Entry {
+            value: next.to_string().into_bytes(),
+            expires,
+        };
+        self.insert(&mut shard, full, entry)?;
+        Ok(next)
+    }
+
+    pub fn expires_in(&self, bucket: &str, key: &str) -> Option<Duration> {
+        let full = full_key(bucket, key);
+        let shard = self.shard(&full);
+        let now = Instant::now();
+        let entry = shard.entries.peek(&full).filter(|e| e.is_live(now))?;
+        entry.expires.map(|at| at - now)
+    }
+
+    /// A page of the bucket's keys. The cursor is the shard (high 32 bits)
+    /// and how many of the bucket's keys of that shard were already listed;
+    /// keys written or read during a listing may be missed or repeated.
+    pub fn list_keys(&self, bucket: &str, cursor: Option<u64>) -> KeyPage {
+        let cursor = cursor.unwrap_or(0);
+        let (mut index, mut skip) = ((cursor >> 32) as usize, (cursor & 0xffff_ffff) as usize);
+        let prefix = full_key(bucket, "");
+        let now = Instant::now();
+        let mut keys = Vec::new();
+        while index < SHARDS {
+            let shard = self.shards[index]
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut listed = 0;
+            for (full, entry) in shard.entries.iter() {
+                let Some(key) = full.strip_prefix(&prefix) else {
+                    continue;
+                };
+                if !entry.is_live(now) {
+                    continue;
+                }
+                listed += 1;
+                if listed <= skip {
+                    continue;
+                }
+                if keys.len() == MAX_BATCH_KEYS {
+                    return KeyPage {
+                        keys,
+                        cursor: Some(((index as u64) << 32) | (listed - 1) as u64),
+                    };
+                }
+                keys.push(key.to_owned());
+            }
+            index += 1;
+            skip = 0;
+        }
+        KeyPage { keys, cursor: None }
+    }
+
+    /// Removes every expired entry.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        for shard in self.shards.iter() {
+            let mut shard = shard
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let expired: Vec<String> = shard
+                .entries
+                .iter()
+                .filter(|(_, entry)| !entry.is_live(now))
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in expired {
+                self.remove(&mut shard, &key, true);
+            }
+        }
+    }
+
+    pub fn stats(&self) -> KvStats {
+        let (mut entries, mut bytes) = (0, 0);
+        for shard in self.shards.iter() {
+            let shard = shard
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            entries += shard.entries.len() as u64;
+            bytes += shard.bytes as u64;
+        }
+        KvStats {
+            entries,
+            bytes,
+            limit_bytes: self.limit as u64,
+            evictions: self.evictions.load(Ordering::Relaxed),
+            expired: self.expired.load(Ordering::Relaxed),
+            ..KvStats::default()
+        }
+    }
+
+    fn insert(&self, shard: &mut Shard, full: String, entry: Entry) -> Result<(), KvError> {
+        let size = entry_size(&full, &entry.value);
+        if size > self.shard_limit {
+            return Err(KvError::Invalid(format!(
+                "an entry of {size} bytes does not fit in the store (at most {} per entry; raise --kv-memory)",
+                self.shard_limit
+            )));
+        }
+        self.remove(shard, &full, false);
+        let now = Instant::now();
+        while shard.bytes + size > self.shard_limit {
+            let Some((key, old)) = shard.entries.pop_lru() else {
+                break;
+            };
+            shard.bytes -= entry_size(&key, &old.value);
+            let counter = if old.is_live(now) {
+                &self.evictions
+            } else {
+                &self.expired
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        shard.bytes += size;
+        shard.entries.put(full, entry);
+        Ok(())
+    }
+
+    fn remove(&self, shard: &mut Shard, full: &str, expired: bool) {
+        if let Some((key, old)) = shard.entries.pop_entry(full) {
+            shard.bytes -= entry_size(&key, &old.value);
+            if expired {
+                self.expired.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Sweeps `store` every second from a thread of its own, until the store is
+/// dropped.
+pub fn spawn_sweeper(store: &Arc<MemoryStore>) {
+    let weak = Arc::downgrade(store);
+    let spawned = std::thread::Builder::new()
+        .name("kv-sweeper".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(SWEEP_EVERY);
+                let Some(store) = weak.upgrade() else { return };
+                store.sweep();
+            }
+        });
+    if let Err(err) = spawned {
+        // Expired entries are still never returned, and are removed when
+        // touched or evicted; only the memory they hold lingers.
+        tracing::warn!("could not start the key-value sweeper thread: {err}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_get_delete_and_buckets_apart() {
+        let store = MemoryStore::new(1 << 20);
+        store.set("a", "k", b"1".to_vec(), None).unwrap();
+        store.set("b", "k", b"2".to_vec(), None).unwrap();
+        assert_eq!(store.get("a", "k"), Some(b"1".to_vec()));
+        assert_eq!(store.get("b", "k"), Some(b"2".to_vec()));
+        store.delete("a", "k");
+        assert_eq!(store.get("a", "k"), None);
+        assert_eq!(store.stats().entries, 1);
+    }
+
+    #[test]
+    fn entries_expire() {
+        let store = MemoryStore::new(1 << 20);
+        store
+            .set("b", "short", b"x".to_vec(), Some(Duration::from_millis(20)))
+            .unwrap();
+        store.set("b", "long", b"y".to_vec(), None).unwrap();
+        assert!(store.expires_in("b", "short").unwrap() <= Duration::from_millis(20));
+        assert_eq!(store.expires_in("b", "long"), None);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(store.get("b", "short"), None);
+        assert_eq!(store.get("b", "long"), Some(b"y".to_vec()));
+        assert_eq!(store.stats().expired, 1);
+    }
+
+    #[test]
+    fn counters_count_within_a_fixed_window() {
+        let store = MemoryStore::new(1 << 20);
+        let window = Some(Duration::from_millis(40));
+        assert_eq!(store.increment("b", "n", 1, window).unwrap(), 1);
+        std::thread::sleep(Duration::from_millis(25));
+        // A later increment does not move the window.
+        assert_eq!(store.increment("b", "n", 2, window).unwrap(), 3);
+        assert_eq!(store.get("b", "n"), Some(b"3".to_vec()));
+        std::thread::sleep(Duration::from_millis(25));
+        assert_eq!(store.increment("b", "n", 1, window).unwrap(), 1);
+        store.set("b", "text", b"abc".to_vec(), None).unwrap();
+        assert!(matches!(
+            store.increment("b", "text", 1, None),
+            Err(KvError::Invalid(_))
+        ));
+        store
+            .set("b", "max", MAX_COUNTER.to_string().into_bytes(), None)
+            .unwrap();
+        assert!(matches!(
+            store.increment("b", "max", 1, None),
+            Err(KvError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn stays_within_its_limit_by_evicting_the_least_recently_used() {
+        let limit = 64 * 1024;
+        let store = MemoryStore::new(limit);
+        let value = vec![7u8; 200];
+        for i in 0..5000 {
+            store
+                .set("b", &format!("key-{i}"), value.clone(), None)
+                .unwrap();
+            // Key 0 is read after every write: always the most recently used.
+            assert!(store.get("b", "key-0").is_some(), "key-0 evicted at {i}");
+        }
+        let stats = store.stats();
+        assert!(stats.bytes <= limit as u64, "{stats:?}");
+        assert!(stats.evictions > 4000, "{stats:?}");
+        assert_eq!(store.get("b", "key-1"), None);
+        assert!(store.get("b", "key-4999").is_some());
+        let too_big = vec![0u8; limit];
+        assert!(matches!(
+            store.set("b", "big", too_big, None),
+            Err(KvError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn sweep_removes_expired_entries() {
+        let store = MemoryStore::new(1 << 20);
+        for i in 0..100 {
+            store
+                .set("b", &i.to_string(), vec![1], Some(Duration::from_millis(5)))
+                .unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        store.sweep();
+        let stats = store.stats();
+        assert_eq!((stats.entries, stats.bytes, stats.expired), (0, 0, 100));
+    }
+
+    #[test]
+    fn lists_every_key_of_a_bucket_in_pages() {
+        let store = MemoryStore::new(16 << 20);
+        for i in 0..2500 {
+            store.set("b", &format!("k{i}"), vec![], None).unwrap();
+        }
+        store.set("other", "x", vec![], None).unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut cursor = None;
+        let mut pages = 0;
+        loop {
+            let page = store.list_keys("b", cursor);
+            assert!(page.keys.len() <= MAX_BATCH_KEYS);
+            seen.extend(page.keys);
+            pages += 1;
+            match page.cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), 2500);
+        assert!(pages >= 3);
+        assert!(!seen.contains("x"));
+    }
+}
