@@ -28,12 +28,14 @@ setup:
 $(COMPONENTIZE): componentize/src/main.rs componentize/Cargo.toml
 	$(CARGO) build --release -p componentize
 
-## The IP-reputation guest as a component: target/guest_iprep.wasm, and the
-## User-Agent guest of the several-guests example: target/guest_uascore.wasm
+## The IP-reputation guest as a component: target/guest_iprep.wasm, the
+## User-Agent guest of the several-guests example: target/guest_uascore.wasm,
+## and the rate-limit guest (shared state): target/guest_ratelimit.wasm
 guest: setup $(COMPONENTIZE)
-	$(CARGO) build --release --target $(WASM_TARGET) -p guest-iprep -p guest-uascore
+	$(CARGO) build --release --target $(WASM_TARGET) -p guest-iprep -p guest-uascore -p guest-ratelimit
 	$(COMPONENTIZE) $(WASM_OUT)/guest_iprep.wasm target/guest_iprep.wasm
 	$(COMPONENTIZE) $(WASM_OUT)/guest_uascore.wasm target/guest_uascore.wasm
+	$(COMPONENTIZE) $(WASM_OUT)/guest_ratelimit.wasm target/guest_ratelimit.wasm
 
 ## Test guests: the hostile guest, built as versions A, B and C, and
 ## the Python sandbox probe (componentize-py, as the Python example).
@@ -89,7 +91,7 @@ fuzz:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --workspace --exclude guest-hostile -- -D warnings
-	$(CARGO) clippy -p guest-hostile -p guest-iprep -p guest-uascore -p spoa-guest --target $(WASM_TARGET) -- -D warnings
+	$(CARGO) clippy -p guest-hostile -p guest-iprep -p guest-uascore -p guest-ratelimit -p spoa-guest --target $(WASM_TARGET) -- -D warnings
 	cd examples/guests/rust && $(CARGO) fmt --check && $(CARGO) clippy -- -D warnings
 
 fmt:

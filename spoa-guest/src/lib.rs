@@ -21,9 +21,9 @@
 //! Build a `cdylib` for `wasm32-wasip2` (a component as is) or for
 //! `wasm32-unknown-unknown` (then wrap it with `componentize`).
 //!
-//! Everything here except [`random`], [`log`] and [`config`] is plain Rust
-//! and runs natively too, so a guest's logic can be unit-tested with
-//! `cargo test`. Those three call into the host and only work inside it.
+//! Everything here except [`random`], [`log`], [`config`] and [`kv`] is plain
+//! Rust and runs natively too, so a guest's logic can be unit-tested with
+//! `cargo test`. Those four call into the host and only work inside it.
 
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -128,6 +128,51 @@ pub mod config {
     /// [`get`] with the store's error.
     pub fn try_get(key: &str) -> Result<Option<String>, Error> {
         store::get(key)
+    }
+}
+
+/// Shared state (`wasi:keyvalue` and `spoa:agent/expiry`): buckets every
+/// instance and worker of the agent shares, and with `--kv redis://…` every
+/// agent on that Redis. A guest may open `default` (or `""`) unless the
+/// operator grants more. Calls are held to the call's deadline: a store that
+/// is slow or down gives `Err(Error::Other(..))` soon, and the guest decides
+/// what to answer.
+///
+/// ```no_run
+/// use spoa_guest::kv;
+///
+/// # fn count(ip: &str) -> Result<u64, kv::Error> {
+/// let bucket = kv::open(kv::DEFAULT_BUCKET)?;
+/// // Requests of this address in the minute since its first one.
+/// let n = kv::expiry::increment_within(&bucket, &format!("rate:{ip}"), 1, 60_000)?;
+/// if n > 100 {
+///     // Remember it for ten minutes.
+///     kv::expiry::set_with_ttl(&bucket, &format!("ban:{ip}"), b"1", 600_000)?;
+/// }
+/// # Ok(n)
+/// # }
+/// ```
+pub mod kv {
+    pub use crate::bindings::spoa::agent::expiry;
+    pub use crate::bindings::wasi::keyvalue::store::{Bucket, Error, KeyResponse, open};
+    pub use crate::bindings::wasi::keyvalue::{atomics, batch};
+
+    /// The bucket every guest may open unless the operator says otherwise.
+    pub const DEFAULT_BUCKET: &str = "default";
+
+    /// A counter's value as the store keeps it (decimal text, as `atomics`
+    /// and `expiry` write it).
+    pub fn parse_counter(value: &[u8]) -> Option<u64> {
+        std::str::from_utf8(value).ok()?.parse().ok()
+    }
+
+    /// A one-line description of a store error, for logs and `err` answers.
+    pub fn describe(error: &Error) -> String {
+        match error {
+            Error::NoSuchStore => "no such store".to_owned(),
+            Error::AccessDenied => "access denied (bucket not granted)".to_owned(),
+            Error::Other(text) => text.clone(),
+        }
     }
 }
 
