@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # What `make test` needs outside cargo: HAProxy (the end-to-end tests run a
-# real one) and the Python and JavaScript toolchains the example guests are
+# real one), Redis (the shared-state tests run a real redis-server) and the Python and JavaScript toolchains the example guests are
 # built with (python3 with venv, node and npm). Installs what is missing with
 # apt-get when it can (root and apt-get present); otherwise says what to
-# install. The HAProxy tests fail, never skip, without HAProxy. The TLS tests
+# install. The HAProxy and Redis tests fail, never skip, without them. The TLS tests
 # generate their certificates with the openssl command.
 set -euo pipefail
 
@@ -12,6 +12,7 @@ command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3 python3-venv python3-pip)
 
 if [ ${#missing[@]} -gt 0 ]; then
@@ -27,4 +28,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 if command -v haproxy >/dev/null 2>&1; then
     haproxy -v | head -n 1
+fi
+if command -v redis-server >/dev/null 2>&1; then
+    redis-server --version
 fi

@@ -214,3 +214,26 @@ fn a_second_load_takes_the_compiled_code_from_the_cache() {
     assert!(third.status.success(), "{third:?}");
     assert!(!String::from_utf8_lossy(&third.stdout).contains("from the cache"));
 }
+
+/// The WIT world only grows within 0.1.x: a guest built against
+/// `spoa:agent@0.1.1` (before `wasi:keyvalue`; the committed fixture is
+/// guest-iprep built from that version's tree) still loads and answers.
+#[test]
+fn a_guest_built_against_an_older_0_1_world_still_loads() {
+    let module = support::source_fixture("prebuilt/guest_iprep_0_1_1.wasm");
+    let bytes = std::fs::read(&module).expect("the prebuilt fixture");
+    let imports_old_world = bytes
+        .windows(b"spoa:agent/random@0.1.1".len())
+        .any(|w| w == b"spoa:agent/random@0.1.1");
+    assert!(imports_old_world, "the fixture must import the 0.1.1 world");
+    let output = run_host(&[
+        "call",
+        module.to_str().expect("utf-8"),
+        "--message",
+        "check-client-ip",
+        "--arg",
+        "ip=ipv4:192.0.2.1",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert_eq!(json(&output)["actions"][0]["name"], "ip_score");
+}

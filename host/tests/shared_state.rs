@@ -74,8 +74,7 @@ impl Client {
     fn ask_many(&mut self, ips: &[Ipv4Addr]) -> Vec<Rate> {
         self.frame_id += 1;
         let messages = ips.iter().map(|&ip| check_client_ip(ip)).collect();
-        self.spop
-            .send(&notify_frame(1, self.frame_id, messages));
+        self.spop.send(&notify_frame(1, self.frame_id, messages));
         let ack = self.spop.recv_ack();
         assert_eq!(ack.frame_id, self.frame_id);
         let answers = rates(&ack);
@@ -139,7 +138,11 @@ fn the_in_process_store_is_shared_by_every_connection_worker_and_instance_and_su
     });
     let mut sorted = counts.clone();
     sorted.sort_unstable();
-    assert_eq!(sorted, (1..=100).collect::<Vec<i64>>(), "every increment counted once");
+    assert_eq!(
+        sorted,
+        (1..=100).collect::<Vec<i64>>(),
+        "every increment counted once"
+    );
 
     // A new version of the guest (its configuration changed: limit 2000)
     // serves with the same state.
@@ -181,7 +184,10 @@ fn the_in_process_store_stays_within_its_limit_by_evicting_the_least_recently_us
     );
     assert_eq!(limit, 65536.0);
     assert!(bytes > 0.0 && bytes <= limit, "{bytes} of {limit}");
-    assert!(metric_value(&text, "spoa_kv_evictions_total") > 1000.0, "{text}");
+    assert!(
+        metric_value(&text, "spoa_kv_evictions_total") > 1000.0,
+        "{text}"
+    );
     // The newest address is remembered, the oldest was evicted.
     assert_eq!(client.ask(ips[2999]).count, Some(2));
     assert_eq!(client.ask(ips[0]).count, Some(1));
@@ -270,12 +276,18 @@ fn two_agents_share_state_through_redis_and_keep_serving_while_it_is_down() {
     );
     let first = a.ask(IP).count.expect("a count");
     assert!(
-        eventually(Duration::from_secs(10), || b.ask(IP).count.is_some_and(|n| n > first)),
+        eventually(Duration::from_secs(10), || b
+            .ask(IP)
+            .count
+            .is_some_and(|n| n > first)),
         "agent B does not share the restored store:\n{}",
         agent_b.log_text()
     );
     let text = scrape_metrics(metrics_a);
-    assert!(metric_value(&text, "spoa_kv_reconnects_total") >= 1.0, "{text}");
+    assert!(
+        metric_value(&text, "spoa_kv_reconnects_total") >= 1.0,
+        "{text}"
+    );
 }
 
 #[test]
@@ -304,11 +316,18 @@ fn a_store_that_never_answers_costs_the_call_its_deadline_and_nothing_more() {
         let started = Instant::now();
         assert_eq!(client.ask(IP).score, Some(50));
         // The store call ends at the 20 ms deadline; a loose bound.
-        assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
     }
     // The agent serves other connections meanwhile.
     let mut other = SpopClient::connect(agent.addr());
     other.hello("pipelining");
     let text = scrape_metrics(metrics);
-    assert!(metric_value(&text, "spoa_kv_failures_total{cause=\"timeout\"}") >= 1.0, "{text}");
+    assert!(
+        metric_value(&text, "spoa_kv_failures_total{cause=\"timeout\"}") >= 1.0,
+        "{text}"
+    );
 }
