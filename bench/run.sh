@@ -70,6 +70,38 @@ if [ -f "$HOSTILE" ]; then
     stop_agent
 fi
 
+# Shared state: the key-value store's cost per operation, in process and over
+# a real Redis, and the rate-limit guest (two store calls per message) with
+# each backend. The limit is out of reach so every message counts.
+RATE=target/guest_ratelimit.wasm
+RATE_ARGS=(--module "$RATE" --guest-config limit=1000000000)
+./target/release/spoa-kvcost -d 2s
+./target/release/spoa-callcost "$RATE" --only reuse --expect-actions 2 --guest-config limit=1000000000
+echo
+start_agent "${RATE_ARGS[@]}"
+run -d "$DURATION" -c 4 -p 16 --label "rate-limit guest, in-process store, 4x16"
+stop_agent
+if command -v redis-server >/dev/null; then
+    REDIS_PORT=$(free_port)
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
+    REDIS_PID=$!
+    sleep 0.5
+    ./target/release/spoa-kvcost -d 2s --kv "redis://127.0.0.1:$REDIS_PORT"
+    ./target/release/spoa-callcost "$RATE" --only reuse --expect-actions 2 --guest-config limit=1000000000 --kv "redis://127.0.0.1:$REDIS_PORT"
+    echo "redis-benchmark (the machine's floor): $(redis-benchmark -p "$REDIS_PORT" -t get -n 20000 -c 1 -q | tr '\r' '\n' | tail -1)"
+    echo
+    start_agent "${RATE_ARGS[@]}" --kv "redis://127.0.0.1:$REDIS_PORT"
+    run -d "$DURATION" -c 4 -p 16 --label "rate-limit guest, Redis store, 4x16"
+    stop_agent
+    start_agent "${RATE_ARGS[@]}" --kv "redis://127.0.0.1:$REDIS_PORT" -n 1
+    run -d "$DURATION" -c 4 -p 16 --label "rate-limit guest, Redis store, 4x16, -n 1"
+    stop_agent
+    kill "$REDIS_PID"; wait "$REDIS_PID" 2>/dev/null || true
+else
+    echo "redis-server not installed: skipping the Redis figures (apt-get install redis-server)"
+fi
+echo
+
 # TLS next to plain TCP, one run (the generator speaks mutual TLS too).
 PKI=target/bench-pki
 scripts/dev-certs.sh "$PKI" >/dev/null

@@ -175,7 +175,7 @@ pub fn actions(verdict: &Verdict, settings: &Settings) -> Vec<Action> {
 }
 
 /// The agent's store, through `wasi:keyvalue` and `spoa:agent/expiry`.
-struct SharedStore(kv::Bucket);
+struct SharedStore<'a>(&'a kv::Bucket);
 
 struct StoreError(String);
 
@@ -191,7 +191,7 @@ impl From<kv::Error> for StoreError {
     }
 }
 
-impl RateStore for SharedStore {
+impl RateStore for SharedStore<'_> {
     type Error = StoreError;
 
     fn is_banned(&mut self, ip: &str) -> Result<bool, StoreError> {
@@ -219,6 +219,31 @@ impl RateStore for SharedStore {
 
 struct RateLimit;
 
+thread_local! {
+    // Per instance (a wasm instance is one thread): the settings cannot
+    // change under it (a configuration change loads a new version), and a
+    // bucket handle stays valid for the instance's life. Both are read once.
+    static SETTINGS: std::cell::OnceCell<Result<Settings, String>> = const { std::cell::OnceCell::new() };
+    static BUCKET: std::cell::OnceCell<kv::Bucket> = const { std::cell::OnceCell::new() };
+}
+
+fn judge_shared(ip: &str, settings: &Settings) -> Verdict {
+    BUCKET.with(|cell| {
+        if cell.get().is_none() {
+            match kv::open(&settings.bucket) {
+                Ok(bucket) => {
+                    let _ = cell.set(bucket);
+                }
+                Err(error) => return Verdict::StoreFailed(kv::describe(&error)),
+            }
+        }
+        match cell.get() {
+            Some(bucket) => judge(&mut SharedStore(bucket), ip, settings),
+            None => Verdict::StoreFailed("no bucket".into()),
+        }
+    })
+}
+
 impl Guest for RateLimit {
     fn handle_message(msg: Message) -> Result<Vec<Action>, String> {
         if msg.name != CHECK_CLIENT_IP {
@@ -227,15 +252,17 @@ impl Guest for RateLimit {
         let Some(ip) = msg.ip("ip") else {
             return Err("check-client-ip without an `ip` address argument".into());
         };
-        let settings = Settings::from_config(spoa_guest::config::get)?;
-        let verdict = match kv::open(&settings.bucket) {
-            Ok(bucket) => judge(&mut SharedStore(bucket), &ip.to_string(), &settings),
-            Err(error) => Verdict::StoreFailed(kv::describe(&error)),
-        };
-        if let Verdict::StoreFailed(reason) = &verdict {
-            spoa_guest::log::warn(&format!("store failed, fallback score for {ip}: {reason}"));
-        }
-        Ok(actions(&verdict, &settings))
+        SETTINGS.with(|cell| {
+            let settings = cell
+                .get_or_init(|| Settings::from_config(spoa_guest::config::get))
+                .as_ref()
+                .map_err(Clone::clone)?;
+            let verdict = judge_shared(&ip.to_string(), settings);
+            if let Verdict::StoreFailed(reason) = &verdict {
+                spoa_guest::log::warn(&format!("store failed, fallback score for {ip}: {reason}"));
+            }
+            Ok(actions(&verdict, settings))
+        })
     }
 }
 
