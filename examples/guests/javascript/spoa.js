@@ -2,8 +2,8 @@
 // typed arguments, actions, configuration, randomness, logging and files.
 // The WIT types arrive as jco represents them: a variant is `{ tag, val }`,
 // an enum is its case name as a string, u64 is a BigInt.
-import { getRandomU64 } from 'spoa:agent/random@0.1.1';
-import { log as hostLog } from 'spoa:agent/log@0.1.1';
+import { getRandomU64 } from 'spoa:agent/random@0.1.2';
+import { log as hostLog } from 'spoa:agent/log@0.1.2';
 import { get as configGet } from 'wasi:config/store@0.2.0-rc.1';
 import { getDirectories } from 'wasi:filesystem/preopens@0.2.12';
 

@@ -11,7 +11,9 @@ from typing import List, Optional, Union
 from componentize_py_types import Err  # raise Err("reason") to answer err(reason)
 from wit_world.imports import log as _log
 from wit_world.imports import random as _random
-from wit_world.imports import store as _store
+# `wasi:config/store`; since spoa:agent 0.1.2 the world also imports
+# `wasi:keyvalue/store`, so componentize-py names both by package.
+from wit_world.imports import wasi_config_store as _store
 from wit_world.imports import types
 
 __all__ = ["Err", "Message", "Action", "arg", "ip_arg", "int32", "int64", "boolean",
