@@ -187,6 +187,15 @@ fn the_wasi_surface_refuses_everything_but_reading_data() {
         probe.log()
     );
 
+    // The shared key-value store, from Python: granted `default` works
+    // (expiry, counters), an ungranted bucket is `access-denied`.
+    let outcome = probe.outcome("kv", vec![]);
+    assert_eq!(
+        outcome, "ok: get=b'v' n=1,3 ttl=yes secret=Error_AccessDenied",
+        "agent log:\n{}",
+        probe.log()
+    );
+
     // stdout and stderr lines become the guest's log records.
     let outcome = probe.outcome("print", vec![]);
     assert_eq!(outcome, "ok: printed");
