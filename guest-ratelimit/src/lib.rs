@@ -200,7 +200,7 @@ impl RateStore for SharedStore<'_> {
 
     fn count(&mut self, ip: &str, window_ms: u64) -> Result<u64, StoreError> {
         Ok(kv::expiry::increment_within(
-            &self.0,
+            self.0,
             &format!("rate:{ip}"),
             1,
             window_ms,
@@ -209,7 +209,7 @@ impl RateStore for SharedStore<'_> {
 
     fn ban(&mut self, ip: &str, ban_ms: u64) -> Result<(), StoreError> {
         Ok(kv::expiry::set_with_ttl(
-            &self.0,
+            self.0,
             &format!("ban:{ip}"),
             b"1",
             ban_ms,

@@ -584,6 +584,42 @@ mod tests {
     }
 
     #[test]
+    fn shared_state_settings_resolve() {
+        let text = "kv = \"redis://127.0.0.1:6379\"\nkv-memory = \"1MiB\"\n\
+                    [[guest]]\nname = \"a\"\nmodule = \"a.wasm\"\nmessages = [\"m\"]\n\
+                    kv-buckets = [\"rate\", \"bans\"]\n\
+                    [[guest]]\nname = \"b\"\nmodule = \"b.wasm\"\nmessages = [\"n\"]";
+        let config = parse(text).expect("valid");
+        assert_eq!(
+            config.kv.spec(&crate::cli::KvArgs::default()),
+            Ok(crate::kv::KvBackendSpec::Redis {
+                url: "redis://127.0.0.1:6379".into(),
+                prefix: "spoa:".into()
+            })
+        );
+        assert_eq!(config.kv.kv_memory, Some(1 << 20));
+        assert_eq!(
+            config.guests[0].grants.kv_buckets,
+            crate::kv::BucketGrants::Only(vec!["bans".into(), "rate".into()])
+        );
+        assert_eq!(
+            config.guests[1].grants.kv_buckets,
+            crate::kv::BucketGrants::default()
+        );
+        // The command line wins over the file.
+        let flags = crate::cli::KvArgs {
+            kv: Some("memory".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            flags.spec(&config.kv),
+            Ok(crate::kv::KvBackendSpec::Memory {
+                limit_bytes: 1 << 20
+            })
+        );
+    }
+
+    #[test]
     fn mistakes_are_named() {
         for (text, expected) in [
             ("", "no [[guest]] table"),
@@ -614,6 +650,14 @@ mod tests {
             (
                 "[[guest]]\nname = \"a\"\nmodule = \"a.wasm\"\nmessages = [\"m\"]\n[guest.on-failure]\nerror-var = \"\"",
                 "error-var",
+            ),
+            (
+                "kv = \"mongodb://x\"\n[[guest]]\nname = \"a\"\nmodule = \"a.wasm\"\nmessages = [\"m\"]",
+                "expected `memory` or a redis",
+            ),
+            (
+                "[[guest]]\nname = \"a\"\nmodule = \"a.wasm\"\nmessages = [\"m\"]\nkv-buckets = [\"a:b\"]",
+                "kv-buckets",
             ),
         ] {
             let err = parse(text).expect_err(text).to_string();

@@ -191,7 +191,8 @@ fn the_wasi_surface_refuses_everything_but_reading_data() {
     // (expiry, counters), an ungranted bucket is `access-denied`.
     let outcome = probe.outcome("kv", vec![]);
     assert_eq!(
-        outcome, "ok: get=b'v' n=1,3 ttl=yes secret=Error_AccessDenied",
+        outcome,
+        "ok: get=b'v' n=1,3 ttl=yes secret=Error_AccessDenied",
         "agent log:\n{}",
         probe.log()
     );
