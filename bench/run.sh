@@ -88,7 +88,7 @@ if command -v redis-server >/dev/null; then
     sleep 0.5
     ./target/release/spoa-kvcost -d 2s --kv "redis://127.0.0.1:$REDIS_PORT"
     ./target/release/spoa-callcost "$RATE" --only reuse --expect-actions 2 --guest-config limit=1000000000 --kv "redis://127.0.0.1:$REDIS_PORT"
-    echo "redis-benchmark (the machine's floor): $(redis-benchmark -p "$REDIS_PORT" -t get -n 20000 -c 1 -q | tr '\r' '\n' | tail -1)"
+    echo "redis-benchmark (this machine's floor): $(redis-benchmark -p "$REDIS_PORT" -t get -n 20000 -c 1 -q | grep -o 'GET: [0-9.]* requests per second, p50=[0-9.]* msec' | tail -1)"
     echo
     start_agent "${RATE_ARGS[@]}" --kv "redis://127.0.0.1:$REDIS_PORT"
     run -d "$DURATION" -c 4 -p 16 --label "rate-limit guest, Redis store, 4x16"
