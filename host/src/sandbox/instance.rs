@@ -67,6 +67,7 @@ impl GuestInstance {
                 store: sandbox.kv.clone(),
                 grants: module.settings.kv_grants.clone(),
             },
+            module.log_budget.clone(),
         )
         .map_err(|err| GuestFailure::Instantiate(format!("{err:#}")))?;
         let mut store = Store::new(&sandbox.engine, state);

@@ -1,8 +1,10 @@
 //! A guest's log: records from the `log` import and from stdout/stderr,
-//! tagged with the module, cut to a bounded size and rate per call.
+//! tagged with the module, cut to a bounded size, a bounded number per call
+//! and a bounded rate per module.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
 
 pub use super::bindings::Level;
 
@@ -12,17 +14,68 @@ pub const MAX_LOG_BYTES: usize = 1024;
 /// guest logging in a loop costs its own message, not the host's log.
 const MAX_LOG_LINES_PER_CALL: u32 = 32;
 
+/// Log lines all instances of a module may write per second; the rest are
+/// dropped and counted, so a guest that logs every message (say, while its
+/// store is down) cannot flood the host's log at message rate.
+pub const MAX_LOG_LINES_PER_SECOND: u32 = 100;
+
+/// The per-second log budget every instance of one module shares.
+pub struct LogBudget {
+    started: Instant,
+    /// The second (since `started`) the count is for.
+    second: AtomicU64,
+    lines: AtomicU32,
+    dropped: AtomicU64,
+}
+
+impl Default for LogBudget {
+    fn default() -> LogBudget {
+        LogBudget {
+            started: Instant::now(),
+            second: AtomicU64::new(0),
+            lines: AtomicU32::new(0),
+            dropped: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LogBudget {
+    /// Takes one line from this second's budget. On the first line of a new
+    /// second, returns how many lines the previous seconds dropped.
+    fn take(&self) -> (bool, u64) {
+        let now = self.started.elapsed().as_secs();
+        let mut dropped_before = 0;
+        let second = self.second.load(Ordering::Relaxed);
+        if now != second
+            && self
+                .second
+                .compare_exchange(second, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.lines.store(0, Ordering::Relaxed);
+            dropped_before = self.dropped.swap(0, Ordering::Relaxed);
+        }
+        let allowed = self.lines.fetch_add(1, Ordering::Relaxed) < MAX_LOG_LINES_PER_SECOND;
+        if !allowed {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        (allowed, dropped_before)
+    }
+}
+
 /// Shared by an instance's `log` import and its stdout/stderr streams.
 pub struct GuestLog {
     module: Arc<str>,
     lines_this_call: AtomicU32,
+    budget: Arc<LogBudget>,
 }
 
 impl GuestLog {
-    pub fn new(module: Arc<str>) -> GuestLog {
+    pub fn new(module: Arc<str>, budget: Arc<LogBudget>) -> GuestLog {
         GuestLog {
             module,
             lines_this_call: AtomicU32::new(0),
+            budget,
         }
     }
 
@@ -42,6 +95,17 @@ impl GuestLog {
                     "more than {MAX_LOG_LINES_PER_CALL} log lines in one call; dropping the rest of this call's"
                 );
             }
+            return;
+        }
+        let (allowed, dropped_before) = self.budget.take();
+        if dropped_before > 0 {
+            tracing::warn!(
+                target: "guest",
+                module,
+                "dropped {dropped_before} log lines over {MAX_LOG_LINES_PER_SECOND} per second"
+            );
+        }
+        if !allowed {
             return;
         }
         let message = truncated(message, MAX_LOG_BYTES);
@@ -77,7 +141,18 @@ pub fn truncated(text: &str, max: usize) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use super::truncated;
+    use super::*;
+
+    #[test]
+    fn a_module_writes_at_most_its_budget_per_second() {
+        let budget = LogBudget::default();
+        let allowed = (0..1000).filter(|_| budget.take().0).count();
+        assert_eq!(allowed, MAX_LOG_LINES_PER_SECOND as usize);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let (allowed, dropped_before) = budget.take();
+        assert!(allowed);
+        assert_eq!(dropped_before, 1000 - u64::from(MAX_LOG_LINES_PER_SECOND));
+    }
 
     #[test]
     fn truncation_keeps_whole_characters() {

@@ -15,6 +15,7 @@ use super::bindings::{HandlerIndices, blocking};
 use super::cache::CompileCache;
 use super::engine::{InstanceMode, Sandbox};
 use super::instance::{GuestFailure, GuestInstance};
+use super::log::LogBudget;
 use super::state::{GuestConfig, GuestState};
 use crate::kv::BucketGrants;
 use crate::spop;
@@ -176,6 +177,8 @@ pub struct LoadedModule {
     pub(crate) settings: GuestSettings,
     pub identity: ModuleIdentity,
     pub(crate) label: Arc<str>,
+    /// The log rate every instance of this module shares.
+    pub(crate) log_budget: Arc<LogBudget>,
     /// Instances between calls (reuse mode). Dropped with the module, so a
     /// reload never serves an instance of the old version.
     idle: Mutex<Vec<GuestInstance>>,
@@ -308,6 +311,7 @@ impl Sandbox {
             settings,
             identity,
             label,
+            log_budget: Arc::default(),
             idle: Mutex::new(Vec::new()),
             host_can_wait,
         });

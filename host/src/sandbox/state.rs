@@ -13,7 +13,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::{Level, config_store, spoa};
-use super::log::GuestLog;
+use super::log::{GuestLog, LogBudget};
 use super::wasi::{self, DenyHttp};
 use crate::kv::{BucketGrants, KvStore};
 
@@ -83,8 +83,9 @@ impl GuestState {
         config: Arc<GuestConfig>,
         data_dir: Option<&Path>,
         kv: KvAccess,
+        log_budget: Arc<LogBudget>,
     ) -> Result<GuestState> {
-        let log = Arc::new(GuestLog::new(module_name));
+        let log = Arc::new(GuestLog::new(module_name, log_budget));
         Ok(GuestState {
             wasi: wasi::instance_ctx(&log, data_dir)?,
             log,
