@@ -136,7 +136,7 @@ pub fn judge<S: RateStore>(store: &mut S, ip: &str, settings: &Settings) -> Verd
             store.ban(ip, settings.ban_ms)?;
         }
         let left = settings.limit.saturating_sub(count);
-        let score = (left * 100 / settings.limit) as i32;
+        let score = (u128::from(left) * 100 / u128::from(settings.limit)) as i32;
         Ok(Verdict::Counted {
             count,
             score,

@@ -211,9 +211,8 @@ fn two_agents_share_a_rate_limit_through_redis_and_survive_its_loss() {
         "never denied after Redis came back:\n{}",
         logs()
     );
-    // Agent A goes away; from now on only B answers, and B denies from the
-    // shared state alone: an answer from B that allowed the client (or
-    // counted it) would mean B kept its own.
+    // Agent A goes away; from now on only B answers, and every answer it
+    // gives denies: the ban both agents' counts led to is in Redis.
     agent_a.stop();
     let b_before = messages(metrics_b);
     let started = Instant::now();

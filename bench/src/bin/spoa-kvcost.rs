@@ -67,7 +67,7 @@ impl Op {
                     "default",
                     &format!("w:{key}"),
                     1,
-                    Some(Duration::from_secs(60)),
+                    Some(60_000),
                 )
                 .await
                 .map(drop),

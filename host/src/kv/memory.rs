@@ -124,6 +124,16 @@ impl MemoryStore {
         self.insert(&mut shard, full, Entry { value, expires })
     }
 
+    /// Sets every pair, or none when one cannot fit in the store.
+    pub fn set_many(&self, bucket: &str, pairs: Vec<(String, Vec<u8>)>) -> Result<(), KvError> {
+        for (key, value) in &pairs {
+            self.check_fits(entry_size(&full_key(bucket, key), value))?;
+        }
+        pairs
+            .into_iter()
+            .try_for_each(|(key, value)| self.set(bucket, &key, value, None))
+    }
+
     pub fn delete(&self, bucket: &str, key: &str) {
         let full = full_key(bucket, key);
         let mut shard = self.shard(&full);
@@ -165,41 +175,55 @@ impl MemoryStore {
         entry.expires.map(|at| at - now)
     }
 
-    /// A page of the bucket's keys. The cursor is the shard (high 32 bits)
-    /// and how many of the bucket's keys of that shard were already listed;
-    /// keys written or read during a listing may be missed or repeated.
+    /// A page of the bucket's keys, in a stable order: by shard, then by 32
+    /// bits of the key's hash. The cursor is the position to resume at
+    /// (shard in the high 32 bits, hash in the low ones), so a key that
+    /// exists throughout a listing is listed exactly once, whatever else is
+    /// written, read or removed meanwhile. Keys of one shard sharing those
+    /// 32 bits go in the same page (a page may pass the limit by them).
     pub fn list_keys(&self, bucket: &str, cursor: Option<u64>) -> KeyPage {
-        let cursor = cursor.unwrap_or(0);
-        let (mut index, mut skip) = ((cursor >> 32) as usize, (cursor & 0xffff_ffff) as usize);
+        let start = cursor.unwrap_or(0);
+        let mut index = (start >> 32) as usize;
+        let mut from = (start & 0xffff_ffff) as u32;
         let prefix = full_key(bucket, "");
         let now = Instant::now();
         let mut keys = Vec::new();
         while index < SHARDS {
-            let shard = self.shards[index]
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let mut listed = 0;
-            for (full, entry) in shard.entries.iter() {
-                let Some(key) = full.strip_prefix(&prefix) else {
-                    continue;
+            if keys.len() >= MAX_BATCH_KEYS {
+                return KeyPage {
+                    keys,
+                    cursor: Some((index as u64) << 32),
                 };
-                if !entry.is_live(now) {
-                    continue;
-                }
-                listed += 1;
-                if listed <= skip {
-                    continue;
-                }
-                if keys.len() == MAX_BATCH_KEYS {
+            }
+            let mut found: Vec<(u32, String)> = {
+                let shard = self.shards[index]
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                shard
+                    .entries
+                    .iter()
+                    .filter(|(_, entry)| entry.is_live(now))
+                    .filter_map(|(full, _)| {
+                        let key = full.strip_prefix(&prefix)?;
+                        let position = self.hasher.hash_one(full) as u32;
+                        (position >= from).then(|| (position, key.to_owned()))
+                    })
+                    .collect()
+            };
+            found.sort_unstable();
+            let mut last = None;
+            for (position, key) in found {
+                if keys.len() >= MAX_BATCH_KEYS && last != Some(position) {
                     return KeyPage {
                         keys,
-                        cursor: Some(((index as u64) << 32) | (listed - 1) as u64),
+                        cursor: Some(((index as u64) << 32) | u64::from(position)),
                     };
                 }
-                keys.push(key.to_owned());
+                last = Some(position);
+                keys.push(key);
             }
             index += 1;
-            skip = 0;
+            from = 0;
         }
         KeyPage { keys, cursor: None }
     }
@@ -242,14 +266,19 @@ impl MemoryStore {
         }
     }
 
-    fn insert(&self, shard: &mut Shard, full: String, entry: Entry) -> Result<(), KvError> {
-        let size = entry_size(&full, &entry.value);
+    fn check_fits(&self, size: usize) -> Result<(), KvError> {
         if size > self.shard_limit {
             return Err(KvError::Invalid(format!(
                 "an entry of {size} bytes does not fit in the store (at most {} per entry; raise --kv-memory)",
                 self.shard_limit
             )));
         }
+        Ok(())
+    }
+
+    fn insert(&self, shard: &mut Shard, full: String, entry: Entry) -> Result<(), KvError> {
+        let size = entry_size(&full, &entry.value);
+        self.check_fits(size)?;
         self.remove(shard, &full, false);
         let now = Instant::now();
         while shard.bytes + size > self.shard_limit {
@@ -416,5 +445,34 @@ mod tests {
         assert_eq!(seen.len(), 2500);
         assert!(pages >= 3);
         assert!(!seen.contains("x"));
+    }
+
+    #[test]
+    fn a_listing_sees_every_unchanged_key_once_while_others_churn() {
+        let store = MemoryStore::new(16 << 20);
+        for i in 0..3000 {
+            store.set("b", &format!("stable{i}"), vec![], None).unwrap();
+        }
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        let mut round = 0;
+        loop {
+            let page = store.list_keys("b", cursor);
+            seen.extend(page.keys.into_iter().filter(|k| k.starts_with("stable")));
+            // Between pages: reads reorder the LRU lists, writes add keys.
+            for i in 0..500 {
+                store.get("b", &format!("stable{}", (i * 7 + round) % 3000));
+                store
+                    .set("b", &format!("churn{round}-{i}"), vec![], None)
+                    .unwrap();
+            }
+            round += 1;
+            match page.cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        let unique: std::collections::BTreeSet<_> = seen.iter().collect();
+        assert_eq!((seen.len(), unique.len()), (3000, 3000));
     }
 }

@@ -134,7 +134,11 @@ impl KvStore {
     /// A small in-process store without a sweeper, for a smoke call or a
     /// one-off `spoa-host call`.
     pub fn scratch() -> KvStore {
-        KvStore::with_backend(Backend::Memory(Arc::new(MemoryStore::new(1 << 20))))
+        // Room for the largest entry in every shard, so a smoke call is never
+        // refused what serving accepts; memory is only used when written.
+        let limit =
+            memory::SHARDS * (MAX_VALUE_BYTES + MAX_KEY_BYTES + 64 + memory::ENTRY_OVERHEAD);
+        KvStore::with_backend(Backend::Memory(Arc::new(MemoryStore::new(limit))))
     }
 
     /// Opens the store `spec` names. Redis connects lazily, so the agent
@@ -183,24 +187,33 @@ impl KvStore {
         stats
     }
 
-    /// Runs `op` against the backend, held to `deadline` when it can wait,
-    /// and counts its failure.
+    /// Runs `op` against the backend once `checks` passed, held to
+    /// `deadline` when it can wait, and counts its failure. A Redis call cut
+    /// by the deadline makes the following calls fail at once for a while,
+    /// as a refused connection does: a Redis that hangs costs the calls in
+    /// flight their deadline, not every call after them.
     async fn run<T>(
         &self,
         deadline: Instant,
+        checks: Result<(), KvError>,
         op: impl AsyncFnOnce(&Backend) -> Result<T, KvError>,
     ) -> Result<T, KvError> {
-        let result = match &*self.backend {
-            Backend::Memory(_) => op(&self.backend).await,
-            Backend::Redis(_) => {
+        let result = match (checks, &*self.backend) {
+            (Err(err), _) => Err(err),
+            (Ok(()), Backend::Memory(_)) => op(&self.backend).await,
+            (Ok(()), Backend::Redis(store)) => {
                 let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
+                let result = if left.is_zero() {
                     Err(KvError::Timeout)
                 } else {
                     tokio::time::timeout(left, op(&self.backend))
                         .await
                         .unwrap_or(Err(KvError::Timeout))
+                };
+                if matches!(result, Err(KvError::Timeout)) {
+                    store.timed_out();
                 }
+                result
             }
         };
         if let Err(err) = &result {
@@ -215,26 +228,29 @@ impl KvStore {
         bucket: &str,
         key: &str,
     ) -> Result<Option<Vec<u8>>, KvError> {
-        check_key(key)?;
-        self.run(deadline, async |backend| match backend {
+        self.run(deadline, check_key(key), async |backend| match backend {
             Backend::Memory(store) => Ok(store.get(bucket, key)),
             Backend::Redis(store) => store.get(bucket, key).await,
         })
         .await
     }
 
-    /// Sets `key`, with an expiry when `ttl` is given.
+    /// Sets `key`, with an expiry when `ttl_ms` is given (see
+    /// [`ttl_from_millis`] for its range).
     pub async fn set(
         &self,
         deadline: Instant,
         bucket: &str,
         key: &str,
         value: Vec<u8>,
-        ttl: Option<Duration>,
+        ttl_ms: Option<u64>,
     ) -> Result<(), KvError> {
-        check_key(key)?;
-        check_value(&value)?;
-        self.run(deadline, async |backend| match backend {
+        let ttl = ttl_ms.map(ttl_from_millis).transpose();
+        let checks = check_key(key)
+            .and(check_value(&value))
+            .and(ttl.clone().map(drop));
+        let ttl = ttl.unwrap_or_default();
+        self.run(deadline, checks, async |backend| match backend {
             Backend::Memory(store) => store.set(bucket, key, value, ttl),
             Backend::Redis(store) => store.set(bucket, key, &value, ttl).await,
         })
@@ -242,8 +258,7 @@ impl KvStore {
     }
 
     pub async fn delete(&self, deadline: Instant, bucket: &str, key: &str) -> Result<(), KvError> {
-        check_key(key)?;
-        self.run(deadline, async |backend| match backend {
+        self.run(deadline, check_key(key), async |backend| match backend {
             Backend::Memory(store) => {
                 store.delete(bucket, key);
                 Ok(())
@@ -259,8 +274,7 @@ impl KvStore {
         bucket: &str,
         key: &str,
     ) -> Result<bool, KvError> {
-        check_key(key)?;
-        self.run(deadline, async |backend| match backend {
+        self.run(deadline, check_key(key), async |backend| match backend {
             Backend::Memory(store) => Ok(store.get(bucket, key).is_some()),
             Backend::Redis(store) => store.exists(bucket, key).await,
         })
@@ -273,14 +287,14 @@ impl KvStore {
         bucket: &str,
         cursor: Option<u64>,
     ) -> Result<KeyPage, KvError> {
-        self.run(deadline, async |backend| match backend {
+        self.run(deadline, Ok(()), async |backend| match backend {
             Backend::Memory(store) => Ok(store.list_keys(bucket, cursor)),
             Backend::Redis(store) => store.list_keys(bucket, cursor).await,
         })
         .await
     }
 
-    /// Adds `delta` to the counter at `key`; with `window`, a counter
+    /// Adds `delta` to the counter at `key`; with `window_ms`, a counter
     /// without an expiry gets one (see `spoa:agent/expiry`).
     pub async fn increment(
         &self,
@@ -288,15 +302,21 @@ impl KvStore {
         bucket: &str,
         key: &str,
         delta: u64,
-        window: Option<Duration>,
+        window_ms: Option<u64>,
     ) -> Result<u64, KvError> {
-        check_key(key)?;
-        if delta > MAX_COUNTER {
-            return Err(KvError::Invalid(format!(
+        let window = window_ms.map(ttl_from_millis).transpose();
+        let delta_check = if delta > MAX_COUNTER {
+            Err(KvError::Invalid(format!(
                 "increment {delta} is over the counter limit {MAX_COUNTER}"
-            )));
-        }
-        self.run(deadline, async |backend| match backend {
+            )))
+        } else {
+            Ok(())
+        };
+        let checks = check_key(key)
+            .and(delta_check)
+            .and(window.clone().map(drop));
+        let window = window.unwrap_or_default();
+        self.run(deadline, checks, async |backend| match backend {
             Backend::Memory(store) => store.increment(bucket, key, delta, window),
             Backend::Redis(store) => store.increment(bucket, key, delta, window).await,
         })
@@ -310,8 +330,7 @@ impl KvStore {
         bucket: &str,
         key: &str,
     ) -> Result<Option<Duration>, KvError> {
-        check_key(key)?;
-        self.run(deadline, async |backend| match backend {
+        self.run(deadline, check_key(key), async |backend| match backend {
             Backend::Memory(store) => Ok(store.expires_in(bucket, key)),
             Backend::Redis(store) => store.expires_in(bucket, key).await,
         })
@@ -325,30 +344,28 @@ impl KvStore {
         bucket: &str,
         keys: &[String],
     ) -> Result<Vec<Option<Vec<u8>>>, KvError> {
-        check_batch(keys.len())?;
-        keys.iter().try_for_each(|key| check_key(key))?;
-        self.run(deadline, async |backend| match backend {
+        let checks = check_batch(keys.len()).and(keys.iter().try_for_each(|key| check_key(key)));
+        self.run(deadline, checks, async |backend| match backend {
             Backend::Memory(store) => Ok(keys.iter().map(|key| store.get(bucket, key)).collect()),
             Backend::Redis(store) => store.get_many(bucket, keys).await,
         })
         .await
     }
 
+    /// Sets every pair, or none when one is refused.
     pub async fn set_many(
         &self,
         deadline: Instant,
         bucket: &str,
         pairs: Vec<(String, Vec<u8>)>,
     ) -> Result<(), KvError> {
-        check_batch(pairs.len())?;
-        for (key, value) in &pairs {
-            check_key(key)?;
-            check_value(value)?;
-        }
-        self.run(deadline, async |backend| match backend {
-            Backend::Memory(store) => pairs
-                .into_iter()
-                .try_for_each(|(key, value)| store.set(bucket, &key, value, None)),
+        let checks = check_batch(pairs.len()).and(
+            pairs
+                .iter()
+                .try_for_each(|(key, value)| check_key(key).and(check_value(value))),
+        );
+        self.run(deadline, checks, async |backend| match backend {
+            Backend::Memory(store) => store.set_many(bucket, pairs),
             Backend::Redis(store) => store.set_many(bucket, &pairs).await,
         })
         .await
@@ -360,9 +377,8 @@ impl KvStore {
         bucket: &str,
         keys: &[String],
     ) -> Result<(), KvError> {
-        check_batch(keys.len())?;
-        keys.iter().try_for_each(|key| check_key(key))?;
-        self.run(deadline, async |backend| match backend {
+        let checks = check_batch(keys.len()).and(keys.iter().try_for_each(|key| check_key(key)));
+        self.run(deadline, checks, async |backend| match backend {
             Backend::Memory(store) => {
                 keys.iter().for_each(|key| store.delete(bucket, key));
                 Ok(())
@@ -406,7 +422,7 @@ fn check_batch(len: usize) -> Result<(), KvError> {
 }
 
 /// A time to live or window from the guest's milliseconds.
-pub fn ttl_from_millis(ms: u64) -> Result<Duration, KvError> {
+fn ttl_from_millis(ms: u64) -> Result<Duration, KvError> {
     if ms == 0 || ms > MAX_TTL_MS {
         return Err(KvError::Invalid(format!(
             "time to live {ms} ms is out of range 1..={MAX_TTL_MS}"
@@ -415,11 +431,19 @@ pub fn ttl_from_millis(ms: u64) -> Result<Duration, KvError> {
     Ok(Duration::from_millis(ms))
 }
 
-/// Parses a stored counter (decimal text).
+/// Parses a stored counter: canonical decimal text (`0`, or digits without
+/// a sign or leading zero), at most [`MAX_COUNTER`] — what Redis's `INCRBY`
+/// accepts, less negative numbers (checked before it runs, see `redis.rs`).
 fn parse_counter(value: &[u8]) -> Result<u64, KvError> {
+    let canonical = value == b"0"
+        || (matches!(value.first(), Some(b'1'..=b'9')) && value.iter().all(u8::is_ascii_digit));
     std::str::from_utf8(value)
         .ok()
+        .filter(|_| canonical)
         .and_then(|text| text.parse::<u64>().ok())
         .filter(|&n| n <= MAX_COUNTER)
-        .ok_or_else(|| KvError::Invalid("the value is not a counter (decimal text)".into()))
+        .ok_or_else(|| KvError::Invalid(NOT_A_COUNTER.into()))
 }
+
+/// The error a counter operation gets on a value that is not a counter.
+pub const NOT_A_COUNTER: &str = "the value is not a counter (decimal text, 0 to 2^63-1)";

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use redis::aio::ConnectionManager;
 use redis::{Client, RedisError, Script};
 
-use super::{KeyPage, KvError, MAX_BATCH_KEYS, MAX_COUNTER};
+use super::{KeyPage, KvError, MAX_BATCH_KEYS, NOT_A_COUNTER, parse_counter};
 
 /// How long calls fail at once after Redis failed, before one tries again.
 pub const RETRY_AFTER: Duration = Duration::from_millis(200);
@@ -31,21 +31,29 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A backstop for one reply: each call is bounded by its deadline first.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// INCRBY, then an expiry if the counter has none: a fixed window that
-/// starts at the first increment.
-const INCREMENT_WITHIN: &str = r"
-local n = redis.call('INCRBY', KEYS[1], ARGV[1])
-if redis.call('PTTL', KEYS[1]) < 0 then
+/// A counter increment, as the in-process store does it: the value must be
+/// a counter (canonical, non-negative decimal text) before anything is
+/// written; then INCRBY (which refuses to overflow), and with a window
+/// (ARGV[2] > 0) an expiry if the counter has none: a fixed window from the
+/// first increment. The new value is returned as the stored text: Lua's
+/// numbers are doubles, exact only up to 2^53.
+const INCREMENT: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v and v ~= '0' and not string.match(v, '^[1-9]%d*$') then
+  return redis.error_reply('NOTCOUNTER')
+end
+redis.call('INCRBY', KEYS[1], ARGV[1])
+if ARGV[2] ~= '0' and redis.call('PTTL', KEYS[1]) < 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
-return n
+return redis.call('GET', KEYS[1])
 ";
 
 pub struct RedisStore {
     connection: ConnectionManager,
     address: String,
     prefix: String,
-    increment_within: Script,
+    increment: Script,
     /// Milliseconds since `epoch` until which calls fail at once.
     failing_until: AtomicU64,
     epoch: Instant,
@@ -73,7 +81,7 @@ impl RedisStore {
             connection,
             address,
             prefix: prefix.to_owned(),
-            increment_within: Script::new(INCREMENT_WITHIN),
+            increment: Script::new(INCREMENT),
             failing_until: AtomicU64::new(0),
             epoch: Instant::now(),
             down: AtomicBool::new(false),
@@ -120,20 +128,34 @@ impl RedisStore {
                 Ok(value)
             }
             Err(err) if is_unavailable(&err) => {
-                self.failing_until.store(
-                    self.now_ms() + RETRY_AFTER.as_millis() as u64,
-                    Ordering::Relaxed,
-                );
-                if !self.down.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(redis = %self.address, "key-value store unavailable: {err}");
-                }
+                self.failed(&err.to_string());
                 Err(KvError::Unavailable(format!(
                     "redis {}: {err}",
                     self.address
                 )))
             }
+            Err(err) if err.code() == Some("NOTCOUNTER") => {
+                Err(KvError::Invalid(NOT_A_COUNTER.into()))
+            }
             Err(err) => Err(KvError::Invalid(format!("redis: {err}"))),
         }
+    }
+
+    /// Calls fail at once for [`RETRY_AFTER`]; the first failure after
+    /// serving is logged.
+    fn failed(&self, reason: &str) {
+        self.failing_until.store(
+            self.now_ms() + RETRY_AFTER.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        if !self.down.swap(true, Ordering::Relaxed) {
+            tracing::warn!(redis = %self.address, "key-value store unavailable: {reason}");
+        }
+    }
+
+    /// A call was cut by its deadline: Redis hangs or is overloaded.
+    pub fn timed_out(&self) {
+        self.failed("no answer within a guest call's deadline");
     }
 
     pub async fn get(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
@@ -203,25 +225,13 @@ impl RedisStore {
         delta: u64,
         window: Option<Duration>,
     ) -> Result<u64, KvError> {
-        let key = self.key(bucket, key);
-        let value: i64 = match window {
-            Some(window) => {
-                let mut invocation = self.increment_within.prepare_invoke();
-                invocation
-                    .key(&key)
-                    .arg(delta)
-                    .arg(window.as_millis() as u64);
-                self.call(Command::Script(&invocation)).await?
-            }
-            None => {
-                self.call(Command::Plain(redis::cmd("INCRBY").arg(&key).arg(delta)))
-                    .await?
-            }
-        };
-        u64::try_from(value)
-            .ok()
-            .filter(|&n| n <= MAX_COUNTER)
-            .ok_or_else(|| KvError::Invalid(format!("the counter is negative: {value}")))
+        let mut invocation = self.increment.prepare_invoke();
+        invocation
+            .key(self.key(bucket, key))
+            .arg(delta)
+            .arg(window.map_or(0, |window| window.as_millis() as u64));
+        let value: Vec<u8> = self.call(Command::Script(&invocation)).await?;
+        parse_counter(&value)
     }
 
     pub async fn expires_in(&self, bucket: &str, key: &str) -> Result<Option<Duration>, KvError> {
@@ -269,11 +279,25 @@ enum Command<'a> {
 /// Whether the error means Redis cannot be reached (rather than that it
 /// refused this command).
 fn is_unavailable(err: &RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
     err.is_io_error()
         || err.is_connection_refusal()
         || err.is_connection_dropped()
         || err.is_timeout()
         || err.is_unrecoverable_error()
+        || matches!(
+            err.kind(),
+            ErrorKind::AuthenticationFailed
+                | ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::ReadOnly
+                        | ServerErrorKind::ClusterDown
+                )
+        )
+        // Redis refusing work it cannot do now, by its error code.
+        || matches!(err.code(), Some("OOM" | "BUSY" | "NOAUTH" | "MISCONF"))
 }
 
 /// Key prefixes are `[A-Za-z0-9_.:-]{0,64}`: they go into SCAN patterns.

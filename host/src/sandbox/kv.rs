@@ -10,7 +10,7 @@ use wasmtime::component::Resource;
 
 use super::bindings::{expiry, kv_atomics, kv_batch, kv_store};
 use super::state::GuestState;
-use crate::kv::{BucketRefusal, KvError, KvStore, ttl_from_millis};
+use crate::kv::{BucketRefusal, KvError, KvStore};
 
 /// An open bucket, as the guest's `bucket` resource.
 pub struct Bucket {
@@ -161,12 +161,8 @@ impl expiry::Host for GuestState {
         ttl_ms: u64,
     ) -> Answer<()> {
         let (store, name, deadline) = self.kv_call(&bucket)?;
-        let ttl = match ttl_from_millis(ttl_ms) {
-            Ok(ttl) => ttl,
-            Err(err) => return Ok(Err(to_wit(err))),
-        };
         Ok(store
-            .set(deadline, &name, &key, value, Some(ttl))
+            .set(deadline, &name, &key, value, Some(ttl_ms))
             .await
             .map_err(to_wit))
     }
@@ -179,12 +175,8 @@ impl expiry::Host for GuestState {
         window_ms: u64,
     ) -> Answer<u64> {
         let (store, name, deadline) = self.kv_call(&bucket)?;
-        let window = match ttl_from_millis(window_ms) {
-            Ok(window) => window,
-            Err(err) => return Ok(Err(to_wit(err))),
-        };
         Ok(store
-            .increment(deadline, &name, &key, delta, Some(window))
+            .increment(deadline, &name, &key, delta, Some(window_ms))
             .await
             .map_err(to_wit))
     }

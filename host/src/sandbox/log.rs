@@ -84,11 +84,28 @@ impl GuestLog {
         self.lines_this_call.store(0, Ordering::Relaxed);
     }
 
+    /// Whether this second's budget has room for one more line; reports
+    /// what the seconds before dropped.
+    fn admit(&self) -> bool {
+        let (allowed, dropped_before) = self.budget.take();
+        if dropped_before > 0 {
+            let module = &*self.module;
+            tracing::warn!(
+                target: "guest",
+                module,
+                "dropped {dropped_before} log lines over {MAX_LOG_LINES_PER_SECOND} per second"
+            );
+        }
+        allowed
+    }
+
     pub fn record(&self, level: Level, message: &str) {
         let lines = self.lines_this_call.fetch_add(1, Ordering::Relaxed) + 1;
         let module = &*self.module;
         if lines > MAX_LOG_LINES_PER_CALL {
-            if lines == MAX_LOG_LINES_PER_CALL + 1 {
+            // The warning is a line of this module's too: it takes from the
+            // same per-second budget.
+            if lines == MAX_LOG_LINES_PER_CALL + 1 && self.admit() {
                 tracing::warn!(
                     target: "guest",
                     module,
@@ -97,15 +114,7 @@ impl GuestLog {
             }
             return;
         }
-        let (allowed, dropped_before) = self.budget.take();
-        if dropped_before > 0 {
-            tracing::warn!(
-                target: "guest",
-                module,
-                "dropped {dropped_before} log lines over {MAX_LOG_LINES_PER_SECOND} per second"
-            );
-        }
-        if !allowed {
+        if !self.admit() {
             return;
         }
         let message = truncated(message, MAX_LOG_BYTES);
