@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use redis::aio::ConnectionManager;
 use redis::{Client, RedisError, Script};
 
-use super::{KeyPage, KvError, MAX_BATCH_KEYS, NOT_A_COUNTER, parse_counter};
+use super::{KeyPage, KvError, MAX_BATCH_KEYS, MAX_COUNTER, NOT_A_COUNTER, parse_counter};
 
 /// How long calls fail at once after Redis failed, before one tries again.
 pub const RETRY_AFTER: Duration = Duration::from_millis(200);
@@ -31,20 +31,25 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A backstop for one reply: each call is bounded by its deadline first.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A counter increment, as the in-process store does it: the value must be
-/// a counter (canonical, non-negative decimal text) before anything is
-/// written; then INCRBY (which refuses to overflow), and with a window
-/// (ARGV[2] > 0) an expiry if the counter has none: a fixed window from the
-/// first increment. The new value is returned as the stored text: Lua's
-/// numbers are doubles, exact only up to 2^53.
+/// A counter increment, as the in-process store does it. INCRBY refuses
+/// anything but integer text (no sign, no leading zero) and overflow; a
+/// negative value is the one it accepts that is not a counter, so the
+/// script undoes the increment and refuses it (all within the script:
+/// nothing is seen in between). With a window (ARGV[2] > 0), a counter
+/// without an expiry gets one: a fixed window from the first increment.
+/// Lua's numbers are doubles, so a result past 2^53 is returned as the
+/// stored text, exact.
 const INCREMENT: &str = r"
-local v = redis.call('GET', KEYS[1])
-if v and v ~= '0' and not string.match(v, '^[1-9]%d*$') then
+local n = redis.call('INCRBY', KEYS[1], ARGV[1])
+if n < tonumber(ARGV[1]) then
+  redis.call('DECRBY', KEYS[1], ARGV[1])
   return redis.error_reply('NOTCOUNTER')
 end
-redis.call('INCRBY', KEYS[1], ARGV[1])
 if ARGV[2] ~= '0' and redis.call('PTTL', KEYS[1]) < 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+if n < 9007199254740992 then
+  return n
 end
 return redis.call('GET', KEYS[1])
 ";
@@ -230,8 +235,16 @@ impl RedisStore {
             .key(self.key(bucket, key))
             .arg(delta)
             .arg(window.map_or(0, |window| window.as_millis() as u64));
-        let value: Vec<u8> = self.call(Command::Script(&invocation)).await?;
-        parse_counter(&value)
+        match self.call(Command::Script(&invocation)).await? {
+            redis::Value::Int(n) => u64::try_from(n)
+                .ok()
+                .filter(|&n| n <= MAX_COUNTER)
+                .ok_or_else(|| KvError::Invalid(NOT_A_COUNTER.into())),
+            redis::Value::BulkString(text) => parse_counter(&text),
+            other => Err(KvError::Invalid(format!(
+                "redis: unexpected reply to an increment: {other:?}"
+            ))),
+        }
     }
 
     pub async fn expires_in(&self, bucket: &str, key: &str) -> Result<Option<Duration>, KvError> {
