@@ -37,8 +37,9 @@ guest: setup $(COMPONENTIZE)
 	$(COMPONENTIZE) $(WASM_OUT)/guest_uascore.wasm target/guest_uascore.wasm
 	$(COMPONENTIZE) $(WASM_OUT)/guest_ratelimit.wasm target/guest_ratelimit.wasm
 
-## Test guests: the hostile guest, built as versions A, B and C, and
-## the Python sandbox probe (componentize-py, as the Python example).
+## Test guests: the hostile guest, built as versions A, B and C, the
+## Python sandbox probe (componentize-py, as the Python example), and a
+## JavaScript guest of the shared store (componentize-js, as the JS example).
 fixtures: setup $(COMPONENTIZE)
 	@mkdir -p $(FIXTURES)
 	SPOA_FIXTURE_VERSION=A $(CARGO) build --release --target $(WASM_TARGET) -p guest-hostile
@@ -48,6 +49,7 @@ fixtures: setup $(COMPONENTIZE)
 	SPOA_FIXTURE_VERSION=C $(CARGO) build --release --target $(WASM_TARGET) -p guest-hostile
 	$(COMPONENTIZE) $(WASM_OUT)/guest_hostile.wasm $(FIXTURES)/guest_hostile_c.wasm
 	tests/fixtures/guest-sandbox-py/build.sh
+	tests/fixtures/guest-kv-js/build.sh
 
 host:
 	$(CARGO) build --release -p spoa-host

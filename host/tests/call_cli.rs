@@ -237,3 +237,27 @@ fn a_guest_built_against_an_older_0_1_world_still_loads() {
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     assert_eq!(json(&output)["actions"][0]["name"], "ip_score");
 }
+
+/// A JavaScript guest (componentize-js, `tests/fixtures/guest-kv-js`) uses
+/// the shared store through its generated bindings: a value with an expiry,
+/// a counter within a window, and a bucket it was not granted.
+#[test]
+fn a_javascript_guest_uses_the_shared_store() {
+    let module = support::artifact("fixtures/guest_kv_js.wasm");
+    let output = run_host(&[
+        "call",
+        module.to_str().expect("utf-8"),
+        "--message",
+        "kv",
+        "--guest-memory",
+        "128MiB",
+        "--guest-timeout",
+        "200ms",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let report = json(&output);
+    assert_eq!(
+        report["actions"][0]["value"]["value"], "get=v n=1,3 ttl=true secret=access-denied",
+        "{report}"
+    );
+}

@@ -62,13 +62,7 @@ impl Op {
                 .await
                 .map(drop),
             Op::IncrementWithin => store
-                .increment(
-                    deadline,
-                    "default",
-                    &format!("w:{key}"),
-                    1,
-                    Some(60_000),
-                )
+                .increment(deadline, "default", &format!("w:{key}"), 1, Some(60_000))
                 .await
                 .map(drop),
         }
