@@ -232,6 +232,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "NAME", value_parser = parse_var_name)]
     pub error_var: Option<String>,
 
+    /// Scheduling of the control plane's threads (accept, HELLO, health
+    /// checks, /metrics, signals). `realtime` (SCHED_RR, priority 1) lets a
+    /// health check through at once while guests keep every core busy; it
+    /// needs CAP_SYS_NICE or an RLIMIT_RTPRIO of 1 (systemd: LimitRTPRIO=1),
+    /// and falls back to `normal` without them.
+    #[arg(long, value_enum, default_value_t = ControlPriority::Realtime)]
+    pub control_priority: ControlPriority,
+
     /// Do not watch module, configuration and data files for changes (SIGHUP
     /// still reloads).
     #[arg(long)]
@@ -250,6 +258,40 @@ pub struct ServeArgs {
     #[cfg(feature = "native-iprep")]
     #[arg(long, conflicts_with_all = ["module", "config"])]
     pub native_iprep: bool,
+}
+
+/// How the control plane's threads are scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ControlPriority {
+    /// SCHED_RR priority 1: the control plane's work is short (accept, a
+    /// HELLO, a scrape), and at real-time priority it never waits for a
+    /// time slice behind data-plane threads running guests.
+    Realtime,
+    /// The default time-sharing policy.
+    Normal,
+}
+
+impl ControlPriority {
+    /// Applies the policy to the calling thread (threads it starts inherit
+    /// it). Refusal is logged once and leaves the thread as it was.
+    pub fn apply_to_this_thread(self) {
+        static REPORTED: std::sync::Once = std::sync::Once::new();
+        if self == ControlPriority::Normal {
+            return;
+        }
+        let param = libc::sched_param { sched_priority: 1 };
+        // SAFETY: sched_setscheduler on the calling thread (pid 0) with a
+        // valid, initialised parameter; it only reads `param`.
+        let refused = unsafe { libc::sched_setscheduler(0, libc::SCHED_RR, &param) } != 0;
+        let error = refused.then(std::io::Error::last_os_error);
+        REPORTED.call_once(|| match error {
+            None => tracing::info!("control plane at real-time priority (SCHED_RR 1)"),
+            Some(err) => tracing::info!(
+                "control plane at normal priority: SCHED_RR refused ({err}); grant CAP_SYS_NICE \
+                 or LimitRTPRIO=1 so health checks never wait behind busy guests"
+            ),
+        });
+    }
 }
 
 /// Where guests' shared state (`wasi:keyvalue`) lives.

@@ -110,9 +110,12 @@ fn serve_blocking(args: ServeArgs) -> Result<()> {
         .map(usize::from)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let data_plane = start_data_plane(workers)?;
+    let priority = args.control_priority;
+    priority.apply_to_this_thread();
     let control = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("spoa-control")
+        .on_thread_start(move || priority.apply_to_this_thread())
         .enable_all()
         .build()
         .context("starting the control plane")?;

@@ -208,3 +208,56 @@ fn deadline_is_per_call_not_per_notify() {
         agent.log_text()
     );
 }
+
+/// Scheduling policy (0 = SCHED_OTHER, 2 = SCHED_RR) of each thread of
+/// `pid`, by thread name, from /proc (field 41 of `stat`).
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the agent's threads");
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+        .filter_map(|stat| {
+            let (head, rest) = stat.rsplit_once(')')?;
+            let name = head.split_once('(')?.1.to_owned();
+            // Fields from 3 on follow the name; the policy is field 41.
+            let policy = rest.split_whitespace().nth(41 - 3)?.parse().ok()?;
+            Some((name, policy))
+        })
+        .collect()
+}
+
+/// Health checks never wait for a time slice behind data-plane threads that
+/// run guests: the control plane is real-time (when the system grants it,
+/// else it says so), and no thread that runs guest code ever is.
+#[test]
+fn only_the_control_plane_runs_at_real_time_priority() {
+    let agent = Agent::start(&support::iprep_guest(), &["-n", "2"]);
+    let policies = thread_policies(agent.pid());
+    let control_is_realtime = policies
+        .iter()
+        .any(|(name, policy)| name == "spoa-control" && *policy == 2);
+    assert!(
+        control_is_realtime || agent.log_text().contains("SCHED_RR refused"),
+        "{policies:?}\n{}",
+        agent.log_text()
+    );
+    let data_plane: Vec<_> = policies
+        .iter()
+        .filter(|(name, _)| name == "spoa-data")
+        .collect();
+    assert!(!data_plane.is_empty(), "{policies:?}");
+    assert!(
+        data_plane.iter().all(|(_, policy)| *policy == 0),
+        "{policies:?}"
+    );
+
+    let normal = Agent::start(
+        &support::iprep_guest(),
+        &["-n", "2", "--control-priority", "normal"],
+    );
+    let policies = thread_policies(normal.pid());
+    assert!(
+        policies.iter().all(|(_, policy)| *policy == 0),
+        "{policies:?}"
+    );
+}
