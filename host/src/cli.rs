@@ -233,10 +233,11 @@ pub struct ServeArgs {
     pub error_var: Option<String>,
 
     /// Scheduling of the control plane's threads (accept, HELLO, health
-    /// checks, /metrics, signals). `realtime` (SCHED_RR, priority 1) lets a
-    /// health check through at once while guests keep every core busy; it
-    /// needs CAP_SYS_NICE or an RLIMIT_RTPRIO of 1 (systemd: LimitRTPRIO=1),
-    /// and falls back to `normal` without them.
+    /// checks, /metrics, signals) and of the epoch ticker. `realtime`
+    /// (SCHED_RR, priority 1) lets a health check through at once while
+    /// guests keep every core busy; it needs CAP_SYS_NICE or an
+    /// RLIMIT_RTPRIO of 1 (systemd: LimitRTPRIO=1), and falls back to
+    /// `normal` without them.
     #[arg(long, value_enum, default_value_t = ControlPriority::Realtime)]
     pub control_priority: ControlPriority,
 
@@ -279,11 +280,7 @@ impl ControlPriority {
         if self == ControlPriority::Normal {
             return;
         }
-        let param = libc::sched_param { sched_priority: 1 };
-        // SAFETY: sched_setscheduler on the calling thread (pid 0) with a
-        // valid, initialised parameter; it only reads `param`.
-        let refused = unsafe { libc::sched_setscheduler(0, libc::SCHED_RR, &param) } != 0;
-        let error = refused.then(std::io::Error::last_os_error);
+        let error = crate::realtime::request_for_this_thread().err();
         REPORTED.call_once(|| match error {
             None => tracing::info!("control plane at real-time priority (SCHED_RR 1)"),
             Some(err) => tracing::info!(
@@ -460,6 +457,7 @@ impl SandboxArgs {
                 self.cache_dir.clone().or_else(default_cache_dir)
             },
             long_call_slots: 1,
+            realtime_ticker: false,
         }
     }
 

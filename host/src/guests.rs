@@ -47,6 +47,8 @@ pub struct GuestRuntime {
     /// one fewer than the data-plane threads, at least one, so a guest whose
     /// calls all run to their deadline always leaves a thread to the others.
     pub long_call_slots: u32,
+    /// Guests' epoch tickers run at real-time priority.
+    pub realtime_ticker: bool,
     /// The store every guest shares (`wasi:keyvalue`).
     pub kv: KvStore,
 }
@@ -57,6 +59,7 @@ impl GuestRuntime {
     pub async fn start(&self, spec: GuestSpec) -> Result<Guest> {
         let sandbox_config = crate::sandbox::SandboxConfig {
             long_call_slots: self.long_call_slots,
+            realtime_ticker: self.realtime_ticker,
             ..spec.sandbox.clone()
         };
         let sandbox = Sandbox::new(sandbox_config, self.kv.clone())

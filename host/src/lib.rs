@@ -21,6 +21,7 @@ pub mod metrics_http;
 #[cfg(feature = "native-iprep")]
 pub mod native;
 pub mod net;
+pub mod realtime;
 pub mod reload;
 pub mod router;
 pub mod run;

@@ -172,6 +172,7 @@ async fn serve_async(
         watch: !args.no_watch,
         shutdown: shutdown.clone(),
         long_call_slots: data_plane_threads.saturating_sub(1).max(1) as u32,
+        realtime_ticker: args.control_priority == crate::cli::ControlPriority::Realtime,
     };
     let (handler, _guests) = build_handler(&args, config, &runtime).await?;
 

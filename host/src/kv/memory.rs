@@ -90,6 +90,12 @@ impl MemoryStore {
         self.limit
     }
 
+    /// A key's place in a `list-keys` listing: 32 bits of its hash that are
+    /// independent of the shard (which takes the low bits).
+    fn position(&self, full_key: &str) -> u32 {
+        (self.hasher.hash_one(full_key) >> 32) as u32
+    }
+
     fn shard(&self, full_key: &str) -> MutexGuard<'_, Shard> {
         let index = self.hasher.hash_one(full_key) as usize % SHARDS;
         // A panic while holding a shard cannot leave it inconsistent in a way
@@ -195,32 +201,46 @@ impl MemoryStore {
                     cursor: Some((index as u64) << 32),
                 };
             }
-            let mut found: Vec<(u32, String)> = {
+            let room = MAX_BATCH_KEYS - keys.len();
+            let (page, cursor) = {
                 let shard = self.shards[index]
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
-                shard
+                let mut found: Vec<(u32, &str)> = shard
                     .entries
                     .iter()
                     .filter(|(_, entry)| entry.is_live(now))
                     .filter_map(|(full, _)| {
                         let key = full.strip_prefix(&prefix)?;
-                        let position = self.hasher.hash_one(full) as u32;
-                        (position >= from).then(|| (position, key.to_owned()))
+                        let position = self.position(full);
+                        (position >= from).then_some((position, key))
                     })
-                    .collect()
-            };
-            found.sort_unstable();
-            let mut last = None;
-            for (position, key) in found {
-                if keys.len() >= MAX_BATCH_KEYS && last != Some(position) {
-                    return KeyPage {
-                        keys,
-                        cursor: Some(((index as u64) << 32) | u64::from(position)),
-                    };
+                    .collect();
+                // Only a page's worth is sorted and copied under the lock.
+                let mut rest = Vec::new();
+                if found.len() > room {
+                    found.select_nth_unstable(room);
+                    rest = found.split_off(room);
                 }
-                last = Some(position);
-                keys.push(key);
+                found.sort_unstable();
+                let cursor = match found.last() {
+                    // Keys sharing the last position go in this page too.
+                    Some(&(last, _)) if !rest.is_empty() => {
+                        found.extend(rest.iter().filter(|&&(p, _)| p == last));
+                        rest.iter().map(|&(p, _)| p).filter(|&p| p > last).min()
+                    }
+                    None => rest.iter().map(|&(p, _)| p).min(),
+                    Some(_) => None,
+                };
+                let page: Vec<String> = found.iter().map(|&(_, key)| key.to_owned()).collect();
+                (page, cursor)
+            };
+            keys.extend(page);
+            if let Some(position) = cursor {
+                return KeyPage {
+                    keys,
+                    cursor: Some(((index as u64) << 32) | u64::from(position)),
+                };
             }
             index += 1;
             from = 0;

@@ -432,8 +432,8 @@ fn ttl_from_millis(ms: u64) -> Result<Duration, KvError> {
 }
 
 /// Parses a stored counter: canonical decimal text (`0`, or digits without
-/// a sign or leading zero), at most [`MAX_COUNTER`] — what Redis's `INCRBY`
-/// accepts, less negative numbers (checked before it runs, see `redis.rs`).
+/// a sign or leading zero), at most [`MAX_COUNTER`]; the Redis backend's
+/// script checks the same before it writes (see `redis.rs`).
 fn parse_counter(value: &[u8]) -> Result<u64, KvError> {
     let canonical = value == b"0"
         || (matches!(value.first(), Some(b'1'..=b'9')) && value.iter().all(u8::is_ascii_digit));

@@ -31,20 +31,19 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A backstop for one reply: each call is bounded by its deadline first.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A counter increment, as the in-process store does it. INCRBY refuses
-/// anything but integer text (no sign, no leading zero) and overflow; a
-/// negative value is the one it accepts that is not a counter, so the
-/// script undoes the increment and refuses it (all within the script:
-/// nothing is seen in between). With a window (ARGV[2] > 0), a counter
-/// without an expiry gets one: a fixed window from the first increment.
-/// Lua's numbers are doubles, so a result past 2^53 is returned as the
-/// stored text, exact.
+/// A counter increment, as the in-process store does it: the stored value
+/// must be a counter (canonical non-negative decimal text, checked here,
+/// whatever the server's own parser accepts) before anything is written;
+/// INCRBY refuses overflow. With a window (ARGV[2] > 0), a counter without
+/// an expiry gets one: a fixed window from the first increment. Lua's
+/// numbers are doubles, so a result past 2^53 is returned as the stored
+/// text, exact.
 const INCREMENT: &str = r"
-local n = redis.call('INCRBY', KEYS[1], ARGV[1])
-if n < tonumber(ARGV[1]) then
-  redis.call('DECRBY', KEYS[1], ARGV[1])
+local v = redis.call('GET', KEYS[1])
+if v and v ~= '0' and not string.match(v, '^[1-9]%d*$') then
   return redis.error_reply('NOTCOUNTER')
 end
+local n = redis.call('INCRBY', KEYS[1], ARGV[1])
 if ARGV[2] ~= '0' and redis.call('PTTL', KEYS[1]) < 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end

@@ -45,6 +45,10 @@ pub struct SandboxConfig {
     /// (the threads' worth of time a guest whose calls all run long can
     /// take). The serving agent sets it from its data-plane threads.
     pub long_call_slots: u32,
+    /// Run the epoch ticker at real-time priority (the serving agent's
+    /// `--control-priority realtime`): ticks on time are what bound a
+    /// looping guest to its slots and its deadline on a busy machine.
+    pub realtime_ticker: bool,
 }
 
 /// Everything needed to compile and run guests; cheap to clone.
@@ -117,7 +121,7 @@ impl Sandbox {
         // One tick more than the budget: the first tick may come at once, and
         // a guest must get at least its whole budget.
         let deadline_ticks = config.call_timeout.as_nanos().div_ceil(tick.as_nanos()) as u64 + 1;
-        spawn_epoch_ticker(&engine, tick)?;
+        spawn_epoch_ticker(&engine, tick, config.realtime_ticker)?;
 
         let mut linker = Linker::new(&engine);
         Handler::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |state| state)
@@ -145,13 +149,17 @@ fn epoch_tick(call_timeout: Duration) -> Duration {
     (call_timeout / 5).clamp(Duration::from_micros(100), Duration::from_micros(500))
 }
 
-fn spawn_epoch_ticker(engine: &Engine, tick: Duration) -> Result<()> {
+fn spawn_epoch_ticker(engine: &Engine, tick: Duration, realtime: bool) -> Result<()> {
     // A weak handle lets the thread end once the engine is dropped (tests
     // create many sandboxes in one process).
     let weak = engine.weak();
     std::thread::Builder::new()
         .name("epoch-ticker".into())
         .spawn(move || {
+            if realtime && let Err(err) = crate::realtime::request_for_this_thread() {
+                // The control plane has said so already, once.
+                tracing::debug!("epoch ticker at normal priority: {err}");
+            }
             while let Some(engine) = weak.upgrade() {
                 engine.increment_epoch();
                 drop(engine);

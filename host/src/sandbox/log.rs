@@ -46,7 +46,9 @@ impl LogBudget {
         let now = self.started.elapsed().as_secs();
         let mut dropped_before = 0;
         let second = self.second.load(Ordering::Relaxed);
-        if now != second
+        // Only forward: a thread that read the clock before another moved
+        // the second on must not move it back.
+        if now > second
             && self
                 .second
                 .compare_exchange(second, now, Ordering::Relaxed, Ordering::Relaxed)
