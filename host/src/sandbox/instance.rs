@@ -180,7 +180,6 @@ impl GuestInstance {
         let input = message_to_wit(message);
         let state = self.store.data_mut();
         state.ticks_used = 0;
-        state.call_started = std::time::Instant::now();
         state.log.start_call();
         self.store.set_epoch_deadline(1);
         let outcome = match (&self.blocking, direct) {
@@ -191,6 +190,10 @@ impl GuestInstance {
                 outcome
             }
             _ => {
+                // Only a call on a fiber can reach the store (a component
+                // that imports it is never entered directly): the store's
+                // deadline starts here, and direct calls skip the clock.
+                self.store.data_mut().call_started = std::time::Instant::now();
                 let outcome = self
                     .yielding
                     .call_handle_message(&mut self.store, &input)
