@@ -17,19 +17,21 @@ fn json(output: &std::process::Output) -> serde_json::Value {
     })
 }
 
+/// `spoa-host call MODULE ARGS…`, which must exit 0; its JSON report.
+fn call_ok(module: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let mut full = vec!["call", module.to_str().expect("utf-8")];
+    full.extend_from_slice(args);
+    let output = run_host(&full);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    json(&output)
+}
+
 #[test]
 fn the_readme_example_prints_an_ip_score() {
-    let module = iprep_guest();
-    let output = run_host(&[
-        "call",
-        module.to_str().expect("utf-8"),
-        "--message",
-        "check-client-ip",
-        "--arg",
-        "ip=ipv4:192.0.2.1",
-    ]);
-    assert_eq!(output.status.code(), Some(0), "{output:?}");
-    let report = json(&output);
+    let report = call_ok(
+        &iprep_guest(),
+        &["--message", "check-client-ip", "--arg", "ip=ipv4:192.0.2.1"],
+    );
     assert_eq!(report["ok"], true);
     let action = &report["actions"][0];
     assert_eq!(action["action"], "set-var");
@@ -226,16 +228,11 @@ fn a_guest_built_against_an_older_0_1_world_still_loads() {
         .windows(b"spoa:agent/random@0.1.1".len())
         .any(|w| w == b"spoa:agent/random@0.1.1");
     assert!(imports_old_world, "the fixture must import the 0.1.1 world");
-    let output = run_host(&[
-        "call",
-        module.to_str().expect("utf-8"),
-        "--message",
-        "check-client-ip",
-        "--arg",
-        "ip=ipv4:192.0.2.1",
-    ]);
-    assert_eq!(output.status.code(), Some(0), "{output:?}");
-    assert_eq!(json(&output)["actions"][0]["name"], "ip_score");
+    let report = call_ok(
+        &module,
+        &["--message", "check-client-ip", "--arg", "ip=ipv4:192.0.2.1"],
+    );
+    assert_eq!(report["actions"][0]["name"], "ip_score");
 }
 
 /// A JavaScript guest (componentize-js, `tests/fixtures/guest-kv-js`) uses
@@ -243,19 +240,17 @@ fn a_guest_built_against_an_older_0_1_world_still_loads() {
 /// a counter within a window, and a bucket it was not granted.
 #[test]
 fn a_javascript_guest_uses_the_shared_store() {
-    let module = support::artifact("fixtures/guest_kv_js.wasm");
-    let output = run_host(&[
-        "call",
-        module.to_str().expect("utf-8"),
-        "--message",
-        "kv",
-        "--guest-memory",
-        "128MiB",
-        "--guest-timeout",
-        "200ms",
-    ]);
-    assert_eq!(output.status.code(), Some(0), "{output:?}");
-    let report = json(&output);
+    let report = call_ok(
+        &support::artifact("fixtures/guest_kv_js.wasm"),
+        &[
+            "--message",
+            "kv",
+            "--guest-memory",
+            "128MiB",
+            "--guest-timeout",
+            "200ms",
+        ],
+    );
     assert_eq!(
         report["actions"][0]["value"]["value"], "get=v n=1,3 ttl=true secret=access-denied",
         "{report}"

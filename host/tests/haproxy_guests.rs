@@ -40,18 +40,8 @@ config-file = "ua.conf"
 args = ["ua=req.hdr(user-agent)"]
 "#;
 
+/// The frontend, after `haproxy::HTTP_PROXY_HEAD`.
 const FRONTEND: &str = r#"
-global
-    log stderr format short local0 notice
-
-defaults
-    mode http
-    log global
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-
-frontend web
     bind "${HTTP_BIND}"
     filter spoe engine guests config "${CONF_DIR}/spoe.conf"
     http-after-response set-header X-IP-Score "%[var(sess.spoa.ip_score)]" if { var(sess.spoa.ip_score) -m found }
@@ -106,7 +96,11 @@ fn two_guests_score_the_same_request_and_reload_one_at_a_time_without_a_lost_sco
     let haproxy_side = dir.join("haproxy-side.toml");
     let generate = |section: &str| haproxy::generated_config(&binary, &haproxy_side, section);
     let spoe = generate("spoe");
-    let config = format!("{FRONTEND}\n{}", generate("backend"));
+    let config = format!(
+        "{}{FRONTEND}\n{}",
+        haproxy::HTTP_PROXY_HEAD,
+        generate("backend")
+    );
     let proxy = haproxy::start_files(&binary, &[("haproxy.cfg", config), ("spoe.conf", spoe)]);
 
     let browser = [(

@@ -36,18 +36,8 @@ config = { limit = 5, window = "3s", ban = "4s" }
 args = ["ip=src"]
 "#;
 
+/// The frontend, after `haproxy::HTTP_PROXY_HEAD`.
 const FRONTEND: &str = r#"
-global
-    log stderr format short local0 notice
-
-defaults
-    mode http
-    log global
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-
-frontend web
     bind "${HTTP_BIND}"
     filter spoe engine rate config "${CONF_DIR}/spoe.conf"
     http-request deny deny_status 429 if { var(txn.rl.blocked) -m bool }
@@ -122,7 +112,11 @@ fn two_agents_share_a_rate_limit_through_redis_and_survive_its_loss() {
     );
     let generate =
         |section: &str| haproxy::generated_config(&binary, &dir.join("haproxy-side.toml"), section);
-    let config = format!("{FRONTEND}\n{}", generate("backend"));
+    let config = format!(
+        "{}{FRONTEND}\n{}",
+        haproxy::HTTP_PROXY_HEAD,
+        generate("backend")
+    );
     let proxy = haproxy::start_files(
         &binary,
         &[("haproxy.cfg", config), ("spoe.conf", generate("spoe"))],

@@ -9,6 +9,22 @@ use std::time::Duration;
 
 use super::{free_port, wait_for_port, workspace_root};
 
+/// The start of an HTTP proxy configuration the end-to-end tests build
+/// around a generated SPOE backend: logging to stderr, HTTP defaults, and
+/// the `web` frontend's header; each test appends that frontend's lines.
+pub const HTTP_PROXY_HEAD: &str = "
+global
+    log stderr format short local0 notice
+
+defaults
+    mode http
+    log global
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+
+frontend web";
+
 /// The `haproxy` binary, or a loud failure. Tests never skip silently: set
 /// `SPOA_SKIP_HAPROXY=1` to skip them explicitly (never done in CI).
 pub fn haproxy_binary() -> Option<PathBuf> {
