@@ -146,7 +146,7 @@ if command -v haproxy >/dev/null && command -v wrk >/dev/null; then
             haproxy -db -f "$cfg" >"$dir/haproxy-$variant.log" 2>&1 &
         HAPROXY_PID=$!
         sleep 1
-        echo "wrk through HAProxy $(haproxy -v | head -1 | cut -d' ' -f3), $variant: wrk -t1 -c32 -d$DURATION"
+        echo "wrk through HAProxy $(haproxy -v 2>&1 | sed -n 1p | cut -d" " -f3), $variant: wrk -t1 -c32 -d$DURATION"
         wrk -t1 -c32 -d"$DURATION" "http://127.0.0.1:$HTTP_PORT/" | grep -E 'Requests/sec|Latency|Non-2xx|requests in'
         kill "$HAPROXY_PID"; wait "$HAPROXY_PID" 2>/dev/null || true
         echo

@@ -27,7 +27,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
 fi
 if command -v haproxy >/dev/null 2>&1; then
-    haproxy -v | head -n 1
+    # sed reads to the end: `head` could close the pipe early, and with
+    # pipefail haproxy's SIGPIPE would fail the whole target.
+    haproxy -v 2>&1 | sed -n 1p
 fi
 if command -v redis-server >/dev/null 2>&1; then
     redis-server --version
