@@ -85,11 +85,20 @@ const MAX_IN_FLIGHT: usize = 32;
 type Acks = (BytesMut, NotifyTally);
 type AnswerFuture = Pin<Box<dyn Future<Output = Acks> + Send>>;
 
-/// The answer to `batch`, owning all it needs so it can continue as a task
-/// of its own.
-fn answer_batch(ctx: Arc<AgentContext>, batch: NotifyBatch, max_frame_size: u32) -> AnswerFuture {
+/// Most spare ACK buffers a connection keeps, and the largest it keeps: a
+/// burst of big answers must not pin its memory for the connection's life.
+const MAX_SPARE_ACK_BUFFERS: usize = 4;
+const MAX_SPARE_ACK_CAPACITY: usize = 64 * 1024;
+
+/// The answer to `batch`, encoded into `acks`, owning all it needs so it can
+/// continue as a task of its own.
+fn answer_batch(
+    ctx: Arc<AgentContext>,
+    batch: NotifyBatch,
+    max_frame_size: u32,
+    mut acks: BytesMut,
+) -> AnswerFuture {
     Box::pin(async move {
-        let mut acks = BytesMut::new();
         let mut tally = NotifyTally::default();
         dispatch::answer(&*ctx.handler, batch, max_frame_size, &mut acks, &mut tally).await;
         (acks, tally)
@@ -165,6 +174,8 @@ pub async fn serve_connection(
             write_buf: BytesMut::new(),
             ctx,
             waiting_parts: 0,
+            spare_acks: Vec::new(),
+            batches: Vec::new(),
         },
     };
     match connection.handshake_phase(&shutdown).await {
@@ -199,6 +210,12 @@ struct Link {
     /// Handler parts whose last batch had to wait: their next batches start
     /// as tasks of their own rather than on this connection's task.
     waiting_parts: u64,
+    /// Emptied ACK buffers, for the next batches: each batch encodes into a
+    /// buffer of its own (it may continue as a task), and growing a fresh
+    /// one for every batch cost more than encoding the ACKs.
+    spare_acks: Vec<BytesMut>,
+    /// The batches of one read burst, kept for its allocation.
+    batches: Vec<NotifyBatch>,
 }
 
 impl Connection {
@@ -375,12 +392,17 @@ impl Connection {
         in_flight: &mut FuturesUnordered<SpawnedBatch>,
     ) -> Option<End> {
         while in_flight.len() < MAX_IN_FLIGHT {
-            let mut batches: Vec<NotifyBatch> = Vec::new();
+            let mut batches = std::mem::take(&mut self.link.batches);
             let next = self.take_batches(&mut batches);
-            for batch in batches {
+            for batch in batches.drain(..) {
                 let parts = batch.parts;
-                let mut answer =
-                    answer_batch(self.link.ctx.clone(), batch, negotiated.max_frame_size);
+                let acks = self.link.spare_acks.pop().unwrap_or_default();
+                let mut answer = answer_batch(
+                    self.link.ctx.clone(),
+                    batch,
+                    negotiated.max_frame_size,
+                    acks,
+                );
                 if parts & self.link.waiting_parts == 0 {
                     // A future registers the waker of its latest poll, so a
                     // batch first polled with a no-op waker is woken
@@ -398,6 +420,7 @@ impl Connection {
                     task: tokio::spawn(answer),
                 });
             }
+            self.link.batches = batches;
             match next {
                 Next::NeedInput => return None,
                 Next::MoreBuffered => {}
@@ -407,9 +430,19 @@ impl Connection {
         None
     }
 
-    fn take_acks(&mut self, (acks, tally): Acks) {
+    fn take_acks(&mut self, (mut acks, tally): Acks) {
         self.link.ctx.metrics.record_notify_batch(&tally);
-        self.link.write_buf.extend_from_slice(&acks);
+        if self.link.write_buf.is_empty() {
+            std::mem::swap(&mut self.link.write_buf, &mut acks);
+        } else {
+            self.link.write_buf.extend_from_slice(&acks);
+        }
+        acks.clear();
+        if self.link.spare_acks.len() < MAX_SPARE_ACK_BUFFERS
+            && acks.capacity() <= MAX_SPARE_ACK_CAPACITY
+        {
+            self.link.spare_acks.push(acks);
+        }
     }
 
     /// Writes the ACKs of a batch that ran as a task of its own. Once no

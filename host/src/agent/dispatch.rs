@@ -47,7 +47,12 @@ impl NotifyBatch {
             frame_id: notify.frame_id,
             messages: notify.messages.len(),
         });
-        self.messages.extend(notify.messages);
+        if self.messages.is_empty() {
+            // The usual batch of one NOTIFY keeps its vector.
+            self.messages = notify.messages;
+        } else {
+            self.messages.extend(notify.messages);
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use super::bindings::Handler;
 use super::state::GuestState;
+use super::ticker::TickPace;
 use crate::kv::KvStore;
 
 /// Instances a reload may hold on top of the serving ones: its smoke call,
@@ -61,6 +62,8 @@ pub struct Sandbox {
     pub(crate) deadline_ticks: u64,
     /// See [`SandboxConfig::long_call_slots`].
     pub(crate) long_calls: Arc<LongCalls>,
+    /// The epoch ticker's pace, which long calls set.
+    pub(crate) pace: Arc<TickPace>,
     /// The agent's shared key-value store.
     pub(crate) kv: KvStore,
 }
@@ -117,11 +120,11 @@ impl Sandbox {
             .map_err(anyhow::Error::from)
             .context("creating the wasmtime engine")?;
 
-        let tick = epoch_tick(config.call_timeout);
+        let tick = super::ticker::epoch_tick(config.call_timeout);
         // One tick more than the budget: the first tick may come at once, and
         // a guest must get at least its whole budget.
         let deadline_ticks = config.call_timeout.as_nanos().div_ceil(tick.as_nanos()) as u64 + 1;
-        spawn_epoch_ticker(&engine, tick, config.realtime_ticker)?;
+        let pace = super::ticker::spawn(&engine, tick, config.realtime_ticker)?;
 
         let mut linker = Linker::new(&engine);
         Handler::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |state| state)
@@ -134,38 +137,8 @@ impl Sandbox {
             long_calls: Arc::new(LongCalls::new(config.long_call_slots)),
             config: Arc::new(config),
             deadline_ticks,
+            pace,
             kv,
         })
     }
-}
-
-/// The epoch tick is also the time slice of a long call: at every tick a
-/// running call yields its thread to the other calls waiting for it, and a
-/// call that ran a whole tick needs a long-call slot to go on. 500 µs (a
-/// fifth of the deadline when that is shorter, but at least 100 µs): a
-/// runaway call is cut within a tick of its deadline, and a new looping call
-/// takes at most two ticks before it waits for its guest's slot.
-fn epoch_tick(call_timeout: Duration) -> Duration {
-    (call_timeout / 5).clamp(Duration::from_micros(100), Duration::from_micros(500))
-}
-
-fn spawn_epoch_ticker(engine: &Engine, tick: Duration, realtime: bool) -> Result<()> {
-    // A weak handle lets the thread end once the engine is dropped (tests
-    // create many sandboxes in one process).
-    let weak = engine.weak();
-    std::thread::Builder::new()
-        .name("epoch-ticker".into())
-        .spawn(move || {
-            if realtime && let Err(err) = crate::realtime::request_for_this_thread() {
-                // The control plane has said so already, once.
-                tracing::debug!("epoch ticker at normal priority: {err}");
-            }
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(tick);
-            }
-        })
-        .context("starting the epoch ticker thread")?;
-    Ok(())
 }

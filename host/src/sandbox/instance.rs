@@ -3,7 +3,7 @@
 
 use wasmtime::{Store, Trap, UpdateDeadline};
 
-use super::bindings::{Handler, blocking};
+use super::bindings::{Handler, blocking, wit};
 use super::convert::{actions_from_wit, message_to_wit};
 use super::log::truncated;
 use super::module::LoadedModule;
@@ -84,18 +84,27 @@ impl GuestInstance {
         // run again on a fiber, and the module yields from then on.
         let slow_seen = module.slow_call_seen.clone();
         let long_calls = sandbox.long_calls.clone();
+        let pace = sandbox.pace.clone();
         store.epoch_deadline_callback(move |mut ctx| {
             let state = ctx.data_mut();
             // Ticks are counted while the call runs: time the thread spent
             // on other calls, or descheduled by the kernel, is not charged
             // to this one, so a busy machine does not fail healthy guests.
-            state.ticks_used += 1;
+            // The first tick may come right after the call started, and
+            // counts one; later ones count the ticks they lasted.
+            state.ticks_seen += 1;
+            state.ticks_used += match state.ticks_seen {
+                1 => 1,
+                _ => pace.ticks_of_last_tick(),
+            };
             if state.ticks_used >= state.deadline_ticks {
                 return Err(Trap::Interrupt.into());
             }
-            // The first tick may come right after the call started; a
-            // second one means it ran for a whole tick.
-            let ran_a_whole_tick = state.ticks_used >= 2;
+            // A second tick means it ran for a whole tick.
+            let ran_a_whole_tick = state.ticks_seen >= 2;
+            if ran_a_whole_tick {
+                pace.long_call_running();
+            }
             if state.direct_call {
                 if ran_a_whole_tick {
                     slow_seen.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -170,40 +179,62 @@ impl GuestInstance {
         self.store.data().cut_for_fiber
     }
 
-    /// Calls `handle-message`; `direct` enters it without a fiber when the
-    /// component allows it.
-    pub(crate) async fn call(
+    /// Whether this instance can be entered directly, without a fiber.
+    pub(crate) fn can_call_directly(&self) -> bool {
+        self.blocking.is_some()
+    }
+
+    /// Calls `handle-message` directly, without a fiber, when the component
+    /// allows it (`None` otherwise). A call that runs a whole tick is cut
+    /// (see [`GuestInstance::was_cut_for_fiber`]).
+    pub(crate) fn call_directly(
         &mut self,
         message: &spop::Message,
-        direct: bool,
+    ) -> Option<Result<Vec<spop::Action>, GuestFailure>> {
+        self.blocking.as_ref()?;
+        let input = message_to_wit(message);
+        self.start_call();
+        let handler = self.blocking.as_ref()?;
+        self.store.data_mut().direct_call = true;
+        let outcome = handler.call_handle_message(&mut self.store, &input);
+        self.store.data_mut().direct_call = false;
+        Some(self.outcome(outcome))
+    }
+
+    /// Calls `handle-message` on a fiber: the call yields its thread at
+    /// every tick and may wait in the host.
+    pub(crate) async fn call_yielding(
+        &mut self,
+        message: &spop::Message,
     ) -> Result<Vec<spop::Action>, GuestFailure> {
         let input = message_to_wit(message);
+        self.start_call();
+        // Only a call on a fiber can reach the store (a component that
+        // imports it is never entered directly): the store's deadline
+        // starts here, and direct calls skip the clock.
+        self.store.data_mut().call_started = std::time::Instant::now();
+        let outcome = self
+            .yielding
+            .call_handle_message(&mut self.store, &input)
+            .await;
+        if let Ok(mut slot) = self.store.data().long_call_slot.lock() {
+            slot.take();
+        }
+        self.outcome(outcome)
+    }
+
+    fn start_call(&mut self) {
         let state = self.store.data_mut();
+        state.ticks_seen = 0;
         state.ticks_used = 0;
         state.log.start_call();
         self.store.set_epoch_deadline(1);
-        let outcome = match (&self.blocking, direct) {
-            (Some(handler), true) => {
-                self.store.data_mut().direct_call = true;
-                let outcome = handler.call_handle_message(&mut self.store, &input);
-                self.store.data_mut().direct_call = false;
-                outcome
-            }
-            _ => {
-                // Only a call on a fiber can reach the store (a component
-                // that imports it is never entered directly): the store's
-                // deadline starts here, and direct calls skip the clock.
-                self.store.data_mut().call_started = std::time::Instant::now();
-                let outcome = self
-                    .yielding
-                    .call_handle_message(&mut self.store, &input)
-                    .await;
-                if let Ok(mut slot) = self.store.data().long_call_slot.lock() {
-                    slot.take();
-                }
-                outcome
-            }
-        };
+    }
+
+    fn outcome(
+        &self,
+        outcome: wasmtime::Result<Result<Vec<wit::Action>, String>>,
+    ) -> Result<Vec<spop::Action>, GuestFailure> {
         match outcome {
             Ok(Ok(actions)) => actions_from_wit(actions).map_err(GuestFailure::InvalidOutput),
             Ok(Err(reason)) => Err(GuestFailure::Returned(

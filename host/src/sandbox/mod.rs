@@ -13,6 +13,7 @@ mod kv;
 mod log;
 mod module;
 mod state;
+mod ticker;
 mod wasi;
 
 pub use engine::{InstanceMode, Sandbox, SandboxConfig};

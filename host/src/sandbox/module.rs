@@ -194,7 +194,43 @@ pub struct InstanceLease<'m> {
 
 impl InstanceLease<'_> {
     /// Calls `handle-message`; see [`LoadedModule::call`].
+    ///
+    /// The usual call (an instance at hand, a component entered directly)
+    /// is made right here; everything else (instantiating, a call on a
+    /// fiber, the re-run of a cut call) is a future of its own, boxed, so the
+    /// futures that await this one stay small (moving a large future into
+    /// its box was measurable per batch).
     pub async fn call(
+        &mut self,
+        message: &spop::Message,
+    ) -> Result<Vec<spop::Action>, GuestFailure> {
+        let module = self.module;
+        if module.blocking_indices.is_some() && !module.slow_call_seen.load(Ordering::Relaxed) {
+            let instance = self.instance.take().or_else(|| module.take_idle());
+            if let Some(mut instance) = instance {
+                if let Some(result) = instance.call_directly(message) {
+                    if !instance.was_cut_for_fiber() {
+                        self.keep(instance, &result);
+                        return result;
+                    }
+                    // Cut after one tick because it could not yield: run
+                    // the message again, from a fresh instance (the cut
+                    // one's state is unknown), on a fiber with its whole
+                    // budget.
+                    tracing::info!(
+                        module = %module.label,
+                        "a direct call ran a whole tick: this module's calls run on fibers from now on"
+                    );
+                } else {
+                    self.instance = Some(instance);
+                }
+            }
+        }
+        Box::pin(self.call_slowly(message)).await
+    }
+
+    /// A call that needs a new instance, or a fiber.
+    async fn call_slowly(
         &mut self,
         message: &spop::Message,
     ) -> Result<Vec<spop::Action>, GuestFailure> {
@@ -203,23 +239,30 @@ impl InstanceLease<'_> {
             Some(instance) => instance,
             None => module.bounded(GuestInstance::new(module)).await?,
         };
-        let direct = !module.slow_call_seen.load(Ordering::Relaxed);
-        let mut result = module.bounded(instance.call(message, direct)).await;
-        if direct && instance.was_cut_for_fiber() {
-            // Cut after one tick because it could not yield: run the message
-            // again, from a fresh instance (the cut one's state is unknown),
-            // on a fiber with its whole budget.
-            drop(instance);
-            instance = module.bounded(GuestInstance::new(module)).await?;
-            result = module.bounded(instance.call(message, false)).await;
-        }
-        // A fresh instance serves one message; a poisoned one, none more.
-        let reusable = module.sandbox.config.instance_mode == InstanceMode::Reuse
-            && !matches!(&result, Err(failure) if failure.poisons_instance());
+        let result =
+            match instance.can_call_directly() && !module.slow_call_seen.load(Ordering::Relaxed) {
+                true => match instance.call_directly(message) {
+                    Some(result) if !instance.was_cut_for_fiber() => result,
+                    _ => {
+                        drop(instance);
+                        instance = module.bounded(GuestInstance::new(module)).await?;
+                        module.bounded(instance.call_yielding(message)).await
+                    }
+                },
+                false => module.bounded(instance.call_yielding(message)).await,
+            };
+        self.keep(instance, &result);
+        result
+    }
+
+    /// Keeps `instance` for the next call, unless it serves one message
+    /// only (a fresh instance) or the call poisoned it.
+    fn keep(&mut self, instance: GuestInstance, result: &Result<Vec<spop::Action>, GuestFailure>) {
+        let reusable = self.module.sandbox.config.instance_mode == InstanceMode::Reuse
+            && !matches!(result, Err(failure) if failure.poisons_instance());
         if reusable {
             self.instance = Some(instance);
         }
-        result
     }
 }
 
@@ -353,7 +396,7 @@ impl LoadedModule {
             .map_err(LoadError::Instantiate)?;
         let message = &self.settings.smoke_message;
         instance.use_smoke_store(true);
-        let outcome = self.bounded(instance.call(message, false)).await;
+        let outcome = self.bounded(instance.call_yielding(message)).await;
         instance.use_smoke_store(false);
         match outcome {
             Ok(_) | Err(GuestFailure::Returned(_)) | Err(GuestFailure::InvalidOutput(_)) => {

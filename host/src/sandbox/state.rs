@@ -38,7 +38,9 @@ pub struct GuestState {
     /// Set when the limiter refused a growth, so the resulting trap can be
     /// reported as a memory-limit violation rather than a generic trap.
     pub memory_exceeded: bool,
-    /// Epoch ticks the current call has used, and how many it may use.
+    /// Epoch ticks the current call has seen, the ticks they stand for
+    /// (see [`super::ticker`]), and how many it may use.
+    pub ticks_seen: u64,
     pub ticks_used: u64,
     pub deadline_ticks: u64,
     /// The running call was entered directly (it cannot yield).
@@ -91,6 +93,7 @@ impl GuestState {
             log,
             memory_cap,
             memory_exceeded: false,
+            ticks_seen: 0,
             ticks_used: 0,
             deadline_ticks,
             direct_call: false,
