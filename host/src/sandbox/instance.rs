@@ -97,22 +97,27 @@ impl GuestInstance {
                 1 => 1,
                 _ => pace.ticks_of_last_tick(),
             };
-            if state.ticks_used >= state.deadline_ticks {
-                return Err(Trap::Interrupt.into());
-            }
             // A second tick means it ran for a whole tick.
             let ran_a_whole_tick = state.ticks_seen >= 2;
-            if ran_a_whole_tick {
-                pace.long_call_running();
-            }
             if state.direct_call {
+                // Cut before the deadline is checked: the call is run again
+                // on a fiber with its whole budget, even when the slow pace
+                // charged this tick more than the budget had left.
                 if ran_a_whole_tick {
+                    pace.long_call_running();
                     slow_seen.store(true, std::sync::atomic::Ordering::Relaxed);
                     state.cut_for_fiber = true;
                     return Err(Trap::Interrupt.into());
                 }
                 return Ok(UpdateDeadline::Continue(1));
             }
+            if state.ticks_used >= state.deadline_ticks {
+                return Err(Trap::Interrupt.into());
+            }
+            // A fiber call is a slow guest's (WASI, an interpreter): its
+            // first tick already asks for the fast pace, so it yields every
+            // tick from its second one on.
+            pace.long_call_running();
             let holds_slot = state
                 .long_call_slot
                 .lock()

@@ -217,10 +217,7 @@ impl InstanceLease<'_> {
                     // the message again, from a fresh instance (the cut
                     // one's state is unknown), on a fiber with its whole
                     // budget.
-                    tracing::info!(
-                        module = %module.label,
-                        "a direct call ran a whole tick: this module's calls run on fibers from now on"
-                    );
+                    module.log_moved_to_fibers();
                 } else {
                     self.instance = Some(instance);
                 }
@@ -244,6 +241,7 @@ impl InstanceLease<'_> {
                 true => match instance.call_directly(message) {
                     Some(result) if !instance.was_cut_for_fiber() => result,
                     _ => {
+                        module.log_moved_to_fibers();
                         drop(instance);
                         instance = module.bounded(GuestInstance::new(module)).await?;
                         module.bounded(instance.call_yielding(message)).await
@@ -446,6 +444,13 @@ impl LoadedModule {
         tokio::time::timeout(limit, work)
             .await
             .unwrap_or(Err(GuestFailure::Timeout))
+    }
+
+    fn log_moved_to_fibers(&self) {
+        tracing::info!(
+            module = %self.label,
+            "a direct call ran a whole tick: this module's calls run on fibers from now on"
+        );
     }
 
     fn take_idle(&self) -> Option<GuestInstance> {
