@@ -213,10 +213,10 @@ impl InstanceLease<'_> {
                         self.keep(instance, &result);
                         return result;
                     }
-                    // Cut after one tick because it could not yield: run
-                    // the message again, from a fresh instance (the cut
-                    // one's state is unknown), on a fiber with its whole
-                    // budget.
+                    // Cut after a whole tick because it could not yield:
+                    // the cut instance is dropped (its state is unknown) and
+                    // the message runs again on another instance (pooled or
+                    // new), on a fiber with its whole budget.
                     module.log_moved_to_fibers();
                 } else {
                     self.instance = Some(instance);
