@@ -184,11 +184,6 @@ impl GuestInstance {
         self.store.data().cut_for_fiber
     }
 
-    /// Whether this instance can be entered directly, without a fiber.
-    pub(crate) fn can_call_directly(&self) -> bool {
-        self.blocking.is_some()
-    }
-
     /// Calls `handle-message` directly, without a fiber, when the component
     /// allows it (`None` otherwise). A call that runs a whole tick is cut
     /// (see [`GuestInstance::was_cut_for_fiber`]).
@@ -196,10 +191,9 @@ impl GuestInstance {
         &mut self,
         message: &spop::Message,
     ) -> Option<Result<Vec<spop::Action>, GuestFailure>> {
-        self.blocking.as_ref()?;
-        let input = message_to_wit(message);
-        self.start_call();
         let handler = self.blocking.as_ref()?;
+        let input = message_to_wit(message);
+        start_call(&mut self.store);
         self.store.data_mut().direct_call = true;
         let outcome = handler.call_handle_message(&mut self.store, &input);
         self.store.data_mut().direct_call = false;
@@ -213,7 +207,7 @@ impl GuestInstance {
         message: &spop::Message,
     ) -> Result<Vec<spop::Action>, GuestFailure> {
         let input = message_to_wit(message);
-        self.start_call();
+        start_call(&mut self.store);
         // Only a call on a fiber can reach the store (a component that
         // imports it is never entered directly): the store's deadline
         // starts here, and direct calls skip the clock.
@@ -228,14 +222,6 @@ impl GuestInstance {
         self.outcome(outcome)
     }
 
-    fn start_call(&mut self) {
-        let state = self.store.data_mut();
-        state.ticks_seen = 0;
-        state.ticks_used = 0;
-        state.log.start_call();
-        self.store.set_epoch_deadline(1);
-    }
-
     fn outcome(
         &self,
         outcome: wasmtime::Result<Result<Vec<wit::Action>, String>>,
@@ -248,6 +234,15 @@ impl GuestInstance {
             Err(err) => Err(classify(&self.store, err)),
         }
     }
+}
+
+/// Resets the per-call state a call starts with.
+fn start_call(store: &mut Store<GuestState>) {
+    let state = store.data_mut();
+    state.ticks_seen = 0;
+    state.ticks_used = 0;
+    state.log.start_call();
+    store.set_epoch_deadline(1);
 }
 
 fn classify(store: &Store<GuestState>, err: wasmtime::Error) -> GuestFailure {

@@ -205,23 +205,11 @@ impl InstanceLease<'_> {
         message: &spop::Message,
     ) -> Result<Vec<spop::Action>, GuestFailure> {
         let module = self.module;
-        if module.blocking_indices.is_some() && !module.slow_call_seen.load(Ordering::Relaxed) {
-            let instance = self.instance.take().or_else(|| module.take_idle());
-            if let Some(mut instance) = instance {
-                if let Some(result) = instance.call_directly(message) {
-                    if !instance.was_cut_for_fiber() {
-                        self.keep(instance, &result);
-                        return result;
-                    }
-                    // Cut after a whole tick because it could not yield:
-                    // the cut instance is dropped (its state is unknown) and
-                    // the message runs again on another instance (pooled or
-                    // new), on a fiber with its whole budget.
-                    module.log_moved_to_fibers();
-                } else {
-                    self.instance = Some(instance);
-                }
-            }
+        if module.enters_directly()
+            && let Some(instance) = self.instance.take().or_else(|| module.take_idle())
+            && let Some(result) = self.call_directly(instance, message)
+        {
+            return result;
         }
         Box::pin(self.call_slowly(message)).await
     }
@@ -232,25 +220,47 @@ impl InstanceLease<'_> {
         message: &spop::Message,
     ) -> Result<Vec<spop::Action>, GuestFailure> {
         let module = self.module;
+        if module.enters_directly() {
+            // No instance was at hand: a new one, entered directly.
+            let instance = module.bounded(GuestInstance::new(module)).await?;
+            if let Some(result) = self.call_directly(instance, message) {
+                return result;
+            }
+        }
         let mut instance = match self.instance.take().or_else(|| module.take_idle()) {
             Some(instance) => instance,
             None => module.bounded(GuestInstance::new(module)).await?,
         };
-        let result =
-            match instance.can_call_directly() && !module.slow_call_seen.load(Ordering::Relaxed) {
-                true => match instance.call_directly(message) {
-                    Some(result) if !instance.was_cut_for_fiber() => result,
-                    _ => {
-                        module.log_moved_to_fibers();
-                        drop(instance);
-                        instance = module.bounded(GuestInstance::new(module)).await?;
-                        module.bounded(instance.call_yielding(message)).await
-                    }
-                },
-                false => module.bounded(instance.call_yielding(message)).await,
-            };
+        let result = module.bounded(instance.call_yielding(message)).await;
         self.keep(instance, &result);
         result
+    }
+
+    /// Calls `instance` directly; `None` when the message must run on a
+    /// fiber instead: the component cannot be entered directly (the instance
+    /// is kept for that), or the call was cut after a whole tick because it
+    /// could not yield. A cut instance is dropped (its state is unknown) and
+    /// the module's calls run on fibers from then on, so the caller runs the
+    /// message again on another instance (pooled or new), on a fiber with its
+    /// whole budget.
+    fn call_directly(
+        &mut self,
+        mut instance: GuestInstance,
+        message: &spop::Message,
+    ) -> Option<Result<Vec<spop::Action>, GuestFailure>> {
+        let Some(result) = instance.call_directly(message) else {
+            self.instance = Some(instance);
+            return None;
+        };
+        if instance.was_cut_for_fiber() {
+            tracing::info!(
+                module = %self.module.label,
+                "a direct call ran a whole tick: this module's calls run on fibers from now on"
+            );
+            return None;
+        }
+        self.keep(instance, &result);
+        Some(result)
     }
 
     /// Keeps `instance` for the next call, unless it serves one message
@@ -446,11 +456,10 @@ impl LoadedModule {
             .unwrap_or(Err(GuestFailure::Timeout))
     }
 
-    fn log_moved_to_fibers(&self) {
-        tracing::info!(
-            module = %self.label,
-            "a direct call ran a whole tick: this module's calls run on fibers from now on"
-        );
+    /// Whether calls enter the component directly, without a fiber: it
+    /// imports nothing that can wait, and none of its calls ran a whole tick.
+    fn enters_directly(&self) -> bool {
+        self.blocking_indices.is_some() && !self.slow_call_seen.load(Ordering::Relaxed)
     }
 
     fn take_idle(&self) -> Option<GuestInstance> {

@@ -96,6 +96,22 @@ impl TickPace {
             && self.nanos_since_start().saturating_sub(last)
                 < (self.tick * SLOW_TICKS).as_nanos() as u64
     }
+
+    /// Whether the ticker sleeps one tick next; otherwise it is marked slow
+    /// (about to sleep a slow period), so a call that runs long wakes it.
+    fn next_tick_is_fast(&self) -> bool {
+        if self.long_calls_lately() {
+            return true;
+        }
+        self.slow.store(true, Ordering::SeqCst);
+        if self.long_calls_lately() {
+            // A call ran long between the first look and `slow`: it may
+            // have seen the ticker awake and not woken it.
+            self.slow.store(false, Ordering::SeqCst);
+            return true;
+        }
+        false
+    }
 }
 
 /// The ticks a tick that came `lasted` after the previous one stands for,
@@ -137,16 +153,7 @@ fn run(weak: &wasmtime::EngineWeak, pace: &TickPace) {
         pace.last_tick_ticks.store(ticks, Ordering::Relaxed);
         engine.increment_epoch();
         drop(engine);
-        if pace.long_calls_lately() {
-            intended = 1;
-            std::thread::sleep(pace.tick);
-            continue;
-        }
-        pace.slow.store(true, Ordering::SeqCst);
-        if pace.long_calls_lately() {
-            // A call ran long between the first look and `slow`: it may
-            // have seen the ticker awake and not woken it.
-            pace.slow.store(false, Ordering::SeqCst);
+        if pace.next_tick_is_fast() {
             intended = 1;
             std::thread::sleep(pace.tick);
             continue;
