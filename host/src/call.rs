@@ -221,7 +221,8 @@ pub fn run(args: &CallArgs) -> anyhow::Result<bool> {
             .spec(&Default::default())
             .map_err(anyhow::Error::msg)?;
         let kv = crate::kv::KvStore::open(&kv_spec).map_err(anyhow::Error::msg)?;
-        let sandbox = Sandbox::new(args.sandbox.to_config(), kv)?;
+        let sandbox = Sandbox::new(args.sandbox.to_config(), kv)?
+            .with_ip_tables(crate::tables::IpTables::new(kv_spec.redis_url()));
         let module = crate::reload::load(&sandbox, None, &args.module, &args.sandbox.grants())
             .await
             .map_err(|err| crate::run::rejected(&args.module, err))?

@@ -427,6 +427,21 @@ pub struct SandboxArgs {
     /// every bucket. Default: `default` only (the empty name opens it too).
     #[arg(long = "kv-bucket", value_name = "NAME", value_parser = parse_bucket_grant)]
     pub kv_buckets: Vec<String>,
+
+    /// An IP table the guest may open as NAME (spoa:agent/ip-table),
+    /// repeatable. PATH is a list (an address or network per line, `#`
+    /// comments, an optional label after it: FireHOL, Spamhaus DROP, CSV) or
+    /// a MaxMind DB file (.mmdb), or `redis-set:KEY` (a Redis set's members,
+    /// with --kv redis://…). Loaded once per agent, shared by every guest
+    /// granted it, and reloaded when it changes, without reloading the guest.
+    #[arg(long = "ip-table", value_name = "NAME=PATH", value_parser = crate::tables::parse_grant)]
+    pub ip_tables: Vec<(String, String)>,
+
+    /// Time limit of a guest's optional `init` export, called once on each
+    /// new instance before its first message (outside the per-message
+    /// --guest-timeout).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub guest_init_timeout: Duration,
 }
 
 impl SandboxArgs {
@@ -444,6 +459,7 @@ impl SandboxArgs {
     pub fn to_config(&self) -> SandboxConfig {
         SandboxConfig {
             call_timeout: self.guest_timeout,
+            init_timeout: self.guest_init_timeout,
             memory_cap: self.guest_memory,
             instance_mode: if self.fresh_instance {
                 InstanceMode::Fresh
@@ -476,6 +492,8 @@ impl SandboxArgs {
             smoke_message,
             // Each name was validated by `parse_bucket_grant`.
             kv_buckets: crate::kv::BucketGrants::from_names(&self.kv_buckets).unwrap_or_default(),
+            // Each pair was validated by `parse_grant`.
+            ip_tables: crate::tables::TableGrants::from_pairs(&self.ip_tables).unwrap_or_default(),
         }
     }
 }

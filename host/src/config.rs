@@ -89,6 +89,10 @@ struct GuestTable {
     /// The wasi:keyvalue buckets it may open (default: `--kv-bucket`, else
     /// `default`).
     kv_buckets: Option<Vec<String>>,
+    /// The IP tables it may open, by name (default: `--ip-table`).
+    ip_tables: Option<BTreeMap<String, String>>,
+    /// The time limit of its `init` export (default: `--guest-init-timeout`).
+    init_timeout: Option<String>,
     #[serde(default)]
     on_failure: FailureTable,
     #[serde(default)]
@@ -364,7 +368,21 @@ fn resolve_guest(
             .map_err(|err| format!("kv-buckets: {err}"))?,
         None => defaults.grants().kv_buckets,
     };
+    let ip_tables = match &table.ip_tables {
+        Some(tables) => {
+            let pairs: Vec<(String, String)> = tables
+                .iter()
+                .map(|(name, source)| (name.clone(), source.clone()))
+                .collect();
+            crate::tables::TableGrants::from_pairs(&pairs)
+                .map_err(|err| format!("ip-tables: {err}"))?
+                .relative_to(base)
+        }
+        None => defaults.grants().ip_tables,
+    };
+    sandbox.init_timeout = duration(&table.init_timeout, sandbox.init_timeout, "init-timeout")?;
     let grants = GrantSources {
+        ip_tables,
         config_pairs,
         config_file: table.config_file.map(|file| base.join(file)),
         data_dir: table.data.map(|dir| base.join(dir)),

@@ -14,9 +14,10 @@ use crate::config::{AgentConfig, GuestSpec};
 use crate::exec::GuestExecutor;
 use crate::kv::KvStore;
 use crate::metrics::Metrics;
-use crate::reload::{Loaded, Reloader, Triggers, load, log_loaded};
+use crate::reload::{Loaded, Reloader, load, log_loaded};
 use crate::router::{GuestSet, Router};
 use crate::sandbox::Sandbox;
+use crate::watch::Triggers;
 
 /// A running guest: its executor and its reload triggers, which stop when
 /// the last `Guest` sharing them is dropped.
@@ -51,6 +52,8 @@ pub struct GuestRuntime {
     pub realtime_ticker: bool,
     /// The store every guest shares (`wasi:keyvalue`).
     pub kv: KvStore,
+    /// The IP tables every guest's grants resolve in.
+    pub ip_tables: crate::tables::IpTables,
 }
 
 impl GuestRuntime {
@@ -63,7 +66,8 @@ impl GuestRuntime {
             ..spec.sandbox.clone()
         };
         let sandbox = Sandbox::new(sandbox_config, self.kv.clone())
-            .with_context(|| format!("guest `{}`: creating its sandbox", spec.name))?;
+            .with_context(|| format!("guest `{}`: creating its sandbox", spec.name))?
+            .with_ip_tables(self.ip_tables.clone());
         let started = Instant::now();
         let metrics = self.metrics.guest(&spec.name);
         let loaded = {

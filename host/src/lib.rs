@@ -28,3 +28,5 @@ pub mod run;
 pub mod sandbox;
 pub mod server;
 pub mod spop;
+pub mod tables;
+pub mod watch;

@@ -68,7 +68,8 @@ fn check(path: &std::path::Path, sandbox_args: &SandboxArgs) -> Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async {
-        let sandbox = Sandbox::new(sandbox_args.to_config(), KvStore::scratch())?;
+        let sandbox = Sandbox::new(sandbox_args.to_config(), KvStore::scratch())?
+            .with_ip_tables(crate::tables::IpTables::new(None));
         let started = Instant::now();
         let module = load(&sandbox, None, path, &sandbox_args.grants())
             .await
@@ -156,6 +157,13 @@ async fn serve_async(
         .kv
         .spec(config.as_ref().map_or(&KvArgs::default(), |c| &c.kv))
         .map_err(anyhow::Error::msg)?;
+    // Table reloads are watched from the control plane and built on its
+    // blocking threads; a Redis feed polls from there too.
+    let ip_tables = crate::tables::IpTables::watching(
+        tokio::runtime::Handle::current(),
+        shutdown.clone(),
+        kv_spec.redis_url(),
+    );
     // On the data plane: a Redis connection is driven where the guest calls
     // that use it run, never on the control plane.
     let kv = data_plane
@@ -165,7 +173,9 @@ async fn serve_async(
         .map_err(anyhow::Error::msg)?;
     tracing::info!(store = %kv.describe(), "guest key-value store");
     metrics.watch_kv(kv.clone());
+    metrics.watch_ip_tables(ip_tables.clone());
     let runtime = GuestRuntime {
+        ip_tables,
         kv,
         data_plane: data_plane.clone(),
         metrics: metrics.clone(),

@@ -493,6 +493,6 @@ pub fn failure_kind(failure: &GuestFailure) -> FailureKind {
         GuestFailure::Trap(_) | GuestFailure::Exit(_) => FailureKind::Trap,
         GuestFailure::Returned(_) => FailureKind::Error,
         GuestFailure::InvalidOutput(_) => FailureKind::InvalidOutput,
-        GuestFailure::Instantiate(_) => FailureKind::Instantiate,
+        GuestFailure::Instantiate(_) | GuestFailure::Init(_) => FailureKind::Instantiate,
     }
 }

@@ -123,6 +123,16 @@ pub enum KvBackendSpec {
     Redis { url: String, prefix: String },
 }
 
+impl KvBackendSpec {
+    /// The Redis server's address, when the store is on one.
+    pub fn redis_url(&self) -> Option<String> {
+        match self {
+            KvBackendSpec::Memory { .. } => None,
+            KvBackendSpec::Redis { url, .. } => Some(url.clone()),
+        }
+    }
+}
+
 impl KvStore {
     /// The in-process store, bounded to `limit_bytes`, with its expiry sweep.
     pub fn memory(limit_bytes: usize) -> KvStore {

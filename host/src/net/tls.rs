@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::reload::Triggers;
+use crate::watch::Triggers;
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use rustls::server::WebPkiClientVerifier;

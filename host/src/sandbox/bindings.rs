@@ -14,12 +14,18 @@ wasmtime::component::bindgen!({
         // of a bucket handle can fail, which traps.
         "wasi:keyvalue": async | trappable,
         "spoa:agent/expiry": async | trappable,
+        // Lookups never wait; a bad table handle traps.
+        "spoa:agent/ip-table": trappable,
     },
     exports: { default: async },
-    with: { "wasi:keyvalue/store.bucket": super::kv::Bucket },
+    with: {
+        "wasi:keyvalue/store.bucket": super::kv::Bucket,
+        "spoa:agent/ip-table.table": super::tables::OpenTable,
+    },
 });
 
 pub use spoa::agent::expiry;
+pub use spoa::agent::ip_table;
 pub use spoa::agent::log::Level;
 pub use spoa::agent::types as wit;
 pub use wasi::config::store as config_store;
@@ -39,7 +45,7 @@ pub mod blocking {
             package spoa:blocking;
 
             world handler-export {
-                use spoa:agent/types@0.1.2.{message, action};
+                use spoa:agent/types@0.1.3.{message, action};
                 export handle-message: func(msg: message) -> result<list<action>, string>;
             }
         ",

@@ -13,6 +13,7 @@ use super::bindings::Handler;
 use super::state::GuestState;
 use super::ticker::TickPace;
 use crate::kv::KvStore;
+use crate::tables::IpTables;
 
 /// Instances a reload may hold on top of the serving ones: its smoke call,
 /// and a `spoa-host check` or `call` in the same process.
@@ -35,6 +36,8 @@ pub enum InstanceMode {
 pub struct SandboxConfig {
     /// Wall-clock budget of one `handle-message` call.
     pub call_timeout: Duration,
+    /// Budget of the optional `init` export, called once per new instance.
+    pub init_timeout: Duration,
     /// Linear memory cap per instance, in bytes.
     pub memory_cap: usize,
     pub instance_mode: InstanceMode,
@@ -60,12 +63,16 @@ pub struct Sandbox {
     pub(crate) config: Arc<SandboxConfig>,
     /// Epoch ticks a call may run before it is interrupted.
     pub(crate) deadline_ticks: u64,
+    /// Epoch ticks an `init` call may run.
+    pub(crate) init_ticks: u64,
     /// See [`SandboxConfig::long_call_slots`].
     pub(crate) long_calls: Arc<LongCalls>,
     /// The epoch ticker's pace, which long calls set.
     pub(crate) pace: Arc<TickPace>,
     /// The agent's shared key-value store.
     pub(crate) kv: KvStore,
+    /// The agent's IP tables, which guests' grants name.
+    pub(crate) ip_tables: IpTables,
 }
 
 /// A guest's long-call slots: the share of the data plane its calls that
@@ -124,6 +131,7 @@ impl Sandbox {
         // One tick more than the budget: the first tick may come at once, and
         // a guest must get at least its whole budget.
         let deadline_ticks = config.call_timeout.as_nanos().div_ceil(tick.as_nanos()) as u64 + 1;
+        let init_ticks = config.init_timeout.as_nanos().div_ceil(tick.as_nanos()) as u64 + 1;
         let pace = super::ticker::spawn(&engine, tick, config.realtime_ticker)?;
 
         let mut linker = Linker::new(&engine);
@@ -137,8 +145,20 @@ impl Sandbox {
             long_calls: Arc::new(LongCalls::new(config.long_call_slots)),
             config: Arc::new(config),
             deadline_ticks,
+            init_ticks,
             pace,
             kv,
+            ip_tables: IpTables::default(),
         })
+    }
+
+    /// The same sandbox, its guests' table grants resolved in `tables`.
+    pub fn with_ip_tables(mut self, tables: IpTables) -> Sandbox {
+        self.ip_tables = tables;
+        self
+    }
+
+    pub fn ip_tables(&self) -> &IpTables {
+        &self.ip_tables
     }
 }

@@ -11,6 +11,7 @@ use super::module::GuestSettings;
 use super::state::GuestConfig;
 use crate::kv::BucketGrants;
 use crate::spop;
+use crate::tables::TableGrants;
 
 /// Most files of the data directory looked at for its fingerprint.
 const MAX_FINGERPRINT_ENTRIES: usize = 10_000;
@@ -28,6 +29,8 @@ pub struct GrantSources {
     pub smoke_message: spop::Message,
     /// `--kv-bucket`: the buckets the guest may open.
     pub kv_buckets: BucketGrants,
+    /// `--ip-table`: the IP tables the guest may open.
+    pub ip_tables: TableGrants,
 }
 
 impl GrantSources {
@@ -62,6 +65,8 @@ impl GrantSources {
             data_dir: self.data_dir.clone(),
             smoke_message: self.smoke_message.clone(),
             kv_grants: Arc::new(self.kv_buckets.clone()),
+            ip_table_grants: self.ip_tables.clone(),
+            ip_tables: Default::default(),
         })
     }
 }
@@ -90,6 +95,8 @@ impl GuestSettings {
             hasher.update([0]);
         }
         hasher.update(self.kv_grants.describe().as_bytes());
+        hasher.update([0]);
+        hasher.update(self.ip_table_grants.describe().as_bytes());
         hasher.update([0]);
         if let Some(dir) = &self.data_dir {
             let mut seen = 0;

@@ -30,6 +30,8 @@ pub enum GuestFailure {
     InvalidOutput(String),
     #[error("guest could not be instantiated: {0}")]
     Instantiate(String),
+    #[error("guest init failed: {0}")]
+    Init(String),
 }
 
 impl GuestFailure {
@@ -70,6 +72,8 @@ impl GuestInstance {
             module.log_budget.clone(),
         )
         .map_err(|err| GuestFailure::Instantiate(format!("{err:#}")))?;
+        let mut state = state;
+        state.ip_tables = module.settings.ip_tables.clone();
         let mut store = Store::new(&sandbox.engine, state);
         store.limiter(|state| state);
         // Every tick a yielding call yields, so the other connections on
@@ -165,6 +169,16 @@ impl GuestInstance {
             Some(indices) => Some(indices.load(&mut store, &instance).map_err(load_failed)?),
             None => None,
         };
+        if let Some(init) = &module.init {
+            run_init(
+                &mut store,
+                &instance,
+                init,
+                sandbox.init_ticks,
+                sandbox.deadline_ticks,
+            )
+            .await?;
+        }
         Ok(GuestInstance {
             store,
             yielding,
@@ -233,6 +247,41 @@ impl GuestInstance {
             )),
             Err(err) => Err(classify(&self.store, err)),
         }
+    }
+}
+
+/// Calls the guest's `init` on a fiber, under the init deadline instead of
+/// the per-message one.
+async fn run_init(
+    store: &mut Store<GuestState>,
+    instance: &wasmtime::component::Instance,
+    init: &wasmtime::component::ComponentExportIndex,
+    init_ticks: u64,
+    deadline_ticks: u64,
+) -> Result<(), GuestFailure> {
+    let failed = |failure: GuestFailure| GuestFailure::Init(failure.to_string());
+    let func = instance
+        .get_typed_func::<(), (Result<(), String>,)>(&mut *store, init)
+        .map_err(|err| GuestFailure::Init(format!("`init` has the wrong type: {err:#}")))?;
+    start_call(store);
+    store.data_mut().deadline_ticks = init_ticks;
+    store.data_mut().call_started = std::time::Instant::now();
+    let outcome = func.call_async(&mut *store, ()).await;
+    store.data_mut().deadline_ticks = deadline_ticks;
+    if let Ok(mut slot) = store.data().long_call_slot.lock() {
+        slot.take();
+    }
+    match outcome {
+        Ok((Ok(()),)) => Ok(()),
+        Ok((Err(reason),)) => Err(GuestFailure::Init(
+            truncated(&reason, MAX_REASON_BYTES).to_owned(),
+        )),
+        Err(err) => Err(match classify(store, err) {
+            GuestFailure::Timeout => {
+                GuestFailure::Init("it ran past its time limit (--guest-init-timeout)".into())
+            }
+            other => failed(other),
+        }),
     }
 }
 

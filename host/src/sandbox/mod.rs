@@ -13,6 +13,7 @@ mod kv;
 mod log;
 mod module;
 mod state;
+mod tables;
 mod ticker;
 mod wasi;
 

@@ -19,6 +19,7 @@ use super::log::LogBudget;
 use super::state::{GuestConfig, GuestState};
 use crate::kv::BucketGrants;
 use crate::spop;
+use crate::tables::{GrantedTables, TableGrants};
 
 /// What identifies the module currently serving: logged on each load and
 /// exported as metric labels.
@@ -56,6 +57,10 @@ pub struct GuestSettings {
     pub smoke_message: spop::Message,
     /// The `wasi:keyvalue` buckets the guest may open.
     pub kv_grants: Arc<BucketGrants>,
+    /// The IP tables the guest may open: the grants, and the tables they
+    /// resolve to (filled in when the module is loaded).
+    pub ip_table_grants: TableGrants,
+    pub ip_tables: GrantedTables,
 }
 
 impl GuestSettings {
@@ -81,17 +86,19 @@ pub enum LoadFailureCause {
     World,
     Imports,
     Instantiate,
+    Init,
     Smoke,
 }
 
 impl LoadFailureCause {
-    pub const ALL: [LoadFailureCause; 7] = [
+    pub const ALL: [LoadFailureCause; 8] = [
         LoadFailureCause::Read,
         LoadFailureCause::Config,
         LoadFailureCause::Compile,
         LoadFailureCause::World,
         LoadFailureCause::Imports,
         LoadFailureCause::Instantiate,
+        LoadFailureCause::Init,
         LoadFailureCause::Smoke,
     ];
 
@@ -103,6 +110,7 @@ impl LoadFailureCause {
             LoadFailureCause::World => "world",
             LoadFailureCause::Imports => "imports",
             LoadFailureCause::Instantiate => "instantiate",
+            LoadFailureCause::Init => "init",
             LoadFailureCause::Smoke => "smoke",
         }
     }
@@ -139,6 +147,8 @@ pub enum LoadError {
     World(anyhow::Error),
     #[error("instantiating the component: {0}")]
     Instantiate(GuestFailure),
+    #[error("the guest's init failed: {0} (raise its time limit with --guest-init-timeout)")]
+    Init(GuestFailure),
     #[error(
         "smoke call with message `{message}` failed: {failure} (name another message with --smoke-message)"
     )]
@@ -157,6 +167,7 @@ impl LoadError {
             LoadError::Imports(_) => LoadFailureCause::Imports,
             LoadError::World(_) => LoadFailureCause::World,
             LoadError::Instantiate(_) => LoadFailureCause::Instantiate,
+            LoadError::Init(_) => LoadFailureCause::Init,
             LoadError::Smoke { .. } => LoadFailureCause::Smoke,
         }
     }
@@ -184,6 +195,9 @@ pub struct LoadedModule {
     idle: Mutex<Vec<GuestInstance>>,
     /// Whether the component imports host functions that can wait (WASI).
     host_can_wait: bool,
+    /// The optional `init` export (`handler-with-init`), called once on each
+    /// new instance.
+    pub(crate) init: Option<wasmtime::component::ComponentExportIndex>,
 }
 
 /// An instance taken from a module's pool for a run of calls.
@@ -222,14 +236,14 @@ impl InstanceLease<'_> {
         let module = self.module;
         if module.enters_directly() {
             // No instance was at hand: a new one, entered directly.
-            let instance = module.bounded(GuestInstance::new(module)).await?;
+            let instance = module.new_instance().await?;
             if let Some(result) = self.call_directly(instance, message) {
                 return result;
             }
         }
         let mut instance = match self.instance.take().or_else(|| module.take_idle()) {
             Some(instance) => instance,
-            None => module.bounded(GuestInstance::new(module)).await?,
+            None => module.new_instance().await?,
         };
         let result = module.bounded(instance.call_yielding(message)).await;
         self.keep(instance, &result);
@@ -332,10 +346,8 @@ impl Sandbox {
         let host_can_wait = component
             .component_type()
             .imports(&self.engine)
-            .any(|(name, _)| {
-                (name.starts_with("wasi:") && !name.starts_with("wasi:config/"))
-                    || name.starts_with("spoa:agent/expiry")
-            });
+            .any(|(name, _)| import_can_wait(name));
+        let init = find_init(&component);
         let blocking_indices = if host_can_wait {
             None
         } else {
@@ -365,6 +377,7 @@ impl Sandbox {
             log_budget: Arc::default(),
             idle: Mutex::new(Vec::new()),
             host_can_wait,
+            init,
         });
         module.smoke_test().await?;
         Ok(module)
@@ -398,10 +411,10 @@ impl LoadedModule {
     /// answer or unusable actions do not (a guest may legitimately refuse a
     /// message it does not know).
     async fn smoke_test(&self) -> Result<(), LoadError> {
-        let mut instance = self
-            .bounded(GuestInstance::new(self))
-            .await
-            .map_err(LoadError::Instantiate)?;
+        let mut instance = self.new_instance().await.map_err(|failure| match failure {
+            GuestFailure::Init(_) => LoadError::Init(failure),
+            other => LoadError::Instantiate(other),
+        })?;
         let message = &self.settings.smoke_message;
         instance.use_smoke_store(true);
         let outcome = self.bounded(instance.call_yielding(message)).await;
@@ -446,14 +459,33 @@ impl LoadedModule {
         &self,
         work: impl Future<Output = Result<T, GuestFailure>>,
     ) -> Result<T, GuestFailure> {
+        self.bounded_to(self.sandbox.config.call_timeout, work)
+            .await
+    }
+
+    async fn bounded_to<T>(
+        &self,
+        timeout: Duration,
+        work: impl Future<Output = Result<T, GuestFailure>>,
+    ) -> Result<T, GuestFailure> {
         if !self.host_can_wait {
             return work.await;
         }
-        let timeout = self.sandbox.config.call_timeout;
         let limit = timeout + timeout.max(WALL_CLOCK_GRACE);
         tokio::time::timeout(limit, work)
             .await
             .unwrap_or(Err(GuestFailure::Timeout))
+    }
+
+    /// A new instance, its start code held to the call deadline and its
+    /// `init` (if it exports one) to the init deadline.
+    async fn new_instance(&self) -> Result<GuestInstance, GuestFailure> {
+        let config = &self.sandbox.config;
+        let budget = match self.init {
+            Some(_) => config.call_timeout + config.init_timeout,
+            None => config.call_timeout,
+        };
+        self.bounded_to(budget, GuestInstance::new(self)).await
     }
 
     /// Whether calls enter the component directly, without a fiber: it
@@ -487,6 +519,21 @@ impl LoadedModule {
 /// time it runs, and the timer only catches calls that wait in the host,
 /// without failing healthy guests on a busy machine.
 const WALL_CLOCK_GRACE: Duration = Duration::from_millis(10);
+
+/// Whether a call into an import can wait in the host (and so needs a
+/// fiber): WASI (but for `wasi:config`, answered from memory) and the shared
+/// store. Configuration, randomness, logging and IP tables answer at once.
+/// The bindings' `async` imports (`bindings.rs`) are the ones listed here.
+pub(crate) fn import_can_wait(name: &str) -> bool {
+    (name.starts_with("wasi:") && !name.starts_with("wasi:config/"))
+        || name.starts_with("spoa:agent/expiry")
+}
+
+/// The `init` export, when the component has one. Its type is checked on
+/// the first instance (the smoke call's): a wrong one refuses the module.
+fn find_init(component: &Component) -> Option<wasmtime::component::ComponentExportIndex> {
+    component.get_export_index(None, "init")
+}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -16,6 +16,7 @@ use super::bindings::{Level, config_store, spoa};
 use super::log::{GuestLog, LogBudget};
 use super::wasi::{self, DenyHttp};
 use crate::kv::{BucketGrants, KvStore};
+use crate::tables::GrantedTables;
 
 /// Most random bytes one `get-random-bytes` call returns.
 const MAX_RANDOM_BYTES: u32 = 4096;
@@ -55,6 +56,8 @@ pub struct GuestState {
     /// The agent's shared store, and the buckets this guest may open.
     kv: KvStore,
     pub(super) kv_grants: Arc<BucketGrants>,
+    /// The IP tables this guest may open.
+    pub(super) ip_tables: GrantedTables,
     /// Set for the smoke call: an empty store of its own, so proving a new
     /// version never writes to the shared state.
     pub(super) smoke_kv: Option<KvStore>,
@@ -102,6 +105,7 @@ impl GuestState {
             config,
             kv: kv.store,
             kv_grants: kv.grants,
+            ip_tables: GrantedTables::default(),
             smoke_kv: None,
             call_started: Instant::now(),
             call_timeout,

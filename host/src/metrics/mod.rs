@@ -1,6 +1,8 @@
 //! Prometheus metrics. Every series the hot path touches is resolved to a
 //! plain atomic handle once, at start-up, so counting costs one atomic add.
 
+mod tables;
+
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -16,6 +18,7 @@ use crate::agent::FailureKind;
 use crate::kv::{KvFailureCause, KvStats, KvStore};
 use crate::sandbox::{LoadFailureCause, ModuleIdentity};
 use crate::spop::{FrameType, Status};
+use crate::tables::IpTables;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FrameLabels {
@@ -125,6 +128,8 @@ pub struct Metrics {
     kv: KvSeries,
     /// The store whose figures are read at each scrape.
     kv_store: Mutex<Option<KvStore>>,
+    tables: tables::TableSeries,
+    ip_tables: Mutex<Option<IpTables>>,
 }
 
 /// The shared key-value store's series, set from [`KvStore::stats`] at each
@@ -321,6 +326,7 @@ impl Metrics {
         );
         let guests = GuestFamilies::register(&mut registry);
         let kv = KvSeries::register(&mut registry);
+        let table_series = tables::TableSeries::register(&mut registry);
 
         Metrics {
             registry,
@@ -339,7 +345,14 @@ impl Metrics {
             guests,
             kv,
             kv_store: Mutex::new(None),
+            tables: table_series,
+            ip_tables: Mutex::new(None),
         }
+    }
+
+    /// Shows the figures of `tables` (`spoa_ip_table_*`) from now on.
+    pub fn watch_ip_tables(&self, tables: IpTables) {
+        *self.ip_tables.lock().unwrap_or_else(|p| p.into_inner()) = Some(tables);
     }
 
     /// Shows `store`'s figures (`spoa_kv_*`) from now on.
@@ -408,6 +421,9 @@ impl Metrics {
     pub fn render(&self) -> String {
         if let Some(store) = &*self.kv_store.lock().unwrap_or_else(|p| p.into_inner()) {
             self.kv.update(&store.stats());
+        }
+        if let Some(tables) = &*self.ip_tables.lock().unwrap_or_else(|p| p.into_inner()) {
+            self.tables.update(tables);
         }
         let mut out = String::new();
         // Writing into a String cannot fail.

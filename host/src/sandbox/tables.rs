@@ -1,0 +1,139 @@
+//! `spoa:agent/ip-table` for guests: the tables the operator granted, looked
+//! up in the host's memory. A `table` resource holds the live table, so
+//! every lookup answers from the version serving at that moment; nothing
+//! here can wait, so a guest that only adds tables is still entered
+//! directly, without a fiber.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use ipnet::IpNet;
+use wasmtime::component::Resource;
+
+use super::bindings::ip_table as wit;
+use super::log::Level;
+use super::state::GuestState;
+use crate::tables::{FieldValue, LiveTable, check_table_name};
+
+/// An open table, as the guest's `table` resource.
+pub struct OpenTable {
+    live: Arc<LiveTable>,
+}
+
+fn address(address: wit::IpAddress) -> IpAddr {
+    match address {
+        wit::IpAddress::Ipv4((a, b, c, d)) => IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
+        wit::IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => {
+            IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h))
+        }
+    }
+}
+
+fn network(network: IpNet) -> wit::IpNetwork {
+    let address = match network.network() {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            wit::IpAddress::Ipv4((a, b, c, d))
+        }
+        IpAddr::V6(v6) => {
+            let [a, b, c, d, e, f, g, h] = v6.segments();
+            wit::IpAddress::Ipv6((a, b, c, d, e, f, g, h))
+        }
+    };
+    wit::IpNetwork {
+        address,
+        prefix_len: network.prefix_len(),
+    }
+}
+
+fn field(value: FieldValue) -> wit::FieldValue {
+    match value {
+        FieldValue::Text(text) => wit::FieldValue::Text(text),
+        FieldValue::Unsigned(n) => wit::FieldValue::Unsigned(n),
+        FieldValue::Signed(n) => wit::FieldValue::Signed(n),
+        FieldValue::Float(n) => wit::FieldValue::Float(n),
+        FieldValue::Boolean(b) => wit::FieldValue::Boolean(b),
+    }
+}
+
+impl GuestState {
+    fn open_table(&self, table: &Resource<OpenTable>) -> wasmtime::Result<Arc<LiveTable>> {
+        let live = self.table.get(table)?.live.clone();
+        live.stats.lookups.fetch_add(1, Ordering::Relaxed);
+        Ok(live)
+    }
+}
+
+impl wit::Host for GuestState {
+    fn open(&mut self, name: String) -> wasmtime::Result<Result<Resource<OpenTable>, wit::Error>> {
+        if let Err(reason) = check_table_name(&name) {
+            self.log
+                .record(Level::Debug, &format!("ip-table open: {reason}"));
+            return Ok(Err(wit::Error::NoSuchTable));
+        }
+        let Some(live) = self.ip_tables.get(&name) else {
+            self.log.record(
+                Level::Debug,
+                &format!("ip-table open: table `{name}` is not granted to this guest"),
+            );
+            return Ok(Err(wit::Error::AccessDenied));
+        };
+        let live = live.clone();
+        Ok(Ok(self.table.push(OpenTable { live })?))
+    }
+}
+
+impl wit::HostTable for GuestState {
+    fn contains(
+        &mut self,
+        table: Resource<OpenTable>,
+        address: wit::IpAddress,
+    ) -> wasmtime::Result<bool> {
+        let live = self.open_table(&table)?;
+        Ok(live.current().contains(self::address(address)))
+    }
+
+    fn lookup(
+        &mut self,
+        table: Resource<OpenTable>,
+        address: wit::IpAddress,
+    ) -> wasmtime::Result<Option<wit::Hit>> {
+        let live = self.open_table(&table)?;
+        let current = live.current();
+        Ok(current.lookup(self::address(address)).map(|hit| wit::Hit {
+            network: network(hit.network),
+            label: hit.label.map(str::to_owned),
+        }))
+    }
+
+    fn lookup_fields(
+        &mut self,
+        table: Resource<OpenTable>,
+        address: wit::IpAddress,
+        paths: Vec<String>,
+    ) -> wasmtime::Result<Option<wit::FieldsHit>> {
+        let live = self.open_table(&table)?;
+        let current = live.current();
+        Ok(current
+            .lookup_fields(self::address(address), &paths)
+            .map(|hit| wit::FieldsHit {
+                network: network(hit.network),
+                values: hit
+                    .values
+                    .into_iter()
+                    .map(|value| value.map(field))
+                    .collect(),
+            }))
+    }
+
+    fn len(&mut self, table: Resource<OpenTable>) -> wasmtime::Result<u64> {
+        let live = self.table.get(&table)?.live.clone();
+        Ok(live.current().len() as u64)
+    }
+
+    fn drop(&mut self, table: Resource<OpenTable>) -> wasmtime::Result<()> {
+        self.table.delete(table)?;
+        Ok(())
+    }
+}
