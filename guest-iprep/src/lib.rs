@@ -1,7 +1,13 @@
 //! The IP-reputation guest: the WebAssembly counterpart of HAProxy's example
 //! agent. For every `check-client-ip` message it sets `sess.<prefix>.ip_score`
-//! to a random integer in `0..=100`, drawn from the host's randomness import.
+//! to a random integer in `0..=100`, drawn from the host's randomness import,
+//! or to 0 when the address is in the IP table named `blocklist` (when the
+//! operator grants one: `--ip-table blocklist=PATH`).
 
+use std::net::IpAddr;
+use std::sync::OnceLock;
+
+use spoa_guest::tables::IpTable;
 use spoa_guest::{Action, Guest, Message, VarScope};
 
 // A per-call arena as the global allocator (wasm32 only; see spoa-guest).
@@ -22,24 +28,45 @@ pub fn score_from_random(random: u64) -> i32 {
     ((u128::from(random) * u128::from(MAX_SCORE + 1)) >> 64) as i32
 }
 
+/// The IP table holding the block list.
+pub const BLOCKLIST: &str = "blocklist";
+
 /// The guest's whole policy, independent of the host so it can be unit-tested
-/// natively.
-pub fn actions_for(message: &Message, random: impl FnOnce() -> u64) -> Vec<Action> {
+/// natively: `blocked` says whether an address is on the block list.
+pub fn actions_for(
+    message: &Message,
+    blocked: impl FnOnce(IpAddr) -> bool,
+    random: impl FnOnce() -> u64,
+) -> Vec<Action> {
     if message.name != CHECK_CLIENT_IP {
         return Vec::new();
     }
-    vec![Action::set(
-        VarScope::Sess,
-        IP_SCORE,
-        score_from_random(random()),
-    )]
+    let score = match message.ip("ip") {
+        Some(ip) if blocked(ip) => 0,
+        _ => score_from_random(random()),
+    };
+    vec![Action::set(VarScope::Sess, IP_SCORE, score)]
 }
+
+/// The block list, opened once per instance; `None` when none is granted.
+static BLOCK_LIST: OnceLock<Option<IpTable>> = OnceLock::new();
 
 struct IpReputation;
 
 impl Guest for IpReputation {
+    fn init() -> Result<(), String> {
+        BLOCK_LIST.get_or_init(|| IpTable::open(BLOCKLIST).ok());
+        Ok(())
+    }
+
     fn handle_message(msg: Message) -> Result<Vec<Action>, String> {
-        Ok(actions_for(&msg, spoa_guest::random::get_random_u64))
+        let table = BLOCK_LIST.get_or_init(|| IpTable::open(BLOCKLIST).ok());
+        let blocked = |ip| table.as_ref().is_some_and(|table| table.contains(ip));
+        Ok(actions_for(
+            &msg,
+            blocked,
+            spoa_guest::random::get_random_u64,
+        ))
     }
 }
 
@@ -74,7 +101,7 @@ mod tests {
 
     #[test]
     fn check_client_ip_sets_session_score_from_host_randomness() {
-        let actions = actions_for(&check_client_ip(), || u64::MAX);
+        let actions = actions_for(&check_client_ip(), |_| false, || u64::MAX);
         match actions.as_slice() {
             [Action::SetVar(set)] => {
                 assert_eq!(set.name, IP_SCORE);
@@ -91,7 +118,24 @@ mod tests {
             name: "log-request".to_string(),
             args: Vec::new(),
         };
-        let actions = actions_for(&other, || panic!("randomness drawn for another message"));
+        let actions = actions_for(
+            &other,
+            |_| panic!("block list read for another message"),
+            || panic!("randomness drawn for another message"),
+        );
         assert!(actions.is_empty());
+    }
+
+    #[test]
+    fn a_blocked_address_scores_zero_without_drawing() {
+        let actions = actions_for(
+            &check_client_ip(),
+            |ip| ip == IpAddr::from([127, 0, 0, 1]),
+            || panic!("randomness drawn for a blocked address"),
+        );
+        assert!(matches!(
+            actions.as_slice(),
+            [Action::SetVar(set)] if matches!(set.value, TypedData::Int32(0))
+        ));
     }
 }

@@ -1,7 +1,7 @@
 //! Write `spoa-host` SPOE message handlers in Rust.
 //!
-//! This crate runs `wit_bindgen::generate!` on the `handler` world of
-//! `spoa:agent` and adds a few helpers, so a guest depends on it alone:
+//! This crate runs `wit_bindgen::generate!` on the `handler-with-init` world
+//! of `spoa:agent` and adds a few helpers, so a guest depends on it alone:
 //!
 //! ```
 //! use spoa_guest::{Action, Guest, Message, VarScope};
@@ -31,10 +31,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 #[cfg(any(feature = "arena", test))]
 pub mod arena;
 
-/// The raw output of `wit_bindgen::generate!` for the `handler` world.
+/// The raw output of `wit_bindgen::generate!` for the `handler-with-init`
+/// world. Guests implement [`Guest`](crate::Guest) and export it with
+/// [`export_handler!`](crate::export_handler), not these directly.
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "handler",
+        world: "handler-with-init",
         path: "wit",
         // The world imports `wasi:config/store` from another package: generate
         // its bindings here too (else wit-bindgen wants a `with` mapping).
@@ -42,15 +44,56 @@ pub mod bindings {
         // Lets guests (and their unit tests) compare values and actions.
         additional_derives: [PartialEq],
         pub_export_macro: true,
-        export_macro_name: "export_handler",
+        export_macro_name: "export_world",
         default_bindings_module: "$crate::bindings",
     });
 }
 
-pub use bindings::Guest;
-/// Exports a type implementing [`Guest`] as the component's `handle-message`:
-/// `spoa_guest::export_handler!(MyGuest);`, once per guest crate.
-pub use bindings::export_handler;
+/// A handler guest: `handle_message` for every message, and `init` once per
+/// instance before its first message (under `--guest-init-timeout`, not the
+/// per-message deadline).
+///
+/// Per-instance state, the one idiom: prepare it in `init` and keep it in a
+/// `static` (`std::sync::OnceLock`, or `std::cell::OnceCell` in a
+/// `thread_local!`): settings parsed, patterns compiled, tables and buckets
+/// opened. An instance serves many messages; a new one (after a trap, a
+/// reload, or `--fresh-instance`) runs `init` again.
+pub trait Guest {
+    /// Prepares this instance; `Err` refuses it (at load, the version is
+    /// refused). The default does nothing.
+    fn init() -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Answers one SPOE message; `Err` sends no action for it (the reason
+    /// goes to the host's log).
+    fn handle_message(msg: Message) -> Result<Vec<Action>, String>;
+}
+
+/// Exports a type implementing [`Guest`] as the component's `init` and
+/// `handle-message`: `spoa_guest::export_handler!(MyGuest);`, once per guest
+/// crate.
+#[macro_export]
+macro_rules! export_handler {
+    ($guest:ty) => {
+        const _: () = {
+            struct SpoaGuestExport;
+            impl $crate::bindings::Guest for SpoaGuestExport {
+                fn init() -> ::core::result::Result<(), ::std::string::String> {
+                    <$guest as $crate::Guest>::init()
+                }
+                fn handle_message(
+                    msg: $crate::Message,
+                ) -> ::core::result::Result<::std::vec::Vec<$crate::Action>, ::std::string::String>
+                {
+                    <$guest as $crate::Guest>::handle_message(msg)
+                }
+            }
+            $crate::bindings::export_world!(SpoaGuestExport);
+        };
+    };
+}
+
 pub use bindings::spoa::agent::types::{
     Action, Arg, Message, SetVar, TypedData, UnsetVar, VarScope,
 };
@@ -172,6 +215,125 @@ pub mod kv {
             Error::NoSuchStore => "no such store".to_owned(),
             Error::AccessDenied => "access denied (bucket not granted)".to_owned(),
             Error::Other(text) => text.clone(),
+        }
+    }
+}
+
+/// IP tables the host owns (`spoa:agent/ip-table`): block lists and MaxMind
+/// DB files the operator grants by name (`--ip-table blocklist=PATH`). Open
+/// them in [`Guest::init`] and keep them; a lookup is about 0.1 µs and
+/// always answers from the table's current version.
+///
+/// ```no_run
+/// use spoa_guest::tables::IpTable;
+///
+/// # fn check(ip: std::net::IpAddr) -> Result<bool, String> {
+/// let blocklist = IpTable::open("blocklist").map_err(|e| e.to_string())?;
+/// let blocked = blocklist.contains(ip);
+/// let country = IpTable::open("country")
+///     .ok()
+///     .and_then(|db| db.text_field(ip, "country.iso_code"));
+/// # Ok(blocked)
+/// # }
+/// ```
+pub mod tables {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use crate::bindings::spoa::agent::ip_table as wit;
+    pub use wit::{Error, FieldValue};
+
+    /// An open table.
+    pub struct IpTable(wit::Table);
+
+    /// The most specific network holding an address.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Hit {
+        /// The network's first address and prefix length.
+        pub network: (IpAddr, u8),
+        /// The entry's label (lists only).
+        pub label: Option<String>,
+    }
+
+    fn to_wit(ip: IpAddr) -> wit::IpAddress {
+        match ip {
+            IpAddr::V4(v4) => {
+                let [a, b, c, d] = v4.octets();
+                wit::IpAddress::Ipv4((a, b, c, d))
+            }
+            IpAddr::V6(v6) => {
+                let [a, b, c, d, e, f, g, h] = v6.segments();
+                wit::IpAddress::Ipv6((a, b, c, d, e, f, g, h))
+            }
+        }
+    }
+
+    fn from_wit(network: wit::IpNetwork) -> (IpAddr, u8) {
+        let address = match network.address {
+            wit::IpAddress::Ipv4((a, b, c, d)) => Ipv4Addr::new(a, b, c, d).into(),
+            wit::IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => {
+                Ipv6Addr::new(a, b, c, d, e, f, g, h).into()
+            }
+        };
+        (address, network.prefix_len)
+    }
+
+    impl IpTable {
+        /// Opens the table granted as `name`.
+        pub fn open(name: &str) -> Result<IpTable, Error> {
+            wit::open(name).map(IpTable)
+        }
+
+        /// Whether a network of the table holds `ip` (the cheapest call).
+        /// An IPv4-mapped IPv6 address matches IPv4 networks.
+        pub fn contains(&self, ip: IpAddr) -> bool {
+            self.0.contains(to_wit(ip))
+        }
+
+        /// The most specific network holding `ip`, with its label.
+        pub fn lookup(&self, ip: IpAddr) -> Option<Hit> {
+            self.0.lookup(to_wit(ip)).map(|hit| Hit {
+                network: from_wit(hit.network),
+                label: hit.label,
+            })
+        }
+
+        /// The fields at `paths` of the MaxMind DB record for `ip`
+        /// (`country.iso_code`, `autonomous_system_number`), with the
+        /// matched network; `None` when no network holds `ip`.
+        pub fn fields(
+            &self,
+            ip: IpAddr,
+            paths: &[&str],
+        ) -> Option<((IpAddr, u8), Vec<Option<FieldValue>>)> {
+            let paths: Vec<String> = paths.iter().map(|p| (*p).to_owned()).collect();
+            self.0
+                .lookup_fields(to_wit(ip), &paths)
+                .map(|hit| (from_wit(hit.network), hit.values))
+        }
+
+        /// The text field at `path` (a country code), if the record has one.
+        pub fn text_field(&self, ip: IpAddr, path: &str) -> Option<String> {
+            match self.fields(ip, &[path])?.1.pop()?? {
+                FieldValue::Text(text) => Some(text),
+                _ => None,
+            }
+        }
+
+        /// The unsigned field at `path` (an AS number), if the record has one.
+        pub fn number_field(&self, ip: IpAddr, path: &str) -> Option<u64> {
+            match self.fields(ip, &[path])?.1.pop()?? {
+                FieldValue::Unsigned(n) => Some(n),
+                _ => None,
+            }
+        }
+
+        /// Networks in the table now.
+        pub fn len(&self) -> u64 {
+            self.0.len()
+        }
+
+        pub fn is_empty(&self) -> bool {
+            self.len() == 0
         }
     }
 }
