@@ -48,6 +48,8 @@ fixtures: setup $(COMPONENTIZE)
 	$(COMPONENTIZE) $(WASM_OUT)/guest_hostile.wasm $(FIXTURES)/guest_hostile_b.wasm
 	SPOA_FIXTURE_VERSION=C $(CARGO) build --release --target $(WASM_TARGET) -p guest-hostile
 	$(COMPONENTIZE) $(WASM_OUT)/guest_hostile.wasm $(FIXTURES)/guest_hostile_c.wasm
+	$(CARGO) build --release --target $(WASM_TARGET) -p guest-tables
+	$(COMPONENTIZE) $(WASM_OUT)/guest_tables.wasm $(FIXTURES)/guest_tables.wasm
 	tests/fixtures/guest-sandbox-py/build.sh
 	tests/fixtures/guest-kv-js/build.sh
 
@@ -76,7 +78,7 @@ test-deps:
 ## hostile peers and guests, hot reload, the example guests, and end to end
 ## with a real HAProxy. Every test binary runs even when one fails.
 test: test-deps guest fixtures examples host
-	$(CARGO) test --release --workspace --exclude guest-hostile --no-fail-fast
+	$(CARGO) test --release --workspace --exclude guest-hostile --exclude guest-tables --no-fail-fast
 
 ## Load generator figures for BENCHMARKS.md (DURATION=10s by default).
 bench: guest
@@ -92,8 +94,8 @@ fuzz:
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets --workspace --exclude guest-hostile -- -D warnings
-	$(CARGO) clippy -p guest-hostile -p guest-iprep -p guest-uascore -p guest-ratelimit -p spoa-guest --target $(WASM_TARGET) -- -D warnings
+	$(CARGO) clippy --all-targets --workspace --exclude guest-hostile --exclude guest-tables -- -D warnings
+	$(CARGO) clippy -p guest-hostile -p guest-tables -p guest-iprep -p guest-uascore -p guest-ratelimit -p spoa-guest --target $(WASM_TARGET) -- -D warnings
 	cd examples/guests/rust && $(CARGO) fmt --check && $(CARGO) clippy -- -D warnings
 
 fmt:

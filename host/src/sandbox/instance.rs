@@ -30,7 +30,7 @@ pub enum GuestFailure {
     InvalidOutput(String),
     #[error("guest could not be instantiated: {0}")]
     Instantiate(String),
-    #[error("guest init failed: {0}")]
+    #[error("the guest's init failed: {0}")]
     Init(String),
 }
 

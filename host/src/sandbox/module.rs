@@ -147,7 +147,7 @@ pub enum LoadError {
     World(anyhow::Error),
     #[error("instantiating the component: {0}")]
     Instantiate(GuestFailure),
-    #[error("the guest's init failed: {0} (raise its time limit with --guest-init-timeout)")]
+    #[error("{0}")]
     Init(GuestFailure),
     #[error(
         "smoke call with message `{message}` failed: {failure} (name another message with --smoke-message)"
