@@ -217,22 +217,32 @@ fn a_second_load_takes_the_compiled_code_from_the_cache() {
     assert!(!String::from_utf8_lossy(&third.stdout).contains("from the cache"));
 }
 
-/// The WIT world only grows within 0.1.x: a guest built against
-/// `spoa:agent@0.1.1` (before `wasi:keyvalue`; the committed fixture is
-/// guest-iprep built from that version's tree) still loads and answers.
+/// The WIT world only grows within 0.1.x: guests built against every
+/// earlier world still load and answer. The committed fixtures were built
+/// from those versions' trees: guest-iprep at 0.1.0 (0c7cb63), 0.1.1 (before
+/// `wasi:keyvalue`) and 0.1.2 (before `ip-table` and `init`), and the
+/// rate-limit guest at 0.1.2 (it imports `wasi:keyvalue` and `expiry`).
 #[test]
-fn a_guest_built_against_an_older_0_1_world_still_loads() {
-    let module = support::source_fixture("prebuilt/guest_iprep_0_1_1.wasm");
-    let bytes = std::fs::read(&module).expect("the prebuilt fixture");
-    let imports_old_world = bytes
-        .windows(b"spoa:agent/random@0.1.1".len())
-        .any(|w| w == b"spoa:agent/random@0.1.1");
-    assert!(imports_old_world, "the fixture must import the 0.1.1 world");
-    let report = call_ok(
-        &module,
-        &["--message", "check-client-ip", "--arg", "ip=ipv4:192.0.2.1"],
-    );
-    assert_eq!(report["actions"][0]["name"], "ip_score");
+fn guests_built_against_older_0_1_worlds_still_load() {
+    for (fixture, world) in [
+        ("guest_iprep_0_1_0.wasm", "spoa:agent/random@0.1.0"),
+        ("guest_iprep_0_1_1.wasm", "spoa:agent/random@0.1.1"),
+        ("guest_iprep_0_1_2.wasm", "spoa:agent/random@0.1.2"),
+        ("guest_ratelimit_0_1_2.wasm", "spoa:agent/expiry@0.1.2"),
+    ] {
+        let module = support::source_fixture(&format!("prebuilt/{fixture}"));
+        let bytes = std::fs::read(&module).expect("the prebuilt fixture");
+        let imports_old_world = bytes.windows(world.len()).any(|w| w == world.as_bytes());
+        assert!(imports_old_world, "{fixture} must import {world}");
+        let report = call_ok(
+            &module,
+            &["--message", "check-client-ip", "--arg", "ip=ipv4:192.0.2.1"],
+        );
+        assert_eq!(
+            report["actions"][0]["name"], "ip_score",
+            "{fixture}: {report}"
+        );
+    }
 }
 
 /// A JavaScript guest (componentize-js, `tests/fixtures/guest-kv-js`) uses
