@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# scripts/componentize-py.sh SRC_DIR OUT.wasm
+# scripts/componentize-py.sh SRC_DIR OUT.wasm [WORLD]
 # Builds the Python guest whose `app.py` is in SRC_DIR into a WebAssembly
-# component for spoa-host's `handler` world (wit/), with componentize-py
+# component for spoa-host's WORLD (default `handler`; `handler-with-init`
+# when the guest exports `init`) of wit/, with componentize-py
 # pinned by examples/guests/python/requirements.txt and installed into a venv
 # under target/toolchains/python (when missing or when the pin changed).
 # Does nothing when OUT is newer than its inputs (FORCE=1 rebuilds). Runs from
@@ -10,6 +11,7 @@ set -euo pipefail
 
 src="$(cd "$1" && pwd)"
 out="$2"
+world="${3:-handler}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 wit="$root/wit"
 requirements="$root/examples/guests/python/requirements.txt"
@@ -44,7 +46,7 @@ fi
 mkdir -p "$(dirname "$out")"
 cd "$src"
 # VIRTUAL_ENV and -p keep the bundled Python path to SRC_DIR and the venv.
-VIRTUAL_ENV="$venv" "$venv/bin/componentize-py" -d "$wit" -w handler \
+VIRTUAL_ENV="$venv" "$venv/bin/componentize-py" -d "$wit" -w "$world" \
     componentize -p "$src" app -o "$out.tmp"
 mv "$out.tmp" "$out"
 echo "componentize-py.sh: wrote $out ($(wc -c <"$out") bytes)"

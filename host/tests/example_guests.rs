@@ -1,9 +1,10 @@
 //! The example guests of `examples/guests/` (Rust, Python, JavaScript), as
 //! `make examples` builds them into `target/examples/iprep_<lang>.wasm`,
-//! served by a real spoa-host: the block list from the data directory, the
-//! threshold from the configuration, random scores, other messages, several
-//! messages in one NOTIFY; configuration and data reloads; and end to end
-//! behind a real HAProxy.
+//! served by a real spoa-host: the block list from the IP table `blocklist`
+//! (a million networks too), the threshold from the configuration, random
+//! scores, other messages, several messages in one NOTIFY; configuration and
+//! table reloads; a MaxMind DB country table; and end to end behind a real
+//! HAProxy.
 
 mod support;
 
@@ -63,7 +64,8 @@ fn example_guest(lang: &str) -> PathBuf {
             module.display().to_string(),
             data.path().display().to_string(),
         );
-        let mut args = vec!["check", &module, "--guest-data", &data];
+        let grant = format!("blocklist={data}/blocklist.txt");
+        let mut args = vec!["check", &module, "--ip-table", &grant];
         args.extend_from_slice(sandbox_flags(lang));
         let output = run_host(&args);
         assert!(
@@ -75,7 +77,8 @@ fn example_guest(lang: &str) -> PathBuf {
     module
 }
 
-/// A data directory holding `blocklist.txt` with these lines.
+/// A directory holding `blocklist.txt` with these lines (the examples'
+/// IP table `blocklist`).
 fn data_dir(blocklist: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     write_blocklist(dir.path(), blocklist);
@@ -88,11 +91,11 @@ fn write_blocklist(dir: &Path, lines: &[&str]) {
 }
 
 /// Starts an agent serving the example in `lang` with its sandbox flags,
-/// `--guest-data DATA` and the extra `args`.
+/// `--ip-table blocklist=DATA/blocklist.txt` and the extra `args`.
 fn start_example(lang: &str, data: &Path, args: &[&str]) -> Agent {
     let module = example_guest(lang);
-    let data = data.display().to_string();
-    let mut all = vec!["--guest-data", &data];
+    let grant = format!("blocklist={}", data.join("blocklist.txt").display());
+    let mut all = vec!["--ip-table", &grant];
     all.extend_from_slice(sandbox_flags(lang));
     all.extend_from_slice(args);
     Agent::start(&module, &all)
@@ -327,8 +330,9 @@ fn js_example_scores_blocks_and_answers_in_order() {
     example_scores_blocks_and_answers_in_order("js");
 }
 
-/// A new threshold in `--guest-config-file` and a new network in the data
-/// directory reach the guest without a restart.
+/// A new threshold in `--guest-config-file` (a new version of the guest,
+/// whose `init` reads it) and a new network in the block list (the table
+/// alone, the guest untouched) reach the guest without a restart.
 #[test]
 fn rust_example_reloads_configuration_and_data() {
     let config_dir = tempfile::tempdir().expect("temp dir");
@@ -358,6 +362,7 @@ fn rust_example_reloads_configuration_and_data() {
     assert_logged(&agent, "reason=\"configuration changed\"");
 
     // (b) a new network appended to the block list.
+    let guest_loads = agent.log_text().matches("module loaded").count();
     let mut blocklist = std::fs::OpenOptions::new()
         .append(true)
         .open(data.path().join("blocklist.txt"))
@@ -377,11 +382,12 @@ fn rust_example_reloads_configuration_and_data() {
     assert_eq!(client.check("192.0.2.1"), LISTED);
     let scores = client.unlisted_scores("203.0.113.9", 20, 101);
     assert_vary(&scores);
-    assert_logged(&agent, "reason=\"data changed\"");
+    assert_logged(&agent, "reason=\"file changed\"");
     let log = agent.log_text();
-    assert!(
-        log.matches("module loaded").count() >= 3,
-        "a start and two reloads:\n{log}"
+    assert_eq!(
+        log.matches("module loaded").count(),
+        guest_loads,
+        "the table reloads alone, the guest is not reloaded:\n{log}"
     );
     assert_quiet_log(&agent);
 }
@@ -468,4 +474,100 @@ fn wait_until_scored(lang: &str, proxy: &haproxy::Haproxy, agent: &Agent) {
         proxy.log_text(),
         agent.log_text()
     );
+}
+
+/// Each example with a million-network block list (the host's table: the
+/// guest parses nothing): listed and unlisted addresses answer as with two
+/// lines, and the list is loaded once for the agent.
+fn example_serves_a_million_networks(lang: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // 1 000 000 networks in 1.0.0.0–126.255.255.255, plus 192.0.2.0/24.
+    support::lists::write_big_list(
+        &dir.path().join("blocklist.txt"),
+        1_000_000,
+        "192.0.2.0/24\n",
+    );
+    let agent = start_example(lang, dir.path(), &["--guest-config", "threshold=30"]);
+    let mut client = Client::connect(&agent);
+    for _ in 0..10 {
+        assert_eq!(client.check("192.0.2.1"), LISTED);
+        assert_eq!(client.check("::ffff:192.0.2.200"), LISTED);
+    }
+    assert_vary(&client.unlisted_scores("198.51.100.7", 20, 30));
+    assert_eq!(agent.log_text().matches("IP table loaded").count(), 1);
+    assert_quiet_log(&agent);
+}
+
+#[test]
+fn rust_example_serves_a_million_networks() {
+    example_serves_a_million_networks("rust");
+}
+
+#[test]
+fn python_example_serves_a_million_networks() {
+    example_serves_a_million_networks("python");
+}
+
+#[test]
+fn js_example_serves_a_million_networks() {
+    example_serves_a_million_networks("js");
+}
+
+/// The Rust example with a MaxMind DB country table (written here by
+/// mmdb-writer, as GeoLite2-Country lays records out): `txn.ip_country`, and
+/// `blocked-countries` blocks a whole country.
+#[test]
+fn rust_example_reads_a_country_from_a_maxmind_db() {
+    #[derive(serde::Serialize)]
+    struct Country {
+        iso_code: &'static str,
+    }
+    #[derive(serde::Serialize)]
+    struct Record {
+        country: Country,
+    }
+    let dir = data_dir(&[]);
+    let db = dir.path().join("GeoLite2-Country.mmdb");
+    let mut writer = mmdb_writer::Writer::new("GeoLite2-Country");
+    for (network, iso_code) in [("198.51.100.0/24", "FR"), ("203.0.113.0/24", "KP")] {
+        let network: ipnet::IpNet = network.parse().expect("a network");
+        writer
+            .insert(
+                network,
+                &Record {
+                    country: Country { iso_code },
+                },
+            )
+            .expect("inserting a record");
+    }
+    std::fs::write(&db, writer.to_bytes().expect("encoding the db")).expect("writing the db");
+    let grant = format!("country={}", db.display());
+    let agent = start_example(
+        "rust",
+        dir.path(),
+        &[
+            "--ip-table",
+            &grant,
+            "--guest-config",
+            "blocked-countries=KP",
+        ],
+    );
+    let mut client = Client::connect(&agent);
+    let ack = client.notify(vec![check_ip("198.51.100.7")]);
+    let country = ack.actions.iter().find_map(|action| match action {
+        Action::SetVar {
+            name,
+            value: TypedData::String(code),
+            ..
+        } if &name[..] == b"ip_country" => Some(String::from_utf8_lossy(code).into_owned()),
+        _ => None,
+    });
+    assert_eq!(country.as_deref(), Some("FR"), "{ack:?}");
+    let ack = client.notify(vec![check_ip("203.0.113.9")]);
+    assert_eq!(
+        verdict_of(&ack.actions[..2]),
+        LISTED,
+        "a blocked country: {ack:?}"
+    );
+    assert_quiet_log(&agent);
 }

@@ -8,8 +8,8 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 use spoa_host::spop::{Ack, Action, Message, TypedData};
 use support::agent::{Agent, run_host};
 use support::http::{metric_value, scrape_metrics};
+use support::lists::write_big_list;
 use support::redis::RedisServer;
 use support::spop_client::{SpopClient, message, notify_frame, string};
-use support::{artifact, eventually, free_port, write_atomically};
+use support::{artifact, eventually, write_atomically};
 
 fn tables_guest() -> PathBuf {
     artifact("fixtures/guest_tables.wasm")
@@ -328,30 +329,6 @@ impl Client {
         let answer = self.ask(lookup_message("blocklist", ip.parse().unwrap()));
         matches!(answer.get("found"), Some(TypedData::Bool(true)))
     }
-}
-
-/// A deterministic list of `count` IPv4 networks, /16 to /32, with first
-/// octets 1 to 126 (so 192.0.2.0/24 and 198.51.100.0/24 are never listed),
-/// plus `extra` lines. Returns how many distinct networks it wrote.
-fn write_big_list(path: &Path, count: usize, extra: &str) -> usize {
-    use std::io::Write;
-    let mut distinct = std::collections::HashSet::with_capacity(count);
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path).expect("creating"));
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    for _ in 0..count {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        let prefix = 16 + (state % 17) as u32;
-        let first = 1 + ((state >> 8) % 126) as u32;
-        let address = (first << 24) | ((state >> 20) as u32 & 0x00ff_ffff);
-        let address = address & !(u32::MAX.checked_shr(prefix).unwrap_or(0));
-        distinct.insert((address, prefix));
-        writeln!(out, "{}/{prefix}", Ipv4Addr::from(address)).expect("writing");
-    }
-    out.write_all(extra.as_bytes()).expect("writing");
-    out.flush().expect("flushing");
-    distinct.len()
 }
 
 #[test]

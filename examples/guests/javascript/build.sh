@@ -42,7 +42,7 @@ fi
 rm -rf "$stage"
 mkdir -p "$stage/deps/spoa-agent"
 cp "$here/wit/world.wit" "$stage/"
-cp -r "$here/wit/deps/." "$stage/deps/"
+[ -d "$here/wit/deps" ] && cp -r "$here/wit/deps/." "$stage/deps/"
 cp "$wit/spoa.wit" "$stage/deps/spoa-agent/"
 cp -r "$wit/deps/." "$stage/deps/"
 

@@ -1,11 +1,11 @@
 // A small SDK for spoa-host guests written in JavaScript (componentize-js):
-// typed arguments, actions, configuration, randomness, logging and files.
+// typed arguments, actions, configuration, randomness, logging and IP tables.
 // The WIT types arrive as jco represents them: a variant is `{ tag, val }`,
 // an enum is its case name as a string, u64 is a BigInt.
-import { getRandomU64 } from 'spoa:agent/random@0.1.2';
-import { log as hostLog } from 'spoa:agent/log@0.1.2';
+import { getRandomU64 } from 'spoa:agent/random@0.1.3';
+import { log as hostLog } from 'spoa:agent/log@0.1.3';
+import { open as hostOpenTable } from 'spoa:agent/ip-table@0.1.3';
 import { get as configGet } from 'wasi:config/store@0.2.0-rc.1';
-import { getDirectories } from 'wasi:filesystem/preopens@0.2.12';
 
 /** The value (`{ tag, val }`) of the argument `name`, or undefined. */
 export function arg(msg, name) {
@@ -66,30 +66,38 @@ export function log(level, message) {
 }
 
 /**
- * The contents of the file at an absolute `path` inside a preopened directory
- * (spoa-host preopens `/data` read-only with `--guest-data`). Throws if there
- * is no such file or it cannot be read.
+ * The IP table the operator granted as `name` (`--ip-table name=PATH`), or
+ * undefined when it is not granted. Open tables in `init` and keep them.
  */
-export function readFile(path) {
-  for (const [dir, mount] of getDirectories()) {
-    const prefix = mount.endsWith('/') ? mount : mount + '/';
-    if (!path.startsWith(prefix)) continue;
-    const file = dir.openAt({ symlinkFollow: true }, path.slice(prefix.length), {}, { read: true });
-    const chunks = [];
-    let offset = 0n;
-    for (;;) {
-      const [bytes, end] = file.read(65536n, offset);
-      chunks.push(bytes);
-      offset += BigInt(bytes.length);
-      if (end || bytes.length === 0) break;
-    }
-    const all = new Uint8Array(Number(offset));
-    let at = 0;
-    for (const c of chunks) {
-      all.set(c, at);
-      at += c.length;
-    }
-    return new TextDecoder().decode(all);
+export function openTable(name) {
+  try {
+    return hostOpenTable(name);
+  } catch (e) {
+    return undefined;
   }
-  throw new Error(`${path}: not in a preopened directory`);
+}
+
+/** An address from `ipArg` as the host's `ip-address`. */
+function witAddress(ip) {
+  const parts = ip.version === 4 ? 4 : 8;
+  const width = ip.version === 4 ? 8n : 16n;
+  const mask = (1n << width) - 1n;
+  const val = [];
+  for (let i = parts - 1; i >= 0; i--) val.push(Number((ip.bits >> (BigInt(i) * width)) & mask));
+  return { tag: ip.version === 4 ? 'ipv4' : 'ipv6', val };
+}
+
+/**
+ * Whether a network of `table` holds the address `ip` (from `ipArg`); false
+ * without a table. An IPv4-mapped IPv6 address matches IPv4 networks.
+ */
+export function contains(table, ip) {
+  return table !== undefined && table.contains(witAddress(ip));
+}
+
+/** The text at `path` ('country.iso_code') of the MaxMind DB record holding `ip`. */
+export function textField(table, ip, path) {
+  const hit = table?.lookupFields(witAddress(ip), [path]);
+  const value = hit?.values?.[0];
+  return value?.tag === 'text' ? value.val : undefined;
 }

@@ -15,9 +15,11 @@ from wit_world.imports import random as _random
 # `wasi:keyvalue/store`, so componentize-py names both by package.
 from wit_world.imports import wasi_config_store as _store
 from wit_world.imports import types
+from wit_world.imports import ip_table as _ip_table
 
 __all__ = ["Err", "Message", "Action", "arg", "ip_arg", "int32", "int64", "boolean",
-           "string", "set_var", "unset_var", "config", "random_below", "log"]
+           "string", "set_var", "unset_var", "config", "random_below", "log",
+           "open_table", "contains", "text_field"]
 
 Message = types.Message
 Action = types.Action
@@ -83,3 +85,35 @@ def random_below(n: int) -> int:
 def log(level: str, message: str) -> None:
     """Logs into the host's log: "trace", "debug", "info", "warn" or "error"."""
     _log.log(_log.Level[level.upper()], message)
+
+
+def _wit_address(ip: Address) -> _ip_table.IpAddress:
+    if ip.version == 4:
+        return _ip_table.IpAddress_Ipv4(tuple(ip.packed))
+    packed = ip.packed
+    return _ip_table.IpAddress_Ipv6(tuple(int.from_bytes(packed[i:i + 2], "big") for i in range(0, 16, 2)))
+
+
+def open_table(name: str) -> Optional[_ip_table.Table]:
+    """The IP table the operator granted as `name` (`--ip-table name=PATH`),
+    or None when it is not granted. Open tables in `init` and keep them."""
+    try:
+        return _ip_table.open(name)
+    except Err:
+        return None
+
+
+def contains(table: Optional[_ip_table.Table], ip: Address) -> bool:
+    """Whether a network of `table` holds `ip` (False without a table). An
+    IPv4-mapped IPv6 address matches IPv4 networks."""
+    return table is not None and table.contains(_wit_address(ip))
+
+
+def text_field(table: Optional[_ip_table.Table], ip: Address, path: str) -> Optional[str]:
+    """The text at `path` (e.g. "country.iso_code") of the MaxMind DB record
+    holding `ip`, or None."""
+    if table is None:
+        return None
+    hit = table.lookup_fields(_wit_address(ip), [path])
+    value = hit.values[0] if hit is not None and hit.values else None
+    return value.value if isinstance(value, _ip_table.FieldValue_Text) else None

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod haproxy;
 pub mod http;
+pub mod lists;
 pub mod redis;
 pub mod spop_client;
 
