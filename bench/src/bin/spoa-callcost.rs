@@ -30,6 +30,18 @@ struct Args {
     /// The number of actions each call must return.
     #[arg(long, default_value_t = 1)]
     expect_actions: usize,
+    /// The message each call gets (default: check-client-ip, with
+    /// ip=ipv4:198.51.100.7 unless --arg is given).
+    #[arg(long, default_value = "check-client-ip")]
+    message: String,
+    /// An argument of the message, repeatable (NAME=TYPE:VALUE).
+    #[arg(long = "arg", value_parser = spoa_host::cli::parse_typed_arg)]
+    args: Vec<Arg>,
+    /// Also time this message (same arguments) on the same instance, in
+    /// alternating rounds, and print what `--message` costs on top of it:
+    /// the difference of the two, with the machine's noise in both.
+    #[arg(long, value_name = "MESSAGE")]
+    baseline: Option<String>,
     #[command(flatten)]
     sandbox: SandboxArgs,
     /// The guests' key-value store (`--kv redis://…` to measure Redis).
@@ -40,11 +52,15 @@ struct Args {
 fn main() -> Result<()> {
     let args = Args::parse();
     let message = Message {
-        name: Bytes::from_static(b"check-client-ip"),
-        args: vec![Arg {
-            name: Bytes::from_static(b"ip"),
-            value: TypedData::Ipv4(Ipv4Addr::new(198, 51, 100, 7)),
-        }],
+        name: Bytes::copy_from_slice(args.message.as_bytes()),
+        args: if args.args.is_empty() {
+            vec![Arg {
+                name: Bytes::from_static(b"ip"),
+                value: TypedData::Ipv4(Ipv4Addr::new(198, 51, 100, 7)),
+            }]
+        } else {
+            args.args.clone()
+        },
     };
     println!(
         "spoa-callcost: {}, {:?} per variant, one thread",
@@ -70,7 +86,8 @@ fn main() -> Result<()> {
                 .spec(&Default::default())
                 .map_err(anyhow::Error::msg)?;
             let kv = spoa_host::kv::KvStore::open(&kv_spec).map_err(anyhow::Error::msg)?;
-            let sandbox = Sandbox::new(sandbox_args.to_config(), kv)?;
+            let sandbox = Sandbox::new(sandbox_args.to_config(), kv)?
+                .with_ip_tables(spoa_host::tables::IpTables::new(kv_spec.redis_url()));
             let load_started = Instant::now();
             let module =
                 spoa_host::reload::load(&sandbox, None, &args.module, &sandbox_args.grants())
@@ -85,6 +102,13 @@ fn main() -> Result<()> {
                     "compiled"
                 }
             );
+            if let Some(baseline) = &args.baseline {
+                let base = Message {
+                    name: Bytes::copy_from_slice(baseline.as_bytes()),
+                    args: message.args.clone(),
+                };
+                return compare(&module, &message, &base, args.duration).await;
+            }
             measure(label, args.duration, args.expect_actions, async || {
                 module.call(&message).await.map_err(anyhow::Error::from)
             })
@@ -100,6 +124,51 @@ fn main() -> Result<()> {
             async || Ok(spoa_host::native::iprep_actions(&message)),
         ))?;
     }
+    Ok(())
+}
+
+/// Rounds of `message` and `base` in turn; the medians and their difference.
+async fn compare(
+    module: &spoa_host::sandbox::LoadedModule,
+    message: &Message,
+    base: &Message,
+    duration: Duration,
+) -> Result<()> {
+    const ROUNDS: usize = 40;
+    const CALLS: u32 = 20_000;
+    let round = async |msg: &Message| -> Result<f64> {
+        let started = Instant::now();
+        for _ in 0..CALLS {
+            module.call(msg).await?;
+        }
+        Ok(started.elapsed().as_nanos() as f64 / f64::from(CALLS))
+    };
+    round(message).await?;
+    round(base).await?;
+    let (mut with, mut without, mut differences) = (Vec::new(), Vec::new(), Vec::new());
+    let started = Instant::now();
+    while with.len() < ROUNDS || started.elapsed() < duration {
+        let a = round(message).await?;
+        let b = round(base).await?;
+        with.push(a);
+        without.push(b);
+        differences.push(a - b);
+    }
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let name = |msg: &Message| String::from_utf8_lossy(&msg.name).into_owned();
+    println!(
+        "  {} {:.0} ns/call, {} {:.0} ns/call (medians of {} alternating rounds): {} costs {:.0} ns on top (median of the differences)",
+        name(message),
+        median(&mut with),
+        name(base),
+        median(&mut without),
+        with.len(),
+        name(message),
+        median(&mut differences),
+    );
     Ok(())
 }
 

@@ -19,6 +19,36 @@ use crate::tables::{FieldValue, LiveTable, check_table_name};
 /// An open table, as the guest's `table` resource.
 pub struct OpenTable {
     live: Arc<LiveTable>,
+    /// Lookups not yet added to the table's shared counter: one atomic add
+    /// per lookup, on a counter every worker shares, would cost more than
+    /// the lookup.
+    uncounted: u64,
+}
+
+/// Lookups counted locally before they are published.
+const COUNT_EVERY: u64 = 256;
+
+impl OpenTable {
+    fn counted(&mut self) -> &LiveTable {
+        self.uncounted += 1;
+        if self.uncounted >= COUNT_EVERY {
+            self.publish();
+        }
+        &self.live
+    }
+
+    fn publish(&mut self) {
+        self.live
+            .stats
+            .lookups
+            .fetch_add(std::mem::take(&mut self.uncounted), Ordering::Relaxed);
+    }
+}
+
+impl Drop for OpenTable {
+    fn drop(&mut self) {
+        self.publish();
+    }
 }
 
 fn address(address: wit::IpAddress) -> IpAddr {
@@ -58,10 +88,9 @@ fn field(value: FieldValue) -> wit::FieldValue {
 }
 
 impl GuestState {
-    fn open_table(&self, table: &Resource<OpenTable>) -> wasmtime::Result<Arc<LiveTable>> {
-        let live = self.table.get(table)?.live.clone();
-        live.stats.lookups.fetch_add(1, Ordering::Relaxed);
-        Ok(live)
+    /// The table behind a handle, with the lookup counted.
+    fn open_table(&mut self, table: &Resource<OpenTable>) -> wasmtime::Result<&LiveTable> {
+        Ok(self.table.get_mut(table)?.counted())
     }
 }
 
@@ -80,7 +109,7 @@ impl wit::Host for GuestState {
             return Ok(Err(wit::Error::AccessDenied));
         };
         let live = live.clone();
-        Ok(Ok(self.table.push(OpenTable { live })?))
+        Ok(Ok(self.table.push(OpenTable { live, uncounted: 0 })?))
     }
 }
 
@@ -90,8 +119,8 @@ impl wit::HostTable for GuestState {
         table: Resource<OpenTable>,
         address: wit::IpAddress,
     ) -> wasmtime::Result<bool> {
-        let live = self.open_table(&table)?;
-        Ok(live.current().contains(self::address(address)))
+        let address = self::address(address);
+        Ok(self.open_table(&table)?.current().contains(address))
     }
 
     fn lookup(
@@ -99,8 +128,7 @@ impl wit::HostTable for GuestState {
         table: Resource<OpenTable>,
         address: wit::IpAddress,
     ) -> wasmtime::Result<Option<wit::Hit>> {
-        let live = self.open_table(&table)?;
-        let current = live.current();
+        let current = self.open_table(&table)?.current();
         Ok(current.lookup(self::address(address)).map(|hit| wit::Hit {
             network: network(hit.network),
             label: hit.label.map(str::to_owned),
@@ -113,8 +141,7 @@ impl wit::HostTable for GuestState {
         address: wit::IpAddress,
         paths: Vec<String>,
     ) -> wasmtime::Result<Option<wit::FieldsHit>> {
-        let live = self.open_table(&table)?;
-        let current = live.current();
+        let current = self.open_table(&table)?.current();
         Ok(current
             .lookup_fields(self::address(address), &paths)
             .map(|hit| wit::FieldsHit {
@@ -128,8 +155,7 @@ impl wit::HostTable for GuestState {
     }
 
     fn len(&mut self, table: Resource<OpenTable>) -> wasmtime::Result<u64> {
-        let live = self.table.get(&table)?.live.clone();
-        Ok(live.current().len() as u64)
+        Ok(self.table.get(&table)?.live.current().len() as u64)
     }
 
     fn drop(&mut self, table: Resource<OpenTable>) -> wasmtime::Result<()> {
