@@ -80,8 +80,11 @@ test-deps:
 test: test-deps guest fixtures examples host
 	$(CARGO) test --release --workspace --exclude guest-hostile --exclude guest-tables --no-fail-fast
 
-## Load generator figures for BENCHMARKS.md (DURATION=10s by default).
+## Load generator figures for BENCHMARKS.md (DURATION=10s by default;
+## ONLY=tables runs the IP-table section alone).
 bench: guest
+	$(CARGO) build --release --target $(WASM_TARGET) -p guest-tables
+	@mkdir -p $(FIXTURES) && $(COMPONENTIZE) $(WASM_OUT)/guest_tables.wasm $(FIXTURES)/guest_tables.wasm
 	$(CARGO) build --release -p spoa-bench --features spoa-bench/native
 	$(CARGO) build --release -p spoa-host --features native-iprep
 	./bench/run.sh

@@ -21,10 +21,63 @@ start_agent() {  # start_agent ARGS…  → sets AGENT_PID, PORT (AGENT_BIN over
 }
 run() { "$BENCH" --addr 127.0.0.1:"$PORT" --agent-pid "$AGENT_PID" "$@"; echo; }
 
+# IP tables (BENCHMARKS.md, "IP tables"): the structure's load time, memory
+# and lookup beside prefix-trie; a lookup from a Rust guest on top of its
+# call; the agent's resident memory and load time with a million networks;
+# the example guests at 4x16 with the 2-line list and with the million; and
+# the million-network file replaced every 2 s under 4x16 load.
+ip_tables() {
+    local tables=target/bench-tables
+    mkdir -p "$tables"
+    ./target/release/spoa-tablecost --compare-trie
+    ./target/release/spoa-tablecost --write-list "$tables/1m.txt" -n 1000000
+    local small=examples/guests/rust/data/blocklist.txt
+    local probe=target/fixtures/guest_tables.wasm
+    if [ -f "$probe" ]; then
+        for list in "$small" "$tables/1m.txt"; do
+            echo "a lookup from a Rust guest, table $list:"
+            ./target/release/spoa-callcost "$probe" --only reuse --message contains --baseline noop \
+                --arg table=str:blocklist --arg ip=ipv4:198.51.100.7 --ip-table blocklist="$list" 2>/dev/null | tail -1
+        done
+    fi
+    for list in "$small" "$tables/1m.txt"; do
+        : >target/bench-agent.log
+        start_agent --module "$GUEST" --ip-table blocklist="$list"
+        echo "agent with table $list: $(grep -o 'entries=[0-9]*' target/bench-agent.log | tail -1), load $(grep -o 'took_ms=[0-9.]*' target/bench-agent.log | head -1), idle RSS $(awk '/VmRSS/ {print $2, $3}' /proc/"$AGENT_PID"/status)"
+        stop_agent
+    done
+    echo
+    for example in rust python js; do
+        module=target/examples/iprep_$example.wasm
+        [ -f "$module" ] || { echo "$module missing (make examples): skipped"; continue; }
+        for list in "$small" "$tables/1m.txt"; do
+            start_agent --module "$module" --guest-memory 128MiB --guest-timeout 200ms --ip-table blocklist="$list"
+            run -d "$DURATION" -c 4 -p 16 --label "example guest: $example, table $list"
+            stop_agent
+        done
+    done
+    cp "$tables/1m.txt" "$tables/live.txt"
+    start_agent --module "$GUEST" --ip-table blocklist="$tables/live.txt"
+    run -d "$DURATION" -c 4 -p 16 --label "guest-iprep, 1M-network table, 4x16, no reload"
+    ( for _ in $(seq 20); do sleep 2; cp "$tables/1m.txt" "$tables/live.new"; mv "$tables/live.new" "$tables/live.txt"; done ) &
+    local replacer=$!
+    run -d "$DURATION" -c 4 -p 16 --label "guest-iprep, 1M-network table, 4x16, the file replaced every 2 s"
+    kill "$replacer" 2>/dev/null || true; wait "$replacer" 2>/dev/null || true
+    echo "table reloads during the run: $(grep -c 'reason="file changed"' target/bench-agent.log)"
+    stop_agent
+    echo
+}
+
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "kernel: $(uname -r); $($HOST --version)"
-echo "command: make bench (DURATION=$DURATION)"
+echo "command: make bench (DURATION=$DURATION${ONLY:+, ONLY=$ONLY})"
 echo
+
+# ONLY=tables make bench: that section alone.
+if [ "${ONLY:-}" = tables ]; then
+    ip_tables
+    exit 0
+fi
 
 # One guest call without the network, per instance mode and native.
 ./target/release/spoa-callcost "$GUEST"
@@ -116,13 +169,15 @@ stop_agent
 for example in rust python js; do
     module=target/examples/iprep_$example.wasm
     [ -f "$module" ] || { echo "$module missing (make examples): skipped"; continue; }
-    flags=(--guest-memory 128MiB --guest-timeout 50ms --guest-data examples/guests/rust/data)
+    flags=(--guest-memory 128MiB --guest-timeout 50ms --ip-table blocklist=examples/guests/rust/data/blocklist.txt)
     ./target/release/spoa-callcost "$module" --only reuse "${flags[@]}" --expect-actions 2
     ./target/release/spoa-callcost "$module" --only reuse --no-cache "${flags[@]}" --expect-actions 2 | grep load:
     start_agent --module "$module" "${flags[@]}"
     run -d "$DURATION" -c 4 -p 16 --label "example guest: $example"
     stop_agent
 done
+
+ip_tables
 
 start_agent --native-iprep
 run -d "$DURATION" -c 4 -p 16 --label "native build of the same logic"

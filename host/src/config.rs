@@ -602,6 +602,39 @@ mod tests {
     }
 
     #[test]
+    fn ip_tables_and_the_init_timeout_resolve_per_guest() {
+        let text = "[[guest]]\nname = \"a\"\nmodule = \"a.wasm\"\nmessages = [\"m\"]\n\
+                    init-timeout = \"250ms\"\n\
+                    ip-tables = { blocklist = \"lists/level1.netset\", feed = \"redis-set:bad\", geo = \"/var/lib/GeoIP/c.mmdb\" }\n\
+                    [[guest]]\nname = \"b\"\nmodule = \"b.wasm\"\nmessages = [\"n\"]";
+        let config = parse(text).expect("valid");
+        let a = &config.guests[0];
+        assert_eq!(a.sandbox.init_timeout, Duration::from_millis(250));
+        assert_eq!(
+            a.grants.ip_tables.describe(),
+            "blocklist=/etc/spoa/lists/level1.netset,feed=redis-set:bad,geo=/var/lib/GeoIP/c.mmdb",
+            "relative paths are relative to the file"
+        );
+        let b = &config.guests[1];
+        assert!(b.grants.ip_tables.is_empty());
+        assert_eq!(
+            b.sandbox.init_timeout,
+            Duration::from_secs(1),
+            "the flag's default"
+        );
+        for (bad, key) in [
+            ("ip-tables = { \"no/slash\" = \"x\" }", "ip-tables"),
+            ("ip-tables = { a = \"\" }", "ip-tables"),
+            ("init-timeout = \"soon\"", "init-timeout"),
+        ] {
+            let text =
+                format!("[[guest]]\nname = \"a\"\nmodule = \"a.wasm\"\nmessages = [\"m\"]\n{bad}");
+            let err = parse(&text).expect_err(bad).to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn shared_state_settings_resolve() {
         let text = "kv = \"redis://127.0.0.1:6379\"\nkv-memory = \"1MiB\"\n\
                     [[guest]]\nname = \"a\"\nmodule = \"a.wasm\"\nmessages = [\"m\"]\n\

@@ -531,5 +531,42 @@ fn a_redis_set_feeds_two_agents_and_the_last_version_serves_while_redis_is_down(
             "the new version replaced the old"
         );
     }
-    let _ = free_port();
+}
+
+/// guest-iprep's README: an address in its `blocklist` table scores 0 (every
+/// time: a random score of 0 is one in 101); without a table it is random.
+#[test]
+fn guest_iprep_scores_zero_for_an_address_in_its_blocklist_table() {
+    let module = support::iprep_guest();
+    let list = support::workspace_root().join("examples/guests/rust/data/blocklist.txt");
+    let grant = format!("blocklist={}", list.display());
+    let score = |ip: &str, table: bool| {
+        let ip_arg = format!("ip={ip}");
+        let mut args = vec![
+            "call",
+            module.to_str().unwrap(),
+            "--message",
+            "check-client-ip",
+        ];
+        args.extend(["--arg", &ip_arg]);
+        if table {
+            args.extend(["--ip-table", &grant]);
+        }
+        let output = run_host(&args);
+        assert_eq!(output.status.code(), Some(0), "{output:?}");
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+        report["actions"][0]["value"]["value"]
+            .as_i64()
+            .expect("a score")
+    };
+    for _ in 0..5 {
+        assert_eq!(score("ipv4:192.0.2.1", true), 0);
+        assert_eq!(score("ipv6:2001:db8::1", true), 0);
+    }
+    let unlisted: std::collections::HashSet<i64> =
+        (0..8).map(|_| score("ipv4:198.51.100.7", true)).collect();
+    assert!(unlisted.len() > 1, "random scores: {unlisted:?}");
+    let untabled: std::collections::HashSet<i64> =
+        (0..8).map(|_| score("ipv4:192.0.2.1", false)).collect();
+    assert!(untabled.len() > 1, "no table, no block list: {untabled:?}");
 }

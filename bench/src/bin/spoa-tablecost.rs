@@ -110,29 +110,11 @@ fn main() -> Result<()> {
         let probes = probes(&nets);
         let before = resident();
         let started = Instant::now();
-        let parsed = spoa_host::tables::parse_list(&text);
+        let table = spoa_host::tables::parse_list(&text).table;
         let load = started.elapsed();
-        let after = resident();
-        let table = parsed.table;
+        let grown = resident().saturating_sub(before);
         let entries = table.len().max(1);
-        let started = Instant::now();
-        let mut found = 0usize;
-        for _ in 0..16 {
-            for &ip in &probes {
-                found += usize::from(black_box(table.lookup(black_box(ip))).is_some());
-            }
-        }
-        let lookup = ns_per(started, probes.len() * 16);
-        println!(
-            "  sorted boundaries, {count:>8} networks: load {:>7.1} ms, {:>5.1} bytes/network held ({:.1} MiB), RSS +{:.1} MiB, lookup {lookup:>5.1} ns ({:.0}% found)",
-            load.as_secs_f64() * 1e3,
-            table.heap_bytes() as f64 / entries as f64,
-            table.heap_bytes() as f64 / 1048576.0,
-            after.saturating_sub(before) as f64 / 1048576.0,
-            found as f64 * 100.0 / (probes.len() * 16) as f64,
-        );
-        if args.compare_trie {
-            drop(table);
+        let trie = args.compare_trie.then(|| {
             let before = resident();
             let started = Instant::now();
             let mut trie = prefix_trie::PrefixMap::<Ipv4Net, u32>::new();
@@ -142,24 +124,54 @@ fn main() -> Result<()> {
                     trie.insert(net, line as u32);
                 }
             }
-            let load = started.elapsed();
-            let after = resident();
+            (trie, started.elapsed(), resident().saturating_sub(before))
+        });
+        // Alternating rounds, medians: this VM's neighbours move single runs
+        // by 2x.
+        let (mut contains, mut lookup, mut trie_lookup) = (Vec::new(), Vec::new(), Vec::new());
+        let mut found = 0usize;
+        for _ in 0..15 {
             let started = Instant::now();
-            let mut found = 0usize;
-            for _ in 0..16 {
+            for &ip in &probes {
+                found += usize::from(black_box(table.contains(black_box(ip))));
+            }
+            contains.push(ns_per(started, probes.len()));
+            let started = Instant::now();
+            for &ip in &probes {
+                black_box(table.lookup(black_box(ip)));
+            }
+            lookup.push(ns_per(started, probes.len()));
+            if let Some((trie, _, _)) = &trie {
+                let started = Instant::now();
                 for ip in &probes {
                     let IpAddr::V4(v4) = ip else { continue };
                     let host = Ipv4Net::new(*v4, 32).unwrap_or_default();
-                    found += usize::from(black_box(trie.get_lpm(black_box(&host))).is_some());
+                    black_box(trie.get_lpm(black_box(&host)));
                 }
+                trie_lookup.push(ns_per(started, probes.len()));
             }
-            let lookup = ns_per(started, probes.len() * 16);
+        }
+        let median = |values: &mut Vec<f64>| {
+            values.sort_by(f64::total_cmp);
+            values.get(values.len() / 2).copied().unwrap_or_default()
+        };
+        println!(
+            "  sorted boundaries, {count:>8} lines, {entries:>7} networks: load {:>6.1} ms, {:>5.1} bytes/network held ({:.1} MiB; RSS +{:.1} MiB), contains {:>5.1} ns, lookup {:>5.1} ns ({:.0}% found)",
+            load.as_secs_f64() * 1e3,
+            table.heap_bytes() as f64 / entries as f64,
+            table.heap_bytes() as f64 / 1048576.0,
+            grown as f64 / 1048576.0,
+            median(&mut contains),
+            median(&mut lookup),
+            found as f64 * 100.0 / (probes.len() * 15) as f64,
+        );
+        if let Some((_, load, grown)) = trie {
             println!(
-                "  prefix-trie,       {count:>8} networks: load {:>7.1} ms, RSS +{:.1} MiB ({:.1} bytes/network), lookup {lookup:>5.1} ns ({:.0}% found)",
+                "  prefix-trie,       {count:>8} lines, {entries:>7} networks: load {:>6.1} ms, RSS +{:.1} MiB ({:.1} bytes/network), get_lpm {:>5.1} ns",
                 load.as_secs_f64() * 1e3,
-                after.saturating_sub(before) as f64 / 1048576.0,
-                after.saturating_sub(before) as f64 / entries as f64,
-                found as f64 * 100.0 / (probes.len() * 16) as f64,
+                grown as f64 / 1048576.0,
+                grown as f64 / entries as f64,
+                median(&mut trie_lookup),
             );
         }
     }

@@ -161,7 +161,7 @@ impl Table {
 
     pub fn contains(&self, address: IpAddr) -> bool {
         match self {
-            Table::List(list) => list.lookup(address).is_some(),
+            Table::List(list) => list.contains(address),
             Table::Mmdb(db) => db.contains(address),
         }
     }

@@ -49,13 +49,19 @@ pub struct Entry<A> {
     pub label: u32,
 }
 
+/// From `start` up to the next boundary's start, the most specific network
+/// is `networks[network]` (`NONE`: a gap). Start and network side by side:
+/// the search's last step reads the answer from the cache line it is on.
+#[derive(Debug, Clone, Copy)]
+struct Bound<A> {
+    start: A,
+    network: u32,
+}
+
 /// The networks of one family, flattened.
 #[derive(Debug)]
 pub struct Family<A> {
-    /// From `starts[i]` up to `starts[i + 1] - 1`, the most specific network
-    /// is `networks[covering[i]]` (`NONE`: a gap).
-    starts: Vec<A>,
-    covering: Vec<u32>,
+    bounds: Vec<Bound<A>>,
     networks: Vec<Entry<A>>,
 }
 
@@ -73,8 +79,7 @@ impl<A: Bits> Family<A> {
         networks.shrink_to_fit();
 
         let mut family = Family {
-            starts: Vec::with_capacity(networks.len() * 2 + 1),
-            covering: Vec::with_capacity(networks.len() * 2 + 1),
+            bounds: Vec::with_capacity(networks.len() * 2 + 1),
             networks: Vec::new(),
         };
         // The networks holding the current position, innermost last, with
@@ -95,8 +100,7 @@ impl<A: Bits> Family<A> {
         while let Some((_, last)) = open.pop() {
             family.close(last, &open);
         }
-        family.starts.shrink_to_fit();
-        family.covering.shrink_to_fit();
+        family.bounds.shrink_to_fit();
         family.networks = networks;
         (family, duplicates)
     }
@@ -109,31 +113,29 @@ impl<A: Bits> Family<A> {
     }
 
     fn mark(&mut self, start: A, network: u32) {
-        if self.starts.last() == Some(&start) {
+        match self.bounds.last_mut() {
             // A network ends right where the next begins: the later wins.
-            if let Some(cover) = self.covering.last_mut() {
-                *cover = network;
-            }
-            return;
+            Some(last) if last.start == start => last.network = network,
+            Some(last) if last.network == network => {}
+            _ => self.bounds.push(Bound { start, network }),
         }
-        if self.covering.last() == Some(&network) {
-            return;
-        }
-        self.starts.push(start);
-        self.covering.push(network);
     }
 
-    /// The most specific network holding `address`, searching `starts`
-    /// within `lo..hi`.
+    /// The index of the most specific network holding `address`, searching
+    /// the bounds within `lo..hi`.
+    fn index_in(&self, address: A, lo: usize, hi: usize) -> Option<u32> {
+        let bounds = self.bounds.get(lo..hi)?;
+        let offset = bounds.partition_point(|bound| bound.start <= address);
+        let network = self.bounds.get((lo + offset).checked_sub(1)?)?.network;
+        (network != NONE).then_some(network)
+    }
+
     fn find_in(&self, address: A, lo: usize, hi: usize) -> Option<&Entry<A>> {
-        let offset = self.starts[lo..hi].partition_point(|&start| start <= address);
-        let boundary = (lo + offset).checked_sub(1)?;
-        let network = *self.covering.get(boundary)?;
-        self.networks.get(network as usize)
+        self.networks.get(self.index_in(address, lo, hi)? as usize)
     }
 
     pub fn find(&self, address: A) -> Option<&Entry<A>> {
-        self.find_in(address, 0, self.starts.len())
+        self.find_in(address, 0, self.bounds.len())
     }
 
     pub fn len(&self) -> usize {
@@ -142,13 +144,8 @@ impl<A: Bits> Family<A> {
 
     /// Bytes held by the arrays.
     pub fn heap_bytes(&self) -> usize {
-        self.starts.capacity() * size_of::<A>()
-            + self.covering.capacity() * size_of::<u32>()
+        self.bounds.capacity() * size_of::<Bound<A>>()
             + self.networks.capacity() * size_of::<Entry<A>>()
-    }
-
-    fn boundaries(&self) -> &[A] {
-        &self.starts
     }
 }
 
@@ -180,12 +177,12 @@ impl PrefixTable {
     ) -> (PrefixTable, usize) {
         let (v4, v4_duplicates) = Family::build(v4);
         let (v6, v6_duplicates) = Family::build(v6);
-        let starts = v4.boundaries();
+        let bounds = &v4.bounds;
         let mut v4_blocks = Vec::with_capacity((1 << 16) + 1);
         let mut cursor = 0usize;
         for block in 0..=(1u32 << 16) {
             let block_start = u64::from(block) << 16;
-            while cursor < starts.len() && u64::from(starts[cursor]) < block_start {
+            while cursor < bounds.len() && u64::from(bounds[cursor].start) < block_start {
                 cursor += 1;
             }
             v4_blocks.push(cursor as u32);
@@ -199,14 +196,35 @@ impl PrefixTable {
         (table, v4_duplicates + v6_duplicates)
     }
 
+    /// The search range of an IPv4 address: its top-16-bit block's bounds,
+    /// and the one before, which may cover the block's first address.
+    fn v4_range(&self, bits: u32) -> (usize, usize) {
+        let block = (bits >> 16) as usize;
+        let lo = self.v4_blocks.get(block).map_or(0, |&lo| lo as usize);
+        let hi = self.v4_blocks.get(block + 1).map_or(lo, |&hi| hi as usize);
+        (lo.saturating_sub(1), hi)
+    }
+
+    /// Whether a network holds `address`: the search alone, no network read.
+    pub fn contains(&self, address: IpAddr) -> bool {
+        match unmapped(address) {
+            IpAddr::V4(v4) => {
+                let bits = u32::from(v4);
+                let (lo, hi) = self.v4_range(bits);
+                self.v4.index_in(bits, lo, hi).is_some()
+            }
+            IpAddr::V6(v6) => self
+                .v6
+                .index_in(u128::from(v6), 0, self.v6.bounds.len())
+                .is_some(),
+        }
+    }
+
     pub fn lookup(&self, address: IpAddr) -> Option<PrefixHit<'_>> {
         match unmapped(address) {
             IpAddr::V4(v4) => {
                 let bits = u32::from(v4);
-                let block = (bits >> 16) as usize;
-                // The boundary before the block may cover its first address.
-                let lo = (self.v4_blocks[block] as usize).saturating_sub(1);
-                let hi = self.v4_blocks[block + 1] as usize;
+                let (lo, hi) = self.v4_range(bits);
                 let entry = self.v4.find_in(bits, lo, hi)?;
                 let network = Ipv4Net::new(Ipv4Addr::from(entry.start), entry.prefix).ok()?;
                 Some(self.hit(IpNet::V4(network), entry.label))
