@@ -254,6 +254,14 @@ pub mod tables {
         pub label: Option<String>,
     }
 
+    /// The most specific network holding an address, with the fields asked
+    /// for (one per path, in order; `None` where the record has none).
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Fields {
+        pub network: (IpAddr, u8),
+        pub values: Vec<Option<FieldValue>>,
+    }
+
     fn to_wit(ip: IpAddr) -> wit::IpAddress {
         match ip {
             IpAddr::V4(v4) => {
@@ -300,20 +308,17 @@ pub mod tables {
         /// The fields at `paths` of the MaxMind DB record for `ip`
         /// (`country.iso_code`, `autonomous_system_number`), with the
         /// matched network; `None` when no network holds `ip`.
-        pub fn fields(
-            &self,
-            ip: IpAddr,
-            paths: &[&str],
-        ) -> Option<((IpAddr, u8), Vec<Option<FieldValue>>)> {
+        pub fn fields(&self, ip: IpAddr, paths: &[&str]) -> Option<Fields> {
             let paths: Vec<String> = paths.iter().map(|p| (*p).to_owned()).collect();
-            self.0
-                .lookup_fields(to_wit(ip), &paths)
-                .map(|hit| (from_wit(hit.network), hit.values))
+            self.0.lookup_fields(to_wit(ip), &paths).map(|hit| Fields {
+                network: from_wit(hit.network),
+                values: hit.values,
+            })
         }
 
         /// The text field at `path` (a country code), if the record has one.
         pub fn text_field(&self, ip: IpAddr, path: &str) -> Option<String> {
-            match self.fields(ip, &[path])?.1.pop()?? {
+            match self.fields(ip, &[path])?.values.pop()?? {
                 FieldValue::Text(text) => Some(text),
                 _ => None,
             }
@@ -321,7 +326,7 @@ pub mod tables {
 
         /// The unsigned field at `path` (an AS number), if the record has one.
         pub fn number_field(&self, ip: IpAddr, path: &str) -> Option<u64> {
-            match self.fields(ip, &[path])?.1.pop()?? {
+            match self.fields(ip, &[path])?.values.pop()?? {
                 FieldValue::Unsigned(n) => Some(n),
                 _ => None,
             }

@@ -71,7 +71,7 @@ impl<A: Bits> Family<A> {
     /// duplicates were dropped.
     pub fn build(mut networks: Vec<Entry<A>>) -> (Family<A>, usize) {
         // Stable: among equal networks the first listed comes first.
-        networks.sort_by(|a, b| (a.start, a.prefix).cmp(&(b.start, b.prefix)));
+        networks.sort_by_key(|entry| (entry.start, entry.prefix));
         let before = networks.len();
         networks
             .dedup_by(|later, first| later.start == first.start && later.prefix == first.prefix);
