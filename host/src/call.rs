@@ -101,12 +101,7 @@ pub fn value_to_json(value: &TypedData) -> JsonValue {
         TypedData::Ipv4(v) => ("ipv4", Some(json!(v.to_string()))),
         TypedData::Ipv6(v) => ("ipv6", Some(json!(v.to_string()))),
         TypedData::String(v) => ("str", Some(json!(String::from_utf8_lossy(v)))),
-        TypedData::Binary(v) => (
-            "bin",
-            Some(json!(
-                v.iter().map(|b| format!("{b:02x}")).collect::<String>()
-            )),
-        ),
+        TypedData::Binary(v) => ("bin", Some(json!(hex::encode(v)))),
     };
     JsonValue {
         kind: kind.to_owned(),

@@ -36,11 +36,22 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate a handler component exactly as a load or reload would
-    /// (compile, check the world and imports, instantiate, smoke call), then
-    /// exit 0 if it would be accepted, 1 if not. Serves nothing.
+    /// (compile, check the world and imports, instantiate, smoke call),
+    /// and/or the TLS files (version, expiry, key match, a client CA that is
+    /// a CA), then exit 0 if they would be accepted, 1 if not. Serves nothing.
     Check {
         /// The component to check.
-        module: PathBuf,
+        #[arg(required_unless_present = "tls_cert")]
+        module: Option<PathBuf>,
+        /// The agent's certificate chain (PEM), checked with --tls-key.
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The agent's private key (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// The CA file client certificates are verified against.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_client_ca: Option<PathBuf>,
         #[command(flatten)]
         sandbox: SandboxArgs,
     },
@@ -382,6 +393,14 @@ pub struct SandboxArgs {
     #[arg(long)]
     pub fresh_instance: bool,
 
+    /// Calls a reused instance serves before a new one replaces it: a guest
+    /// that leaks memory slowly is recycled before it fails a message at
+    /// --guest-memory. The default costs a Rust guest nothing measurable
+    /// (one ≈5 µs instantiation per 100,000 calls) and a Python or
+    /// JavaScript guest under 0.2 µs a call (5–16 ms per 100,000 calls).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub guest_max_calls: u64,
+
     /// Most batches of guest calls running at once; more wait in line. Also
     /// the most instances kept per module.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -467,6 +486,7 @@ impl SandboxArgs {
                 InstanceMode::Reuse
             },
             max_concurrent_calls: self.guest_concurrency,
+            max_calls_per_instance: self.guest_max_calls,
             cache_dir: if self.no_cache {
                 None
             } else {
@@ -558,17 +578,10 @@ pub fn parse_typed_value(typed: &str) -> Result<spop::TypedData, String> {
 }
 
 fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
-    if !text.len().is_multiple_of(2) {
-        return Err("odd number of hex digits".into());
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            text.get(i..i + 2)
-                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-                .ok_or_else(|| format!("`{text}` is not hex"))
-        })
-        .collect()
+    hex::decode(text).map_err(|err| match err {
+        hex::FromHexError::OddLength => "odd number of hex digits".to_owned(),
+        _ => format!("`{text}` is not hex"),
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -93,6 +93,8 @@ struct GuestTable {
     ip_tables: Option<BTreeMap<String, String>>,
     /// The time limit of its `init` export (default: `--guest-init-timeout`).
     init_timeout: Option<String>,
+    /// Calls a reused instance serves (default: `--guest-max-calls`).
+    max_calls: Option<u64>,
     #[serde(default)]
     on_failure: FailureTable,
     #[serde(default)]
@@ -381,6 +383,12 @@ fn resolve_guest(
         None => defaults.grants().ip_tables,
     };
     sandbox.init_timeout = duration(&table.init_timeout, sandbox.init_timeout, "init-timeout")?;
+    if let Some(max_calls) = table.max_calls {
+        if max_calls == 0 {
+            return Err("max-calls: must be at least 1".into());
+        }
+        sandbox.max_calls_per_instance = max_calls;
+    }
     let grants = GrantSources {
         ip_tables,
         config_pairs,

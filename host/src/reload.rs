@@ -1,5 +1,5 @@
 //! Hot reload: a changed module file, configuration file or data directory,
-//! or SIGHUP → read the grants, validate the module on the guest threads →
+//! or SIGHUP → read the grants, validate the module on the data plane →
 //! swap it in atomically. Anything that fails validation is rejected and the
 //! current version keeps serving.
 
@@ -54,7 +54,7 @@ pub struct Loaded {
     pub version: ModuleVersion,
 }
 
-/// Loads the module at `path` with the grants read now, on the guest threads
+/// Loads the module at `path` with the grants read now, on the data plane
 /// (`executor_or_here`) or on the caller's.
 pub async fn load(
     sandbox: &Sandbox,
@@ -108,10 +108,7 @@ impl Reloader {
         let bytes = std::fs::read(&self.path).ok()?;
         let settings = self.grants.read().ok()?;
         Some(ModuleVersion {
-            module_sha256: Sha256::digest(&bytes)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
+            module_sha256: hex::encode(Sha256::digest(&bytes)),
             grants: settings.fingerprint(),
         })
     }

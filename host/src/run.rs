@@ -31,7 +31,22 @@ pub fn main_with(cli: Cli) -> ExitCode {
     let (debug, format) = (cli.serve.debug, cli.serve.log_format);
     init_logging(debug, format);
     let result = match cli.command {
-        Some(Command::Check { module, sandbox }) => check(&module, &sandbox).map(|()| true),
+        Some(Command::Check {
+            module,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            sandbox,
+        }) => {
+            let tls_ok = match (&tls_cert, &tls_key) {
+                (Some(cert), Some(key)) => check_tls(cert, key, tls_client_ca.as_deref()),
+                _ => true,
+            };
+            match module {
+                Some(module) => check(&module, &sandbox).map(|()| tls_ok),
+                None => Ok(tls_ok),
+            }
+        }
         Some(Command::Call(args)) => crate::call::run(&args),
         Some(Command::HaproxyConfig(args)) => crate::haproxy_config::print(&args).map(|()| true),
         None => serve_blocking(cli.serve).map(|()| true),
@@ -90,6 +105,23 @@ fn check(path: &std::path::Path, sandbox_args: &SandboxArgs) -> Result<()> {
         );
         Ok(())
     })
+}
+
+/// `check --tls-cert`: prints what it found; false when anything would be
+/// refused.
+fn check_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    client_ca: Option<&std::path::Path>,
+) -> bool {
+    let report = crate::net::check_tls_files(cert, key, client_ca);
+    for note in &report.notes {
+        println!("ok: {note}");
+    }
+    for error in &report.errors {
+        println!("error: {error}");
+    }
+    report.errors.is_empty()
 }
 
 /// Two runtimes: the control plane (one thread: accept, HELLO, health

@@ -90,7 +90,6 @@ pub async fn serve(
             Err(_) => {
                 ctx.metrics
                     .connection_refused(RefusalReason::MaxConnections);
-                ctx.metrics.disconnect_sent(Status::ResourceAllocation);
                 tracing::warn!(%peer, max = settings.max_connections, "connection refused: --max-connections reached");
                 if settings.tls.is_some() && matches!(stream, TcpOrTls::Tcp(..)) {
                     // A TLS peer could not read a plaintext DISCONNECT.
@@ -191,10 +190,18 @@ async fn serve_tls(
             }
         };
         let acceptor = tls.acceptor();
-        let refused = |why: String| {
+        let refused = |why: String, explained: Option<String>| {
             ctx.metrics.connection_refused(RefusalReason::Tls);
-            if refusals.first_time(address.ip(), RefusalReason::Tls) {
-                tracing::debug!(peer = %address, "TLS handshake refused: {why}");
+            if !refusals.first_time(address.ip(), RefusalReason::Tls) {
+                return;
+            }
+            // A certificate the operator must fix is a warning (HAProxy marks
+            // the agent DOWN and says nothing of why); the rest is noise.
+            match explained {
+                Some(what_to_do) => {
+                    tracing::warn!(peer = %address, "TLS handshake refused: {what_to_do} ({why})")
+                }
+                None => tracing::debug!(peer = %address, "TLS handshake refused: {why}"),
             }
         };
         match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
@@ -207,8 +214,8 @@ async fn serve_tls(
                 )
                 .await
             }
-            Ok(Err(err)) => refused(err.to_string()),
-            Err(_) => refused(format!("no handshake within {timeout:?}")),
+            Ok(Err(err)) => refused(err.to_string(), crate::net::explain_tls_refusal(&err)),
+            Err(_) => refused(format!("no handshake within {timeout:?}"), None),
         }
     });
     if let Err(join) = task.await {

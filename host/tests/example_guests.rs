@@ -35,7 +35,7 @@ const RELOAD_LIMIT: Duration = Duration::from_secs(10);
 /// 9280 KiB); Python stays there, the JavaScript heap grows (a 16 MiB cap
 /// fails a call every ~20,000 on one instance, 64 MiB none in 67,000). A new
 /// instance's first call took under 1 ms in Rust, 5–16 ms in Python, 3–12 ms
-/// in JavaScript; many new instances at once share the guest threads and
+/// in JavaScript; many new instances at once share the data-plane threads and
 /// need more (with 64 calls in flight, a few timeouts at 10–20 ms, none at
 /// 50 ms). Hence generous deadlines for a loaded test machine.
 fn sandbox_flags(lang: &str) -> &'static [&'static str] {

@@ -264,6 +264,18 @@ fn reuse_mode_keeps_state_and_fresh_mode_does_not() {
     }
 }
 
+/// An instance that has served --guest-max-calls calls (the smoke call
+/// included) is replaced: the guest's own call counter starts again.
+#[test]
+fn an_instance_is_replaced_after_its_max_calls() {
+    let agent = Agent::start(&hostile_guest('A'), &["-n", "1", "--guest-max-calls", "3"]);
+    let mut client = SpopClient::connect(agent.addr());
+    client.hello("pipelining");
+    let counts: Vec<u64> = (1..=9).map(|i| count_of(&mut client, i)).collect();
+    // The first instance made the smoke call: it answers 2 and 3.
+    assert_eq!(counts, [2, 3, 1, 2, 3, 1, 2, 3, 1], "{counts:?}");
+}
+
 #[test]
 fn guest_logs_reach_the_host_log_tagged_with_the_module() {
     let agent = Agent::start(&hostile_guest('A'), &[]);

@@ -420,6 +420,41 @@ fn max_connections_refuses_extra_peers_cleanly() {
     assert!(agent.is_alive());
 }
 
+/// Each peer refused for --max-connections is counted once as a refusal and
+/// once as a DISCONNECT sent (status 13): the two series agree.
+#[test]
+fn a_refused_peer_is_counted_once_and_its_disconnect_once() {
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let metrics_arg = metrics.to_string();
+    let agent = Agent::start(
+        &iprep_guest(),
+        &["--max-connections", "1", "--metrics-address", &metrics_arg],
+    );
+    let _held = ready_once_a_slot_is_free(&agent);
+    let page = support::http::scrape_metrics(metrics);
+    let refused = "spoa_connections_refused_total{reason=\"max_connections\"}";
+    let disconnects = "spoa_disconnects_total{status=\"13\"}";
+    let (refused_before, sent_before) = (
+        support::http::metric_value(&page, refused),
+        support::http::metric_value(&page, disconnects),
+    );
+    for _ in 0..3 {
+        let mut extra = SpopClient::connect(agent.addr());
+        expect_status(&mut extra, 13);
+    }
+    let page = support::http::scrape_metrics(metrics);
+    assert_eq!(
+        support::http::metric_value(&page, refused) - refused_before,
+        3.0
+    );
+    assert_eq!(
+        support::http::metric_value(&page, disconnects) - sent_before,
+        3.0
+    );
+}
+
 /// HELLO, retried while the agent refuses with status 13 (all slots taken).
 fn ready_once_a_slot_is_free(agent: &Agent) -> SpopClient {
     let deadline = Instant::now() + Duration::from_secs(3);

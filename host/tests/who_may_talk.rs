@@ -79,6 +79,8 @@ impl Pki {
             ("renewed", "ca", "server.ext"),
             ("client", "ca", "client.ext"),
             ("stranger", "other-ca", "client.ext"),
+            // `openssl x509 -req` without -extfile: an X.509 v1 certificate.
+            ("v1", "ca", ""),
         ] {
             openssl(
                 d,
@@ -97,26 +99,31 @@ impl Pki {
                     &format!("/CN={name}"),
                 ],
             );
-            openssl(
-                d,
-                &[
-                    "x509",
-                    "-req",
-                    "-in",
-                    &format!("{name}.csr"),
-                    "-CA",
-                    &format!("{ca}.pem"),
-                    "-CAkey",
-                    &format!("{ca}.key"),
-                    "-CAcreateserial",
-                    "-out",
-                    &format!("{name}.pem"),
-                    "-days",
-                    "2",
-                    "-extfile",
-                    ext,
-                ],
+            let (csr, ca_pem, ca_key, out) = (
+                format!("{name}.csr"),
+                format!("{ca}.pem"),
+                format!("{ca}.key"),
+                format!("{name}.pem"),
             );
+            let mut args = vec![
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca_pem,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-out",
+                &out,
+                "-days",
+                "2",
+            ];
+            if !ext.is_empty() {
+                args.extend(["-extfile", ext]);
+            }
+            openssl(d, &args);
             // HAProxy's `crt` takes the certificate and its key in one file.
             let bundle = [
                 std::fs::read(d.join(format!("{name}.pem"))).expect("cert"),
@@ -246,12 +253,41 @@ fn a_client_certificate_from_another_ca_is_refused_and_haproxy_marks_the_agent_d
         "no guest was called"
     );
     let log = agent.log_text();
-    assert!(log.contains("TLS handshake refused"), "{log}");
+    assert!(
+        log.contains("WARN") && log.contains("not signed by a CA in --tls-client-ca"),
+        "a refused certificate is a warning that says what to do:\n{log}"
+    );
     assert_eq!(
         log.matches("TLS handshake refused").count(),
         1,
         "logged once per peer address:\n{log}"
     );
+}
+
+/// HAProxy presenting an X.509 v1 client certificate (what `openssl x509
+/// -req` makes without an extensions file): the agent says so at the
+/// default log level, and how to issue a v3 one.
+#[test]
+fn an_x509_v1_client_certificate_is_refused_with_the_reason_in_words() {
+    let Some(binary) = haproxy_binary() else {
+        return;
+    };
+    let pki = Pki::new();
+    let (agent, _metrics, proxy) = pki.agent_behind_haproxy(&binary, Some("v1-bundle.pem"));
+    assert!(
+        eventually(Duration::from_secs(10), || agent
+            .log_text()
+            .contains("X.509 v1 certificate")),
+        "no explanation in the agent's log:\n{}\nhaproxy:\n{}",
+        agent.log_text(),
+        proxy.log_text()
+    );
+    let log = agent.log_text();
+    let line = log
+        .lines()
+        .find(|line| line.contains("X.509 v1 certificate"))
+        .expect("the line");
+    assert!(line.contains("WARN") && line.contains("-extfile"), "{line}");
 }
 
 #[test]
@@ -498,4 +534,49 @@ fn loopback_by_default_and_one_warning_when_exposed_without_tls_or_allow_list() 
     let port = free_port().to_string();
     let listed = startup_log(&["-a", "0.0.0.0", "-p", &port, "--allow-from", "10.0.0.0/8"]);
     assert!(!listed.contains("beyond loopback"), "{listed}");
+}
+
+/// `spoa-host check --tls-cert … --tls-key … --tls-client-ca …` finds the
+/// mistakes before a deploy: an X.509 v1 certificate, a key of another
+/// certificate, and a client CA file holding a certificate that is no CA.
+#[test]
+fn check_validates_the_tls_files_before_a_deploy() {
+    let pki = Pki::new();
+    let check = |cert: &str, key: &str, ca: &str| {
+        let (cert, key, ca) = (pki.path(cert), pki.path(key), pki.path(ca));
+        let output = support::agent::run_host(&[
+            "check",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-client-ca",
+            &ca,
+        ]);
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let (code, out) = check("server.pem", "server.key", "ca.pem");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("--tls-key matches --tls-cert") && out.contains("`CN=server`"),
+        "{out}"
+    );
+
+    let (code, out) = check("v1.pem", "v1.key", "ca.pem");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("X.509 v1") && out.contains("-extfile"),
+        "{out}"
+    );
+
+    let (code, out) = check("server.pem", "client.key", "ca.pem");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("is not the key of --tls-cert"), "{out}");
+
+    let (code, out) = check("server.pem", "server.key", "client.pem");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("is not a CA"), "{out}");
 }

@@ -203,10 +203,18 @@ pub mod kv {
     /// The bucket every guest may open unless the operator says otherwise.
     pub const DEFAULT_BUCKET: &str = "default";
 
-    /// A counter's value as the store keeps it (decimal text, as `atomics`
-    /// and `expiry` write it).
+    /// A counter's value as the store keeps it: canonical decimal text, as
+    /// `atomics` and `expiry` write it (`0`, or digits without a sign or a
+    /// leading zero, at most 2^63 - 1). Anything else is not a counter, the
+    /// host refuses to increment it, and this says `None`.
     pub fn parse_counter(value: &[u8]) -> Option<u64> {
-        std::str::from_utf8(value).ok()?.parse().ok()
+        let canonical = match value {
+            [b'0'] => true,
+            [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
+            _ => false,
+        };
+        let number: u64 = std::str::from_utf8(value).ok()?.parse().ok()?;
+        (canonical && number <= i64::MAX as u64).then_some(number)
     }
 
     /// A one-line description of a store error, for logs and `err` answers.
@@ -595,6 +603,27 @@ mod tests {
         assert_eq!(TypedData::from(v4), TypedData::Ipv4((192, 0, 2, 1)));
         assert_eq!(TypedData::from(v4).as_ip(), Some(v4));
         assert_eq!(TypedData::from(v6).as_ip(), Some(v6));
+    }
+
+    #[test]
+    fn counters_parse_as_the_host_writes_them() {
+        assert_eq!(kv::parse_counter(b"0"), Some(0));
+        assert_eq!(kv::parse_counter(b"42"), Some(42));
+        assert_eq!(
+            kv::parse_counter(b"9223372036854775807"),
+            Some(i64::MAX as u64)
+        );
+        for refused in [
+            &b"+7"[..],
+            b"007",
+            b"",
+            b"-1",
+            b" 1",
+            b"9223372036854775808",
+            b"1e3",
+        ] {
+            assert_eq!(kv::parse_counter(refused), None, "{refused:?}");
+        }
     }
 
     #[test]

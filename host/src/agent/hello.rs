@@ -1,7 +1,5 @@
 //! HELLO negotiation: what HAProxy offers, what the agent answers.
 
-use bytes::Bytes;
-
 use crate::spop::{Hello, KvList, MIN_FRAME_SIZE, SPOP_VERSION, Status};
 
 /// The capability that matters: several NOTIFYs in flight per connection.
@@ -15,7 +13,6 @@ pub struct Negotiated {
     pub pipelining: bool,
     /// A health-check HELLO: answer, then close.
     pub healthcheck: bool,
-    pub engine_id: Option<Bytes>,
 }
 
 /// Splits a comma list, ignoring spaces around items and empty items.
@@ -48,7 +45,6 @@ pub fn negotiate(hello: &KvList, agent_max_frame_size: u32) -> Result<Negotiated
         max_frame_size: offered_size.min(u64::from(agent_max_frame_size)) as u32,
         pipelining,
         healthcheck: hello.healthcheck,
-        engine_id: hello.engine_id,
     })
 }
 
@@ -66,6 +62,7 @@ pub fn agent_hello(negotiated: &Negotiated) -> KvList {
 mod tests {
     use super::*;
     use crate::spop::TypedData;
+    use bytes::Bytes;
 
     fn hello(
         versions: Option<&'static str>,

@@ -170,11 +170,6 @@ impl KvStore {
         }
     }
 
-    /// Whether calls can wait on the network (and need a deadline).
-    pub fn is_remote(&self) -> bool {
-        matches!(*self.backend, Backend::Redis(_))
-    }
-
     /// A short description for logs: `memory (64 MiB)` or the Redis address.
     pub fn describe(&self) -> String {
         match &*self.backend {

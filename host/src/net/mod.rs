@@ -5,9 +5,13 @@
 mod allow;
 mod listen;
 mod tls;
+mod tls_check;
+mod tls_refusal;
 mod transport;
 
 pub use allow::{AllowList, parse_network};
 pub use listen::{Accepted, Listeners, UnixSettings};
 pub use tls::{TlsFiles, TlsServer};
+pub use tls_check::{TlsReport, check_tls_files};
+pub use tls_refusal::explain as explain_tls_refusal;
 pub use transport::{Detached, Peer, Transport};

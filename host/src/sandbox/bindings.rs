@@ -2,7 +2,7 @@
 //! named, so the rest of the sandbox uses plain Rust types.
 //!
 //! `handle-message` is called asynchronously: a call that runs long yields at
-//! every epoch tick, so other calls on the same guest thread get their turn,
+//! every epoch tick, so other calls on the same data-plane thread get their turn,
 //! and WASI calls that wait (a clock, a stream, a key-value store) never
 //! block a thread.
 
@@ -23,6 +23,22 @@ wasmtime::component::bindgen!({
         "spoa:agent/ip-table.table": super::tables::OpenTable,
     },
 });
+
+/// The imports of this package (and its WIT dependencies) that can wait in
+/// the host: the ones the `imports` above make `async`. A component that
+/// imports one of them (or WASI but `wasi:config`, whose host functions are
+/// async in wasmtime-wasi) is always called on a fiber; see
+/// [`import_can_wait`]. A test holds this table and the macro's to each other.
+pub const IMPORTS_THAT_WAIT: &[&str] = &["wasi:keyvalue", "spoa:agent/expiry"];
+
+/// Whether a call into the import `name` can wait in the host, and so needs
+/// a fiber: configuration, randomness, logging and IP tables answer at once.
+pub fn import_can_wait(name: &str) -> bool {
+    IMPORTS_THAT_WAIT
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+        || (name.starts_with("wasi:") && !name.starts_with("wasi:config/"))
+}
 
 pub use spoa::agent::expiry;
 pub use spoa::agent::ip_table;
@@ -54,4 +70,53 @@ pub mod blocking {
 
     pub use HandlerExport as Handler;
     pub use HandlerExportIndices as HandlerIndices;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The interfaces the bindgen invocation above makes `async`, read from
+    /// this file's source.
+    fn async_in_bindgen() -> Vec<String> {
+        let source = include_str!("bindings.rs");
+        let start = source.find("imports: {").expect("the imports block");
+        let block = &source[start..start + source[start..].find("},").expect("its end")];
+        block
+            .lines()
+            .filter(|line| line.contains("async"))
+            .filter_map(|line| line.split('"').nth(1).map(str::to_owned))
+            .collect()
+    }
+
+    #[test]
+    fn the_async_imports_and_the_table_of_waiting_imports_agree() {
+        let mut from_macro = async_in_bindgen();
+        from_macro.sort();
+        let mut table: Vec<String> = IMPORTS_THAT_WAIT.iter().map(|s| s.to_string()).collect();
+        table.sort();
+        assert_eq!(from_macro, table);
+    }
+
+    #[test]
+    fn what_can_wait() {
+        for name in [
+            "wasi:keyvalue/store@0.2.0-draft",
+            "wasi:keyvalue/atomics@0.2.0-draft",
+            "spoa:agent/expiry@0.1.2",
+            "wasi:clocks/monotonic-clock@0.2.6",
+            "wasi:io/poll@0.2.0",
+        ] {
+            assert!(import_can_wait(name), "{name}");
+        }
+        for name in [
+            "wasi:config/store@0.2.0-rc.1",
+            "spoa:agent/random@0.1.0",
+            "spoa:agent/log@0.1.3",
+            "spoa:agent/ip-table@0.1.3",
+            "spoa:agent/types@0.1.3",
+        ] {
+            assert!(!import_can_wait(name), "{name}");
+        }
+    }
 }

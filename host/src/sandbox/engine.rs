@@ -41,6 +41,8 @@ pub struct SandboxConfig {
     /// Linear memory cap per instance, in bytes.
     pub memory_cap: usize,
     pub instance_mode: InstanceMode,
+    /// Calls a reused instance serves before it is replaced by a new one.
+    pub max_calls_per_instance: u64,
     /// Most guest calls in progress at once; also sizes the instance pool.
     pub max_concurrent_calls: u32,
     /// Where compiled modules are cached (`None`: compile at every load).

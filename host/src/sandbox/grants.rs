@@ -102,11 +102,7 @@ impl GuestSettings {
             let mut seen = 0;
             hash_tree(dir, &mut hasher, &mut seen);
         }
-        hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        hex::encode(hasher.finalize())
     }
 }
 

@@ -50,6 +50,8 @@ impl GuestFailure {
 /// (for components that cannot wait in the host) entered directly.
 pub(crate) struct GuestInstance {
     store: Store<GuestState>,
+    /// Calls made on this instance (the smoke call's included).
+    calls: u64,
     yielding: Handler,
     blocking: Option<blocking::Handler>,
 }
@@ -181,6 +183,7 @@ impl GuestInstance {
         }
         Ok(GuestInstance {
             store,
+            calls: 0,
             yielding,
             blocking,
         })
@@ -190,6 +193,11 @@ impl GuestInstance {
     /// back the shared one.
     pub(crate) fn use_smoke_store(&mut self, smoke: bool) {
         self.store.data_mut().smoke_kv = smoke.then(crate::kv::KvStore::scratch);
+    }
+
+    /// Calls made on this instance so far.
+    pub(crate) fn calls(&self) -> u64 {
+        self.calls
     }
 
     /// Whether the last call was a direct call cut after a whole tick: its
@@ -207,6 +215,7 @@ impl GuestInstance {
     ) -> Option<Result<Vec<spop::Action>, GuestFailure>> {
         let handler = self.blocking.as_ref()?;
         let input = message_to_wit(message);
+        self.calls += 1;
         start_call(&mut self.store);
         self.store.data_mut().direct_call = true;
         let outcome = handler.call_handle_message(&mut self.store, &input);
@@ -221,6 +230,7 @@ impl GuestInstance {
         message: &spop::Message,
     ) -> Result<Vec<spop::Action>, GuestFailure> {
         let input = message_to_wit(message);
+        self.calls += 1;
         start_call(&mut self.store);
         // Only a call on a fiber can reach the store (a component that
         // imports it is never entered directly): the store's deadline

@@ -278,10 +278,14 @@ impl InstanceLease<'_> {
     }
 
     /// Keeps `instance` for the next call, unless it serves one message
-    /// only (a fresh instance) or the call poisoned it.
+    /// only (a fresh instance), the call poisoned it, or it has served its
+    /// `--guest-max-calls` (an instance that ages is replaced before a slow
+    /// leak in the guest fails a message at the memory cap).
     fn keep(&mut self, instance: GuestInstance, result: &Result<Vec<spop::Action>, GuestFailure>) {
-        let reusable = self.module.sandbox.config.instance_mode == InstanceMode::Reuse
-            && !matches!(result, Err(failure) if failure.poisons_instance());
+        let config = &self.module.sandbox.config;
+        let reusable = config.instance_mode == InstanceMode::Reuse
+            && !matches!(result, Err(failure) if failure.poisons_instance())
+            && instance.calls() < config.max_calls_per_instance;
         if reusable {
             self.instance = Some(instance);
         }
@@ -327,7 +331,7 @@ impl Sandbox {
         if bytes.starts_with(&CORE_MODULE_HEADER) {
             return Err(LoadError::CoreModule);
         }
-        let sha256 = hex(&Sha256::digest(&bytes));
+        let sha256 = hex::encode(Sha256::digest(&bytes));
         let size = bytes.len();
         let this = self.clone();
         let digest = sha256.clone();
@@ -346,7 +350,7 @@ impl Sandbox {
         let host_can_wait = component
             .component_type()
             .imports(&self.engine)
-            .any(|(name, _)| import_can_wait(name));
+            .any(|(name, _)| super::bindings::import_can_wait(name));
         let init = find_init(&component);
         let blocking_indices = if host_can_wait {
             None
@@ -520,21 +524,8 @@ impl LoadedModule {
 /// without failing healthy guests on a busy machine.
 const WALL_CLOCK_GRACE: Duration = Duration::from_millis(10);
 
-/// Whether a call into an import can wait in the host (and so needs a
-/// fiber): WASI (but for `wasi:config`, answered from memory) and the shared
-/// store. Configuration, randomness, logging and IP tables answer at once.
-/// The bindings' `async` imports (`bindings.rs`) are the ones listed here.
-pub(crate) fn import_can_wait(name: &str) -> bool {
-    (name.starts_with("wasi:") && !name.starts_with("wasi:config/"))
-        || name.starts_with("spoa:agent/expiry")
-}
-
 /// The `init` export, when the component has one. Its type is checked on
 /// the first instance (the smoke call's): a wrong one refuses the module.
 fn find_init(component: &Component) -> Option<wasmtime::component::ComponentExportIndex> {
     component.get_export_index(None, "init")
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
