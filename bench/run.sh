@@ -129,6 +129,8 @@ fi
 RATE=target/guest_ratelimit.wasm
 RATE_ARGS=(--module "$RATE" --guest-config limit=1000000000)
 ./target/release/spoa-kvcost -d 2s
+# The expiry sweep with a million entries: store-call latency meanwhile.
+./target/release/spoa-kvsweep -n 1000000 -d 5s
 ./target/release/spoa-callcost "$RATE" --only reuse --expect-actions 2 --guest-config limit=1000000000
 echo
 start_agent "${RATE_ARGS[@]}"

@@ -8,8 +8,12 @@
 //! take its shard over that share, the shard's least recently used entries
 //! (last read or written longest ago) are removed until the new entry fits.
 //! Expired entries are never returned; they are removed when touched and by
-//! a sweep every second.
+//! a sweep every second, which finds them in an expiry index (a heap by
+//! expiry time per shard) instead of scanning every entry: it holds a shard
+//! lock only for the entries that did expire, a bounded number at a time.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,6 +30,9 @@ pub const SHARDS: usize = 16;
 pub const ENTRY_OVERHEAD: usize = 96;
 /// How often expired entries are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Most expired entries one hold of a shard lock removes: a guest call
+/// waiting for the lock waits for at most this many removals.
+const SWEEP_BATCH: usize = 1024;
 
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
@@ -37,8 +44,12 @@ pub struct MemoryStore {
 }
 
 struct Shard {
-    entries: LruCache<String, Entry>,
+    entries: LruCache<Arc<str>, Entry>,
     bytes: usize,
+    /// When entries expire, soonest first. An item whose entry was removed,
+    /// or written again with another expiry, is stale: skipped when it comes
+    /// up, and dropped when stale items outnumber the entries.
+    expiries: BinaryHeap<Reverse<(Instant, Arc<str>)>>,
 }
 
 struct Entry {
@@ -75,6 +86,7 @@ impl MemoryStore {
                     Mutex::new(Shard {
                         entries: LruCache::unbounded(),
                         bytes: 0,
+                        expiries: BinaryHeap::new(),
                     })
                 })
                 .collect(),
@@ -109,12 +121,15 @@ impl MemoryStore {
         let full = full_key(bucket, key);
         let mut shard = self.shard(&full);
         let now = Instant::now();
-        let live = shard.entries.peek(&full)?.is_live(now);
+        let live = shard.entries.peek(full.as_str())?.is_live(now);
         if !live {
             self.remove(&mut shard, &full, true);
             return None;
         }
-        shard.entries.get(&full).map(|entry| entry.value.clone())
+        shard
+            .entries
+            .get(full.as_str())
+            .map(|entry| entry.value.clone())
     }
 
     pub fn set(
@@ -156,7 +171,7 @@ impl MemoryStore {
         let full = full_key(bucket, key);
         let mut shard = self.shard(&full);
         let now = Instant::now();
-        let (current, expires) = match shard.entries.peek(&full) {
+        let (current, expires) = match shard.entries.peek(full.as_str()) {
             Some(entry) if entry.is_live(now) => (parse_counter(&entry.value)?, entry.expires),
             _ => (0, None),
         };
@@ -177,7 +192,10 @@ impl MemoryStore {
         let full = full_key(bucket, key);
         let shard = self.shard(&full);
         let now = Instant::now();
-        let entry = shard.entries.peek(&full).filter(|e| e.is_live(now))?;
+        let entry = shard
+            .entries
+            .peek(full.as_str())
+            .filter(|e| e.is_live(now))?;
         entry.expires.map(|at| at - now)
     }
 
@@ -248,23 +266,39 @@ impl MemoryStore {
         KeyPage { keys, cursor: None }
     }
 
-    /// Removes every expired entry.
+    /// Removes every expired entry, found through the expiry index.
     pub fn sweep(&self) {
         let now = Instant::now();
         for shard in self.shards.iter() {
-            let mut shard = shard
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let expired: Vec<String> = shard
+            // A bounded batch per lock hold, then the lock is released.
+            while self.sweep_batch(shard, now) {}
+        }
+    }
+
+    /// Removes up to [`SWEEP_BATCH`] expired entries of one shard; whether
+    /// more may be due.
+    fn sweep_batch(&self, shard: &Mutex<Shard>, now: Instant) -> bool {
+        let mut shard = shard
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for _ in 0..SWEEP_BATCH {
+            let due = matches!(shard.expiries.peek(), Some(Reverse((at, _))) if *at <= now);
+            if !due {
+                return false;
+            }
+            let Some(Reverse((at, key))) = shard.expiries.pop() else {
+                return false;
+            };
+            // Stale unless the entry is still there with this very expiry.
+            if shard
                 .entries
-                .iter()
-                .filter(|(_, entry)| !entry.is_live(now))
-                .map(|(key, _)| key.clone())
-                .collect();
-            for key in expired {
+                .peek(&*key)
+                .is_some_and(|entry| entry.expires == Some(at))
+            {
                 self.remove(&mut shard, &key, true);
             }
         }
+        true
     }
 
     pub fn stats(&self) -> KvStats {
@@ -299,6 +333,8 @@ impl MemoryStore {
     fn insert(&self, shard: &mut Shard, full: String, entry: Entry) -> Result<(), KvError> {
         let size = entry_size(&full, &entry.value);
         self.check_fits(size)?;
+        let full: Arc<str> = full.into();
+        let old_expiry = shard.entries.peek(&*full).and_then(|old| old.expires);
         self.remove(shard, &full, false);
         let now = Instant::now();
         while shard.bytes + size > self.shard_limit {
@@ -314,7 +350,17 @@ impl MemoryStore {
             counter.fetch_add(1, Ordering::Relaxed);
         }
         shard.bytes += size;
+        // A counter incremented within its window keeps its expiry: indexed
+        // once, not once per increment.
+        let index = entry
+            .expires
+            .filter(|&at| old_expiry != Some(at))
+            .map(|at| Reverse((at, full.clone())));
         shard.entries.put(full, entry);
+        if let Some(item) = index {
+            shard.expiries.push(item);
+            compact_expiries(shard);
+        }
         Ok(())
     }
 
@@ -326,6 +372,21 @@ impl MemoryStore {
             }
         }
     }
+}
+
+/// Drops the stale items of the expiry index once they outnumber the
+/// entries (plus a margin): the index stays within twice the entries, and
+/// the rebuild, a pass over the shard, comes once per that many writes.
+fn compact_expiries(shard: &mut Shard) {
+    if shard.expiries.len() <= 2 * shard.entries.len() + 1024 {
+        return;
+    }
+    let live: Vec<Reverse<(Instant, Arc<str>)>> = shard
+        .entries
+        .iter()
+        .filter_map(|(key, entry)| entry.expires.map(|at| Reverse((at, key.clone()))))
+        .collect();
+    shard.expiries = BinaryHeap::from(live);
 }
 
 /// Sweeps `store` every second from a thread of its own, until the store is
@@ -440,6 +501,70 @@ mod tests {
         store.sweep();
         let stats = store.stats();
         assert_eq!((stats.entries, stats.bytes, stats.expired), (0, 0, 100));
+    }
+
+    #[test]
+    fn the_sweep_finds_expired_entries_through_the_index_only() {
+        let store = MemoryStore::new(1 << 24);
+        for i in 0..3000 {
+            let ttl = if i % 3 == 0 { 5 } else { 60_000 };
+            store
+                .set(
+                    "b",
+                    &i.to_string(),
+                    vec![1],
+                    Some(Duration::from_millis(ttl)),
+                )
+                .unwrap();
+        }
+        // Written again with a longer expiry: its first index item is stale.
+        store
+            .set("b", "0", vec![2], Some(Duration::from_secs(60)))
+            .unwrap();
+        // A counter incremented within its window is indexed once.
+        for _ in 0..5000 {
+            store
+                .increment("b", "counter", 1, Some(Duration::from_millis(5)))
+                .unwrap();
+        }
+        let indexed: usize = store
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().expiries.len())
+            .sum();
+        assert!(indexed <= 3002, "{indexed} index items for 3001 entries");
+        std::thread::sleep(Duration::from_millis(10));
+        store.sweep();
+        let stats = store.stats();
+        // 1000 short-lived entries and the counter expired; "0" was rewritten.
+        assert_eq!(stats.expired, 1000);
+        assert_eq!(stats.entries, 2001);
+        assert_eq!(store.get("b", "0"), Some(vec![2]));
+        assert_eq!(store.get("b", "3"), None);
+        assert_eq!(store.get("b", "1"), Some(vec![1]));
+    }
+
+    #[test]
+    fn stale_index_items_are_compacted() {
+        let store = MemoryStore::new(1 << 24);
+        for round in 0..20u64 {
+            for i in 0..500 {
+                store
+                    .set(
+                        "b",
+                        &i.to_string(),
+                        vec![1],
+                        Some(Duration::from_secs(60 + round)),
+                    )
+                    .unwrap();
+            }
+        }
+        let indexed: usize = store
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().expiries.len())
+            .sum();
+        assert!(indexed <= 2 * 500 + 1024 * SHARDS, "{indexed}");
     }
 
     #[test]
