@@ -38,7 +38,7 @@ impl Drop for StopOnDrop {
 
 /// What starting guests needs.
 #[derive(Clone)]
-pub struct GuestRuntime {
+pub struct GuestServices {
     pub data_plane: tokio::runtime::Handle,
     pub metrics: Arc<Metrics>,
     /// Watch module, configuration and data files (SIGHUP works regardless).
@@ -56,7 +56,7 @@ pub struct GuestRuntime {
     pub ip_tables: crate::tables::IpTables,
 }
 
-impl GuestRuntime {
+impl GuestServices {
     /// Loads the guest's module on the data plane and starts its reload
     /// triggers.
     pub async fn start(&self, spec: GuestSpec) -> Result<Guest> {
@@ -135,7 +135,7 @@ impl GuestRuntime {
                 _ => {
                     let started = self.start(spec.clone()).await?;
                     if let Some(previous) = same_name {
-                        started.executor.succeed(&previous.executor);
+                        started.executor.take_over_from(&previous.executor);
                     }
                     guests.push(Arc::new(started));
                 }
@@ -157,20 +157,20 @@ pub fn guest_set(guests: &[Arc<Guest>]) -> GuestSet {
 
 /// Starts one guest answering every message (the `--module` form): its
 /// executor is the handler, without routing.
-pub async fn start_single(runtime: &GuestRuntime, spec: GuestSpec) -> Result<Guest> {
+pub async fn start_single(runtime: &GuestServices, spec: GuestSpec) -> Result<Guest> {
     let guest = runtime.start(spec).await?;
-    guest.executor.publish();
+    guest.executor.announce_serving();
     Ok(guest)
 }
 
 /// Starts the guests of a configuration and the router over them.
 pub async fn start_router(
-    runtime: &GuestRuntime,
+    runtime: &GuestServices,
     specs: &[GuestSpec],
 ) -> Result<(Arc<Router>, Vec<Arc<Guest>>)> {
     let guests = runtime.start_all(specs, &[]).await?;
     for guest in &guests {
-        guest.executor.publish();
+        guest.executor.announce_serving();
     }
     let router = Arc::new(Router::new(guest_set(&guests), runtime.metrics.clone()));
     Ok((router, guests))
@@ -178,7 +178,7 @@ pub async fn start_router(
 
 /// Reloads the `--config` file on change and on SIGHUP.
 pub struct ConfigReloader {
-    pub runtime: GuestRuntime,
+    pub runtime: GuestServices,
     pub config: AgentConfig,
     pub sandbox_defaults: SandboxArgs,
     pub error_var: Option<String>,
@@ -239,7 +239,7 @@ impl ConfigReloader {
                 .iter()
                 .any(|old| Arc::ptr_eq(&old.executor, &guest.executor));
             if !kept {
-                guest.executor.publish();
+                guest.executor.announce_serving();
             }
         }
         for gone in self

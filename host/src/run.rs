@@ -15,7 +15,7 @@ use crate::cli::{
 };
 use crate::config::{AgentConfig, single_guest};
 use crate::exec::start_data_plane;
-use crate::guests::{ConfigReloader, Guest, GuestRuntime, start_router, start_single};
+use crate::guests::{ConfigReloader, Guest, GuestServices, start_router, start_single};
 use crate::kv::KvStore;
 use crate::metrics::Metrics;
 use crate::net::{AllowList, Listeners, TlsFiles, TlsServer, UnixSettings};
@@ -206,7 +206,7 @@ async fn serve_async(
     tracing::info!(store = %kv.describe(), "guest key-value store");
     metrics.watch_kv(kv.clone());
     metrics.watch_ip_tables(ip_tables.clone());
-    let runtime = GuestRuntime {
+    let runtime = GuestServices {
         ip_tables,
         kv,
         data_plane: data_plane.clone(),
@@ -291,7 +291,7 @@ async fn serve_async(
 async fn build_handler(
     args: &ServeArgs,
     config: Option<AgentConfig>,
-    runtime: &GuestRuntime,
+    runtime: &GuestServices,
 ) -> Result<(Arc<dyn Handler>, Vec<Arc<Guest>>)> {
     #[cfg(feature = "native-iprep")]
     if args.native_iprep {

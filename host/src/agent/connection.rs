@@ -167,7 +167,7 @@ pub async fn serve_connection(
     metrics.connections_current.inc();
     let mut connection = Connection {
         stream,
-        link: Link {
+        state: ConnectionState {
             codec: SpopCodec::new(ctx.settings.max_frame_size),
             peer: peer.clone(),
             read_buf: BytesMut::with_capacity(READ_RESERVE),
@@ -196,12 +196,12 @@ pub async fn serve_connection(
 
 struct Connection {
     stream: Transport,
-    link: Link,
+    state: ConnectionState,
 }
 
 /// Everything of a connection but its socket: what moves with it from the
 /// control plane to the data plane.
-struct Link {
+struct ConnectionState {
     peer: Peer,
     codec: SpopCodec,
     read_buf: BytesMut,
@@ -222,7 +222,7 @@ impl Connection {
     /// HELLO, and the health check if it is one. `Ok` once the connection is
     /// established for NOTIFY frames.
     async fn handshake_phase(&mut self, shutdown: &CancellationToken) -> Result<Negotiated, End> {
-        let hello_timeout = self.link.ctx.settings.hello_timeout;
+        let hello_timeout = self.state.ctx.settings.hello_timeout;
         let negotiated = match timeout(hello_timeout, self.handshake(shutdown)).await {
             Err(_) => {
                 return Err(End::Disconnect(
@@ -233,15 +233,15 @@ impl Connection {
             Ok(Err(end)) => return Err(end),
             Ok(Ok(negotiated)) => negotiated,
         };
-        tracing::debug!(peer = %self.link.peer, ?negotiated, "HELLO negotiated");
-        self.link
+        tracing::debug!(peer = %self.state.peer, ?negotiated, "HELLO negotiated");
+        self.state
             .codec
             .set_max_frame_size(negotiated.max_frame_size);
         encode_control(
             &Frame::AgentHello(agent_hello(&negotiated)),
-            &mut self.link.write_buf,
+            &mut self.state.write_buf,
         );
-        self.link.ctx.metrics.frames_sent(FrameType::AgentHello, 1);
+        self.state.ctx.metrics.frames_sent(FrameType::AgentHello, 1);
         if let Err(err) = self.flush().await {
             return Err(End::Io(err));
         }
@@ -259,21 +259,21 @@ impl Connection {
         negotiated: Negotiated,
         shutdown: CancellationToken,
     ) -> io::Result<tokio::task::JoinHandle<()>> {
-        let Connection { stream, mut link } = self;
+        let Connection { stream, mut state } = self;
         // A copy of its own: every batch holds a reference, and a count
         // shared by every connection would bounce between the cores.
-        link.ctx = Arc::new((*link.ctx).clone());
+        state.ctx = Arc::new((*state.ctx).clone());
         let detached = stream.detach()?;
-        let data_plane = link.ctx.data_plane.clone();
+        let data_plane = state.ctx.data_plane.clone();
         Ok(data_plane.spawn(async move {
             let stream = match detached.attach() {
                 Ok(stream) => stream,
                 Err(err) => {
-                    tracing::warn!(peer = %link.peer, "could not register the connection: {err}");
+                    tracing::warn!(peer = %state.peer, "could not register the connection: {err}");
                     return;
                 }
             };
-            let mut connection = Connection { stream, link };
+            let mut connection = Connection { stream, state };
             let end = connection.serve_notifies(&negotiated, &shutdown).await;
             connection.finish(end).await;
         }))
@@ -282,7 +282,7 @@ impl Connection {
     /// Reads the first frame, which must be HAPROXY-HELLO.
     async fn handshake(&mut self, shutdown: &CancellationToken) -> Result<Negotiated, End> {
         let frame = loop {
-            match self.link.codec.next_frame_bytes(&mut self.link.read_buf) {
+            match self.state.codec.next_frame_bytes(&mut self.state.read_buf) {
                 Ok(Some(body)) => break Frame::decode(body.freeze()).map_err(decode_end)?,
                 Ok(None) => {}
                 Err(err) => return Err(decode_end(err)),
@@ -297,9 +297,9 @@ impl Connection {
                 }
             }
         };
-        self.link.ctx.metrics.frame_received(frame.frame_type());
+        self.state.ctx.metrics.frame_received(frame.frame_type());
         match frame {
-            Frame::HaproxyHello(hello) => negotiate(&hello, self.link.ctx.settings.max_frame_size)
+            Frame::HaproxyHello(hello) => negotiate(&hello, self.state.ctx.settings.max_frame_size)
                 .map_err(|status| End::Disconnect(status, "HAPROXY-HELLO refused".into())),
             Frame::HaproxyDisconnect(kv) => Err(End::PeerDisconnect(Disconnect::parse(&kv))),
             other => Err(End::Disconnect(
@@ -331,7 +331,7 @@ impl Connection {
                 break End::Io(err);
             }
             let idle = if in_flight.is_empty() {
-                self.link.ctx.settings.idle_timeout
+                self.state.ctx.settings.idle_timeout
             } else {
                 None
             };
@@ -392,35 +392,35 @@ impl Connection {
         in_flight: &mut FuturesUnordered<SpawnedBatch>,
     ) -> Option<End> {
         while in_flight.len() < MAX_IN_FLIGHT {
-            let mut batches = std::mem::take(&mut self.link.batches);
+            let mut batches = std::mem::take(&mut self.state.batches);
             let next = self.take_batches(&mut batches);
             for batch in batches.drain(..) {
                 let parts = batch.parts;
-                let acks = self.link.spare_acks.pop().unwrap_or_default();
+                let acks = self.state.spare_acks.pop().unwrap_or_default();
                 let mut answer = answer_batch(
-                    self.link.ctx.clone(),
+                    self.state.ctx.clone(),
                     batch,
                     negotiated.max_frame_size,
                     acks,
                 );
-                if parts & self.link.waiting_parts == 0 {
+                if parts & self.state.waiting_parts == 0 {
                     // A future registers the waker of its latest poll, so a
                     // batch first polled with a no-op waker is woken
                     // correctly once its task polls it again.
                     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
                     if let std::task::Poll::Ready(acks) = answer.as_mut().poll(&mut cx) {
-                        self.link.waiting_parts &= !parts;
+                        self.state.waiting_parts &= !parts;
                         self.take_acks(acks);
                         continue;
                     }
                 }
-                self.link.waiting_parts |= parts;
+                self.state.waiting_parts |= parts;
                 in_flight.push(SpawnedBatch {
                     parts,
                     task: tokio::spawn(answer),
                 });
             }
-            self.link.batches = batches;
+            self.state.batches = batches;
             match next {
                 Next::NeedInput => return None,
                 Next::MoreBuffered => {}
@@ -431,17 +431,17 @@ impl Connection {
     }
 
     fn take_acks(&mut self, (mut acks, tally): Acks) {
-        self.link.ctx.metrics.record_notify_batch(&tally);
-        if self.link.write_buf.is_empty() {
-            std::mem::swap(&mut self.link.write_buf, &mut acks);
+        self.state.ctx.metrics.record_notify_batch(&tally);
+        if self.state.write_buf.is_empty() {
+            std::mem::swap(&mut self.state.write_buf, &mut acks);
         } else {
-            self.link.write_buf.extend_from_slice(&acks);
+            self.state.write_buf.extend_from_slice(&acks);
         }
         acks.clear();
-        if self.link.spare_acks.len() < MAX_SPARE_ACK_BUFFERS
+        if self.state.spare_acks.len() < MAX_SPARE_ACK_BUFFERS
             && acks.capacity() <= MAX_SPARE_ACK_CAPACITY
         {
-            self.link.spare_acks.push(acks);
+            self.state.spare_acks.push(acks);
         }
     }
 
@@ -455,7 +455,7 @@ impl Connection {
     ) -> Result<(), End> {
         let (parts, acks) = answered?;
         if !in_flight.iter().any(|batch| batch.parts & parts != 0) {
-            self.link.waiting_parts &= !parts;
+            self.state.waiting_parts &= !parts;
         }
         self.take_acks(acks);
         self.flush().await.map_err(End::Io)
@@ -467,7 +467,7 @@ impl Connection {
     fn take_batches(&mut self, batches: &mut Vec<NotifyBatch>) -> Next {
         let mut taken = 0;
         while taken < MAX_BATCH {
-            let body = match self.link.codec.next_frame_bytes(&mut self.link.read_buf) {
+            let body = match self.state.codec.next_frame_bytes(&mut self.state.read_buf) {
                 Ok(Some(body)) => body,
                 Ok(None) => return Next::NeedInput,
                 Err(err) => return Next::End(decode_end(err)),
@@ -478,11 +478,11 @@ impl Connection {
             };
             // NOTIFY frames are counted in the batch tally.
             if !matches!(frame, Frame::Notify(_)) {
-                self.link.ctx.metrics.frame_received(frame.frame_type());
+                self.state.ctx.metrics.frame_received(frame.frame_type());
             }
             match frame {
                 Frame::Notify(notify) => {
-                    let parts = NotifyBatch::parts_of(&*self.link.ctx.handler, &notify);
+                    let parts = NotifyBatch::parts_of(&*self.state.ctx.handler, &notify);
                     let index = match batches.iter().position(|b| b.parts == parts) {
                         Some(index) => index,
                         None => {
@@ -515,8 +515,8 @@ impl Connection {
 
     /// One read into the buffer, bounded by `idle` when given.
     async fn read_more(&mut self, idle: Option<Duration>) -> ReadOutcome {
-        reserve(&mut self.link.read_buf);
-        let read = self.stream.read_buf(&mut self.link.read_buf);
+        reserve(&mut self.state.read_buf);
+        let read = self.stream.read_buf(&mut self.state.read_buf);
         let result = match idle {
             Some(limit) => match timeout(limit, read).await {
                 Ok(result) => result,
@@ -536,7 +536,7 @@ impl Connection {
         match outcome {
             ReadOutcome::Data => None,
             ReadOutcome::Closed => Some(End::PeerClosed {
-                unfinished_frame: !self.link.read_buf.is_empty(),
+                unfinished_frame: !self.state.read_buf.is_empty(),
             }),
             ReadOutcome::Failed(err) => Some(End::Io(err)),
             ReadOutcome::IdleTimeout => {
@@ -549,10 +549,10 @@ impl Connection {
     /// sending during the drain cannot keep the task reading.
     fn read_ready_without_waiting(&mut self) {
         let limit =
-            self.link.read_buf.len() + MAX_BATCH * self.link.codec.max_frame_size() as usize;
-        while self.link.read_buf.len() < limit {
-            reserve(&mut self.link.read_buf);
-            match self.stream.try_read_buf(&mut self.link.read_buf) {
+            self.state.read_buf.len() + MAX_BATCH * self.state.codec.max_frame_size() as usize;
+        while self.state.read_buf.len() < limit {
+            reserve(&mut self.state.read_buf);
+            match self.stream.try_read_buf(&mut self.state.read_buf) {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }
@@ -560,21 +560,21 @@ impl Connection {
     }
 
     async fn flush(&mut self) -> io::Result<()> {
-        if self.link.write_buf.is_empty() {
+        if self.state.write_buf.is_empty() {
             return Ok(());
         }
-        let mut result = self.stream.write_all(&self.link.write_buf).await;
+        let mut result = self.stream.write_all(&self.state.write_buf).await;
         if result.is_ok() {
             // TLS buffers records: flushing pushes them to the socket (a
             // no-op for TCP and Unix streams).
             result = self.stream.flush().await;
         }
-        self.link.write_buf.clear();
+        self.state.write_buf.clear();
         result
     }
 
     async fn finish(&mut self, end: End) {
-        let peer = self.link.peer.clone();
+        let peer = self.state.peer.clone();
         let (status, message) = match end {
             End::PeerClosed { unfinished_frame } => {
                 tracing::debug!(%peer, unfinished_frame, "peer closed the connection");
@@ -615,8 +615,8 @@ impl Connection {
                 (status, status.message())
             }
         };
-        self.link.ctx.metrics.disconnect_sent(status);
-        let pending = std::mem::take(&mut self.link.write_buf);
+        self.state.ctx.metrics.disconnect_sent(status);
+        let pending = std::mem::take(&mut self.state.write_buf);
         disconnect_and_close(&mut self.stream, pending, status, message).await;
     }
 }

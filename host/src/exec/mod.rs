@@ -226,7 +226,7 @@ impl GuestExecutor {
     /// guest table): the version `previous` rolled back stays refused, and
     /// with a rollback policy this executor's first version is on probation
     /// with `previous`'s as the last good one.
-    pub fn succeed(&self, previous: &GuestExecutor) {
+    pub fn take_over_from(&self, previous: &GuestExecutor) {
         *self.rejected.lock().unwrap_or_else(|p| p.into_inner()) = previous.rejected();
         let Some(policy) = &self.policy.rollback else {
             return;
@@ -247,7 +247,7 @@ impl GuestExecutor {
 
     /// Publishes the serving module in `module_info` (once the executor
     /// serves: a configuration reload that fails publishes nothing).
-    pub fn publish(&self) {
+    pub fn announce_serving(&self) {
         self.metrics.module_serving(&self.active().identity, false);
         self.metrics.quarantine_ended();
     }

@@ -32,12 +32,12 @@ impl OpenTable {
     fn counted(&mut self) -> &LiveTable {
         self.uncounted += 1;
         if self.uncounted >= COUNT_EVERY {
-            self.publish();
+            self.flush_lookups();
         }
         &self.live
     }
 
-    fn publish(&mut self) {
+    fn flush_lookups(&mut self) {
         self.live
             .stats
             .lookups
@@ -47,7 +47,7 @@ impl OpenTable {
 
 impl Drop for OpenTable {
     fn drop(&mut self) {
-        self.publish();
+        self.flush_lookups();
     }
 }
 
