@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use bytes::{Bytes, BytesMut};
 use clap::Parser;
 use hdrhistogram::Histogram;
-use spoa_host::cli::parse_duration;
+use spoa_host::settings::cli::parse_duration;
 use spoa_host::spop::codec::encode_frame;
 use spoa_host::spop::{Action, Arg, Frame, KvList, Message, Notify, SpopCodec, TypedData};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -2,31 +2,40 @@
 //! WebAssembly components.
 //!
 //! Data flows one way: bytes → [`spop::Frame`] → [`agent`] turns NOTIFY
-//! frames into batches of messages → a [`agent::Handler`]: the [`router`]
-//! sends each message to the guest that declares it, whose [`exec`]utor
-//! runs it on the data plane through the [`sandbox`] → actions → ACK →
-//! bytes. The control plane (accept, HELLO, health checks) never runs guest
-//! code. [`config`] reads `--config`; [`guests`] starts and reloads guests.
+//! frames into batches of messages → a [`agent::Handler`]: the
+//! [`guests::router`] sends each message to the guest that declares it,
+//! whose [`exec`]utor runs it on the data plane through the [`sandbox`] →
+//! actions → ACK → bytes. The control plane (accept, HELLO, health checks)
+//! never runs guest code.
+//!
+//! The folders, lowest first; each imports only folders above it in this
+//! list (no cycles):
+//! - [`spop`]: the protocol (frames, typed data, the codec); nothing else.
+//! - [`kv`], [`tables`]: the state guests share (key-value buckets, IP tables).
+//! - [`net`]: listeners, TLS, allow-lists: byte streams and peers.
+//! - [`sandbox`]: wasmtime, WASI and the host's imports; calls one guest.
+//! - [`metrics`]: the Prometheus series and the `/metrics` endpoint.
+//! - [`agent`]: a connection's SPOP life, and the [`agent::Handler`] trait.
+//! - [`exec`]: one guest's executor and failure policy (a `Handler`).
+//! - [`settings`]: the command line and the `--config` file, as specs.
+//! - [`guests`]: starting guests, reloading modules and `--config`, routing.
+//! - [`cmd`]: the commands (serve, check, call, haproxy-config): the top.
+//!
+//! [`watch`] (file and SIGHUP triggers) and [`realtime`] (thread priority)
+//! are leaves any layer may use.
 
 pub mod agent;
-pub mod call;
-pub mod cli;
-pub mod config;
+pub mod cmd;
 pub mod exec;
 pub mod guests;
-pub mod haproxy_config;
 pub mod kv;
 pub mod metrics;
-pub mod metrics_http;
 #[cfg(feature = "native-iprep")]
 pub mod native;
 pub mod net;
 pub mod realtime;
-pub mod reload;
-pub mod router;
-pub mod run;
 pub mod sandbox;
-pub mod server;
+pub mod settings;
 pub mod spop;
 pub mod tables;
 pub mod watch;

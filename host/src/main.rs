@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use spoa_host::cli::Cli;
+use spoa_host::settings::cli::Cli;
 
 /// mimalloc: a batch allocates every message's answer before freeing any,
 /// which overflows glibc's small per-thread caches (seven blocks a size);
@@ -10,5 +10,5 @@ use spoa_host::cli::Cli;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    spoa_host::run::main_with(Cli::parse())
+    spoa_host::cmd::main_with(Cli::parse())
 }

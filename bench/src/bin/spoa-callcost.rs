@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use bytes::Bytes;
 use clap::Parser;
-use spoa_host::cli::SandboxArgs;
 use spoa_host::sandbox::Sandbox;
+use spoa_host::settings::cli::SandboxArgs;
 use spoa_host::spop::{Action, Arg, Message, TypedData};
 
 #[derive(Debug, Parser)]
@@ -22,7 +22,7 @@ use spoa_host::spop::{Action, Arg, Message, TypedData};
 struct Args {
     #[arg(default_value = "target/guest_iprep.wasm")]
     module: PathBuf,
-    #[arg(short = 'd', long, default_value = "2s", value_parser = spoa_host::cli::parse_duration)]
+    #[arg(short = 'd', long, default_value = "2s", value_parser = spoa_host::settings::cli::parse_duration)]
     duration: Duration,
     /// Only this variant: reuse, fresh or native.
     #[arg(long)]
@@ -35,7 +35,7 @@ struct Args {
     #[arg(long, default_value = "check-client-ip")]
     message: String,
     /// An argument of the message, repeatable (NAME=TYPE:VALUE).
-    #[arg(long = "arg", value_parser = spoa_host::cli::parse_typed_arg)]
+    #[arg(long = "arg", value_parser = spoa_host::settings::cli::parse_typed_arg)]
     args: Vec<Arg>,
     /// Also time this message (same arguments) on the same instance, in
     /// alternating rounds, and print what `--message` costs on top of it:
@@ -46,7 +46,7 @@ struct Args {
     sandbox: SandboxArgs,
     /// The guests' key-value store (`--kv redis://…` to measure Redis).
     #[command(flatten)]
-    kv: spoa_host::cli::KvArgs,
+    kv: spoa_host::settings::cli::KvArgs,
 }
 
 fn main() -> Result<()> {
@@ -89,10 +89,14 @@ fn main() -> Result<()> {
             let sandbox = Sandbox::new(sandbox_args.to_config(), kv)?
                 .with_ip_tables(spoa_host::tables::IpTables::new(kv_spec.redis_url()));
             let load_started = Instant::now();
-            let module =
-                spoa_host::reload::load(&sandbox, None, &args.module, &sandbox_args.grants())
-                    .await?
-                    .module;
+            let module = spoa_host::guests::module_reload::load(
+                &sandbox,
+                None,
+                &args.module,
+                &sandbox_args.grants(),
+            )
+            .await?
+            .module;
             println!(
                 "  load: {:.1} ms ({})",
                 load_started.elapsed().as_secs_f64() * 1e3,

@@ -18,13 +18,13 @@ use spoa_host::kv::KvStore;
     about = "Per-operation cost of the guests' key-value store"
 )]
 struct Args {
-    #[arg(short = 'd', long, default_value = "2s", value_parser = spoa_host::cli::parse_duration)]
+    #[arg(short = 'd', long, default_value = "2s", value_parser = spoa_host::settings::cli::parse_duration)]
     duration: Duration,
     /// Calls in flight at once for the throughput figure.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
     #[command(flatten)]
-    kv: spoa_host::cli::KvArgs,
+    kv: spoa_host::settings::cli::KvArgs,
 }
 
 /// A generous deadline: the figures are what the store costs, not what a

@@ -20,7 +20,7 @@ use spoa_host::kv::memory::{MemoryStore, spawn_sweeper};
 struct Args {
     #[arg(short = 'n', long, default_value_t = 1_000_000)]
     entries: u64,
-    #[arg(short = 'd', long, default_value = "5s", value_parser = spoa_host::cli::parse_duration)]
+    #[arg(short = 'd', long, default_value = "5s", value_parser = spoa_host::settings::cli::parse_duration)]
     duration: Duration,
 }
 

@@ -1,6 +1,7 @@
 //! Prometheus metrics. Every series the hot path touches is resolved to a
 //! plain atomic handle once, at start-up, so counting costs one atomic add.
 
+pub mod http;
 mod tables;
 
 use std::collections::HashMap;
@@ -14,7 +15,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::agent::FailureKind;
 use crate::kv::{KvFailureCause, KvStats, KvStore};
 use crate::sandbox::{LoadFailureCause, ModuleIdentity};
 use crate::spop::{FrameType, Status};
@@ -384,9 +384,11 @@ impl Metrics {
             .inc();
     }
 
-    /// The series of the guest called `name`, resolved once.
-    pub fn guest(&self, name: &str) -> GuestMetrics {
-        GuestMetrics::new(&self.guests, name)
+    /// The series of the guest called `name`, resolved once, with a
+    /// `failures_total` series for each of `failure_kinds` (the labels of the
+    /// executor's failure kinds, indexed as `record_batch` counts them).
+    pub fn guest(&self, name: &str, failure_kinds: &[&'static str]) -> GuestMetrics {
+        GuestMetrics::new(&self.guests, name, failure_kinds)
     }
 
     pub fn connection_refused(&self, reason: RefusalReason) {
@@ -520,7 +522,7 @@ pub struct GuestMetrics {
     families: GuestFamilies,
     name: String,
     calls: Counter,
-    failures: [Counter; FailureKind::ALL.len()],
+    failures: Vec<Counter>,
     pub call_seconds: Histogram,
     reloads_ok: Counter,
     reloads_unchanged: Counter,
@@ -533,7 +535,7 @@ pub struct GuestMetrics {
 }
 
 impl GuestMetrics {
-    fn new(families: &GuestFamilies, name: &str) -> GuestMetrics {
+    fn new(families: &GuestFamilies, name: &str, failure_kinds: &[&'static str]) -> GuestMetrics {
         let guest = || GuestLabels {
             guest: name.to_owned(),
         };
@@ -550,15 +552,18 @@ impl GuestMetrics {
             families: families.clone(),
             name: name.to_owned(),
             calls: families.calls.get_or_create(&guest()).clone(),
-            failures: FailureKind::ALL.map(|kind| {
-                families
-                    .failures
-                    .get_or_create(&GuestKindLabels {
-                        guest: name.to_owned(),
-                        kind: kind.name(),
-                    })
-                    .clone()
-            }),
+            failures: failure_kinds
+                .iter()
+                .map(|&kind| {
+                    families
+                        .failures
+                        .get_or_create(&GuestKindLabels {
+                            guest: name.to_owned(),
+                            kind,
+                        })
+                        .clone()
+                })
+                .collect(),
             call_seconds: families.call_seconds.get_or_create(&guest()).clone(),
             reloads_ok: result("ok"),
             reloads_unchanged: result("unchanged"),
@@ -579,8 +584,9 @@ impl GuestMetrics {
         }
     }
 
-    /// Adds one batch's calls and failures (by [`FailureKind::index`]).
-    pub fn record_batch(&self, calls: u64, failures: &[u64; FailureKind::ALL.len()]) {
+    /// Adds one batch's calls and failures (by the index of their kind in
+    /// the `failure_kinds` the series were made with).
+    pub fn record_batch(&self, calls: u64, failures: &[u64]) {
         if calls > 0 {
             self.calls.inc_by(calls);
         }

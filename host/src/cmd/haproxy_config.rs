@@ -8,11 +8,11 @@ use std::time::Duration;
 use anyhow::Result;
 
 #[cfg(test)]
-use crate::cli::SandboxArgs;
-use crate::cli::{
+use crate::settings::cli::SandboxArgs;
+use crate::settings::cli::{
     DEFAULT_ADDRESS, DEFAULT_PORT, HaproxyConfigArgs, HaproxySection, HaproxyVersion,
 };
-use crate::config::{AgentConfig, DEFAULT_EVENT};
+use crate::settings::file::{AgentConfig, DEFAULT_EVENT};
 
 /// Defaults of the `[haproxy]` table.
 const ENGINE: &str = "spoa-host";

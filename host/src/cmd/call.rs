@@ -20,8 +20,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{CallArgs, parse_typed_arg};
 use crate::sandbox::{GuestFailure, LoadedModule, Sandbox};
+use crate::settings::cli::{CallArgs, parse_typed_arg};
 use crate::spop::{self, TypedData};
 
 /// A typed value as JSON.
@@ -218,10 +218,15 @@ pub fn run(args: &CallArgs) -> anyhow::Result<bool> {
         let kv = crate::kv::KvStore::open(&kv_spec).map_err(anyhow::Error::msg)?;
         let sandbox = Sandbox::new(args.sandbox.to_config(), kv)?
             .with_ip_tables(crate::tables::IpTables::new(kv_spec.redis_url()));
-        let module = crate::reload::load(&sandbox, None, &args.module, &args.sandbox.grants())
-            .await
-            .map_err(|err| crate::run::rejected(&args.module, err))?
-            .module;
+        let module = crate::guests::module_reload::load(
+            &sandbox,
+            None,
+            &args.module,
+            &args.sandbox.grants(),
+        )
+        .await
+        .map_err(|err| crate::cmd::rejected(&args.module, err))?
+        .module;
         match &args.cases {
             Some(path) => run_cases(&module, path).await,
             None => {

@@ -1,134 +1,32 @@
-//! Wiring: CLI → logging → sandbox and guest runtime → module → listener,
-//! signals, reload and metrics.
+//! `spoa-host` serving: settings → the two planes → the key-value store
+//! and IP tables → guests → listeners, signals, reloads and metrics.
 
 use std::net::SocketAddr;
-use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{AgentContext, ConnectionSettings, Handler};
-use crate::cli::{
-    Cli, Command, DEFAULT_ADDRESS, DEFAULT_PORT, KvArgs, LogFormat, SandboxArgs, ServeArgs,
-};
-use crate::config::{AgentConfig, single_guest};
+use crate::cmd::accept::{ServerSettings, serve};
 use crate::exec::start_data_plane;
 use crate::guests::{ConfigReloader, Guest, GuestServices, start_router, start_single};
 use crate::kv::KvStore;
 use crate::metrics::Metrics;
 use crate::net::{AllowList, Listeners, TlsFiles, TlsServer, UnixSettings};
-use crate::reload::load;
-use crate::sandbox::Sandbox;
-use crate::server::{ServerSettings, serve};
+use crate::settings::cli::{DEFAULT_ADDRESS, DEFAULT_PORT, KvArgs, ServeArgs};
+use crate::settings::file::{AgentConfig, single_guest};
 
 /// How long stopping waits for data-plane tasks still running (the drain
 /// itself is bounded by --shutdown-timeout before this).
 const DATA_PLANE_STOP: Duration = Duration::from_secs(1);
 
-pub fn main_with(cli: Cli) -> ExitCode {
-    let (debug, format) = (cli.serve.debug, cli.serve.log_format);
-    init_logging(debug, format);
-    let result = match cli.command {
-        Some(Command::Check {
-            module,
-            tls_cert,
-            tls_key,
-            tls_client_ca,
-            sandbox,
-        }) => {
-            let tls_ok = match (&tls_cert, &tls_key) {
-                (Some(cert), Some(key)) => check_tls(cert, key, tls_client_ca.as_deref()),
-                _ => true,
-            };
-            match module {
-                Some(module) => check(&module, &sandbox).map(|()| tls_ok),
-                None => Ok(tls_ok),
-            }
-        }
-        Some(Command::Call(args)) => crate::call::run(&args),
-        Some(Command::HaproxyConfig(args)) => crate::haproxy_config::print(&args).map(|()| true),
-        None => serve_blocking(cli.serve).map(|()| true),
-    };
-    match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(err) => {
-            tracing::error!("{err:#}");
-            eprintln!("spoa-host: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn init_logging(debug: bool, format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let default = if debug { "debug" } else { "info" };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
-fn check(path: &std::path::Path, sandbox_args: &SandboxArgs) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    runtime.block_on(async {
-        let sandbox = Sandbox::new(sandbox_args.to_config(), KvStore::scratch())?
-            .with_ip_tables(crate::tables::IpTables::new(None));
-        let started = Instant::now();
-        let module = load(&sandbox, None, path, &sandbox_args.grants())
-            .await
-            .map_err(|err| rejected(path, err))?
-            .module;
-        let id = &module.identity;
-        println!(
-            "ok: {} implements spoa:agent/handler ({} bytes, sha256 {}, validated in {:.1} ms{})",
-            id.path.display(),
-            id.size,
-            id.sha256,
-            started.elapsed().as_secs_f64() * 1e3,
-            if id.from_cache {
-                ", compiled code from the cache"
-            } else {
-                ""
-            }
-        );
-        Ok(())
-    })
-}
-
-/// `check --tls-cert`: prints what it found; false when anything would be
-/// refused.
-fn check_tls(
-    cert: &std::path::Path,
-    key: &std::path::Path,
-    client_ca: Option<&std::path::Path>,
-) -> bool {
-    let report = crate::net::check_tls_files(cert, key, client_ca);
-    for note in &report.notes {
-        println!("ok: {note}");
-    }
-    for error in &report.errors {
-        println!("error: {error}");
-    }
-    report.errors.is_empty()
-}
-
 /// Two runtimes: the control plane (one thread: accept, HELLO, health
 /// checks, refusals, `/metrics`, signals, reload triggers), which never runs
 /// a guest, and the data plane (`-n` threads: established connections and
 /// their guest calls).
-fn serve_blocking(args: ServeArgs) -> Result<()> {
+pub fn serve_blocking(args: ServeArgs) -> Result<()> {
     let config = match &args.config {
         Some(path) => Some(AgentConfig::load(
             path,
@@ -214,12 +112,12 @@ async fn serve_async(
         watch: !args.no_watch,
         shutdown: shutdown.clone(),
         long_call_slots: data_plane_threads.saturating_sub(1).max(1) as u32,
-        realtime_ticker: args.control_priority == crate::cli::ControlPriority::Realtime,
+        realtime_ticker: args.control_priority == crate::settings::cli::ControlPriority::Realtime,
     };
     let (handler, _guests) = build_handler(&args, config, &runtime).await?;
 
     if let Some(address) = metrics_address {
-        crate::metrics_http::spawn(address, metrics.clone(), shutdown.clone()).await?;
+        crate::metrics::http::spawn(address, metrics.clone(), shutdown.clone()).await?;
     }
 
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -337,15 +235,6 @@ fn warn_if_exposed(address: SocketAddr, client_certificates: bool, allow_list: b
          with --tls-client-ca (HAProxy's client certificate), or --allow-from with HAProxy's \
          addresses, or listen on 127.0.0.1 or a Unix socket (--unix)"
     );
-}
-
-/// A refused module, with the step that refused it.
-pub fn rejected(path: &std::path::Path, err: crate::sandbox::LoadError) -> anyhow::Error {
-    anyhow::anyhow!(
-        "module {} rejected (cause: {}): {err}",
-        path.display(),
-        err.cause().name()
-    )
 }
 
 /// First SIGTERM/SIGINT: graceful shutdown. A second one: exit at once.

@@ -13,9 +13,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Deserialize;
 
-use crate::cli::{SandboxArgs, parse_duration, parse_size, parse_typed_arg};
 use crate::exec::{ExecutorLimits, FailurePolicy, QuarantinePolicy, RollbackPolicy};
 use crate::sandbox::{GrantSources, InstanceMode, SandboxConfig};
+use crate::settings::cli::{SandboxArgs, parse_duration, parse_size, parse_typed_arg};
 use crate::spop;
 
 /// Why a configuration file was refused.
@@ -171,7 +171,7 @@ pub struct AgentConfig {
     pub max_frame_size: Option<u32>,
     pub metrics_address: Option<SocketAddr>,
     /// The shared store's settings (the command line's flags win).
-    pub kv: crate::cli::KvArgs,
+    pub kv: crate::settings::cli::KvArgs,
     pub haproxy: HaproxyTable,
     pub guests: Vec<GuestSpec>,
 }
@@ -209,12 +209,12 @@ impl AgentConfig {
             return Err(invalid("no [[guest]] table".into()));
         }
         if let Some(size) = file.max_frame_size
-            && !(spop::MIN_FRAME_SIZE..=crate::cli::MAX_FRAME_SIZE_LIMIT).contains(&size)
+            && !(spop::MIN_FRAME_SIZE..=crate::settings::cli::MAX_FRAME_SIZE_LIMIT).contains(&size)
         {
             return Err(invalid(format!(
                 "max-frame-size {size} is out of range ({}..={})",
                 spop::MIN_FRAME_SIZE,
-                crate::cli::MAX_FRAME_SIZE_LIMIT
+                crate::settings::cli::MAX_FRAME_SIZE_LIMIT
             )));
         }
         let base = path.parent().unwrap_or(Path::new("."));
@@ -226,17 +226,17 @@ impl AgentConfig {
             guests.push(spec);
         }
         check_unique(&guests).map_err(invalid)?;
-        let kv = crate::cli::KvArgs {
+        let kv = crate::settings::cli::KvArgs {
             kv: file.kv,
             kv_memory: file
                 .kv_memory
                 .as_deref()
-                .map(crate::cli::parse_size)
+                .map(crate::settings::cli::parse_size)
                 .transpose()
                 .map_err(|err| invalid(format!("kv-memory: {err}")))?,
             kv_prefix: file.kv_prefix,
         };
-        kv.spec(&crate::cli::KvArgs::default())
+        kv.spec(&crate::settings::cli::KvArgs::default())
             .map_err(|err| invalid(format!("kv: {err}")))?;
         Ok(AgentConfig {
             kv,
@@ -650,7 +650,7 @@ mod tests {
                     [[guest]]\nname = \"b\"\nmodule = \"b.wasm\"\nmessages = [\"n\"]";
         let config = parse(text).expect("valid");
         assert_eq!(
-            config.kv.spec(&crate::cli::KvArgs::default()),
+            config.kv.spec(&crate::settings::cli::KvArgs::default()),
             Ok(crate::kv::KvBackendSpec::Redis {
                 url: "redis://127.0.0.1:6379".into(),
                 prefix: "spoa:".into()
@@ -666,7 +666,7 @@ mod tests {
             crate::kv::BucketGrants::default()
         );
         // The command line wins over the file.
-        let flags = crate::cli::KvArgs {
+        let flags = crate::settings::cli::KvArgs {
             kv: Some("memory".into()),
             ..Default::default()
         };

@@ -3,20 +3,23 @@
 //! (their instances untouched), and swaps the routing table at once. A file
 //! that fails validation, or a guest that fails to load, changes nothing.
 
+pub mod module_reload;
+pub mod router;
+
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::SandboxArgs;
-use crate::config::{AgentConfig, GuestSpec};
 use crate::exec::GuestExecutor;
+use crate::guests::module_reload::{Loaded, Reloader, load, log_loaded};
+use crate::guests::router::{GuestSet, Router};
 use crate::kv::KvStore;
 use crate::metrics::Metrics;
-use crate::reload::{Loaded, Reloader, load, log_loaded};
-use crate::router::{GuestSet, Router};
 use crate::sandbox::Sandbox;
+use crate::settings::cli::SandboxArgs;
+use crate::settings::file::{AgentConfig, GuestSpec};
 use crate::watch::Triggers;
 
 /// A running guest: its executor and its reload triggers, which stop when
@@ -69,7 +72,10 @@ impl GuestServices {
             .with_context(|| format!("guest `{}`: creating its sandbox", spec.name))?
             .with_ip_tables(self.ip_tables.clone());
         let started = Instant::now();
-        let metrics = self.metrics.guest(&spec.name);
+        let metrics = self.metrics.guest(
+            &spec.name,
+            &crate::agent::FailureKind::ALL.map(|kind| kind.name()),
+        );
         let loaded = {
             let (sandbox, path, grants) =
                 (sandbox.clone(), spec.module.clone(), spec.grants.clone());
