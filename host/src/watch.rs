@@ -46,16 +46,24 @@ impl Triggers {
         Ok(())
     }
 
-    /// The next reason to reload, once the burst of events one write
-    /// produces has settled; `None` at shutdown.
+    /// The next reason to reload, once the events of a write have stopped
+    /// for a whole settle period (a file written in place in many steps
+    /// gives events until its last byte); `None` at shutdown.
     pub async fn next(&mut self, shutdown: &CancellationToken) -> Option<&'static str> {
         let reason = tokio::select! {
             _ = shutdown.cancelled() => return None,
             reason = self.rx.recv() => reason?,
         };
-        tokio::time::sleep(SETTLE).await;
-        while self.rx.try_recv().is_ok() {}
-        Some(reason)
+        loop {
+            tokio::time::sleep(SETTLE).await;
+            let mut more = false;
+            while self.rx.try_recv().is_ok() {
+                more = true;
+            }
+            if !more {
+                return Some(reason);
+            }
+        }
     }
 }
 

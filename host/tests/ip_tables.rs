@@ -570,3 +570,22 @@ fn guest_iprep_scores_zero_for_an_address_in_its_blocklist_table() {
         (0..8).map(|_| score("ipv4:192.0.2.1", false)).collect();
     assert!(untabled.len() > 1, "no table, no block list: {untabled:?}");
 }
+
+/// Every new instance runs `init` before its first message: fresh instances
+/// (one per message) and instances replaced after --guest-max-calls.
+#[test]
+fn init_runs_on_every_new_instance() {
+    let module = tables_guest();
+    for flags in [&["--fresh-instance"][..], &["--guest-max-calls", "2"][..]] {
+        let agent = Agent::start(&module, flags);
+        let mut client = Client::connect(agent.addr());
+        for _ in 0..6 {
+            let answer = client.ask(message("inits", vec![]));
+            assert_eq!(
+                answer.get("inits"),
+                Some(&TypedData::Uint32(1)),
+                "{flags:?}: {answer:?}"
+            );
+        }
+    }
+}

@@ -345,6 +345,10 @@ impl Connection {
                 }
                 _ = shutdown.cancelled() => {
                     // Answer what the kernel already holds for us, then leave.
+                    // A connection just moved to the data plane has no
+                    // readiness yet: one yield lets the runtime's I/O driver
+                    // see what arrived before the read that does not wait.
+                    tokio::task::yield_now().await;
                     self.read_ready_without_waiting();
                     break End::Shutdown;
                 }

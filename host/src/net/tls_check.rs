@@ -37,7 +37,7 @@ fn check_certificate(cert: &X509Certificate<'_>, what: &str, report: &mut TlsRep
             "{what} `{subject}` is X.509 v{}: rustls accepts only v3. Issue it with extensions \
              (`openssl x509 -req … -extfile ext.cnf`, ext.cnf holding at least \
              `basicConstraints = CA:FALSE`)",
-            cert.version().0 + 1
+            cert.version().0.saturating_add(1)
         ));
     }
     let validity = cert.validity();

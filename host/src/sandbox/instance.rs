@@ -58,7 +58,12 @@ pub(crate) struct GuestInstance {
 
 impl GuestInstance {
     /// Instantiates `module`. Start code is held to the call deadline too.
-    pub(crate) async fn new(module: &LoadedModule) -> Result<GuestInstance, GuestFailure> {
+    /// A smoke instance gets an empty store of its own before its `init`
+    /// runs: a version being proven never touches the shared state.
+    pub(crate) async fn new(
+        module: &LoadedModule,
+        smoke: bool,
+    ) -> Result<GuestInstance, GuestFailure> {
         let sandbox = &module.sandbox;
         let state = GuestState::new(
             module.label.clone(),
@@ -76,6 +81,9 @@ impl GuestInstance {
         .map_err(|err| GuestFailure::Instantiate(format!("{err:#}")))?;
         let mut state = state;
         state.ip_tables = module.settings.ip_tables.clone();
+        if smoke {
+            state.smoke_kv = Some(crate::kv::KvStore::scratch());
+        }
         let mut store = Store::new(&sandbox.engine, state);
         store.limiter(|state| state);
         // Every tick a yielding call yields, so the other connections on
@@ -172,14 +180,11 @@ impl GuestInstance {
             None => None,
         };
         if let Some(init) = &module.init {
-            run_init(
-                &mut store,
-                &instance,
-                init,
-                sandbox.init_ticks,
-                sandbox.deadline_ticks,
-            )
-            .await?;
+            let budget = InitBudget {
+                ticks: sandbox.init_ticks,
+                timeout: sandbox.config.init_timeout,
+            };
+            run_init(&mut store, &instance, init, budget).await?;
         }
         Ok(GuestInstance {
             store,
@@ -189,10 +194,15 @@ impl GuestInstance {
         })
     }
 
-    /// Gives the instance an empty store of its own (the smoke call), or
-    /// back the shared one.
+    /// Gives the instance an empty store of its own (the smoke call; kept
+    /// if its `init` already has one), or back the shared one.
     pub(crate) fn use_smoke_store(&mut self, smoke: bool) {
-        self.store.data_mut().smoke_kv = smoke.then(crate::kv::KvStore::scratch);
+        let state = self.store.data_mut();
+        if !smoke {
+            state.smoke_kv = None;
+        } else if state.smoke_kv.is_none() {
+            state.smoke_kv = Some(crate::kv::KvStore::scratch());
+        }
     }
 
     /// Calls made on this instance so far.
@@ -260,24 +270,34 @@ impl GuestInstance {
     }
 }
 
+/// What an `init` call may take: its epoch ticks, and the wall-clock budget
+/// its store calls are held to.
+struct InitBudget {
+    ticks: u64,
+    timeout: std::time::Duration,
+}
+
 /// Calls the guest's `init` on a fiber, under the init deadline instead of
-/// the per-message one.
+/// the per-message one (the epoch ticks, and the store calls' budget).
 async fn run_init(
     store: &mut Store<GuestState>,
     instance: &wasmtime::component::Instance,
     init: &wasmtime::component::ComponentExportIndex,
-    init_ticks: u64,
-    deadline_ticks: u64,
+    budget: InitBudget,
 ) -> Result<(), GuestFailure> {
     let failed = |failure: GuestFailure| GuestFailure::Init(failure.to_string());
     let func = instance
         .get_typed_func::<(), (Result<(), String>,)>(&mut *store, init)
         .map_err(|err| GuestFailure::Init(format!("`init` has the wrong type: {err:#}")))?;
     start_call(store);
-    store.data_mut().deadline_ticks = init_ticks;
-    store.data_mut().call_started = std::time::Instant::now();
+    let state = store.data_mut();
+    let per_message = (state.deadline_ticks, state.call_timeout);
+    state.deadline_ticks = budget.ticks;
+    state.call_timeout = budget.timeout;
+    state.call_started = std::time::Instant::now();
     let outcome = func.call_async(&mut *store, ()).await;
-    store.data_mut().deadline_ticks = deadline_ticks;
+    let state = store.data_mut();
+    (state.deadline_ticks, state.call_timeout) = per_message;
     if let Ok(mut slot) = store.data().long_call_slot.lock() {
         slot.take();
     }

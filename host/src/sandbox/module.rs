@@ -236,14 +236,14 @@ impl InstanceLease<'_> {
         let module = self.module;
         if module.enters_directly() {
             // No instance was at hand: a new one, entered directly.
-            let instance = module.new_instance().await?;
+            let instance = module.new_instance(false).await?;
             if let Some(result) = self.call_directly(instance, message) {
                 return result;
             }
         }
         let mut instance = match self.instance.take().or_else(|| module.take_idle()) {
             Some(instance) => instance,
-            None => module.new_instance().await?,
+            None => module.new_instance(false).await?,
         };
         let result = module.bounded(instance.call_yielding(message)).await;
         self.keep(instance, &result);
@@ -415,10 +415,13 @@ impl LoadedModule {
     /// answer or unusable actions do not (a guest may legitimately refuse a
     /// message it does not know).
     async fn smoke_test(&self) -> Result<(), LoadError> {
-        let mut instance = self.new_instance().await.map_err(|failure| match failure {
-            GuestFailure::Init(_) => LoadError::Init(failure),
-            other => LoadError::Instantiate(other),
-        })?;
+        let mut instance = self
+            .new_instance(true)
+            .await
+            .map_err(|failure| match failure {
+                GuestFailure::Init(_) => LoadError::Init(failure),
+                other => LoadError::Instantiate(other),
+            })?;
         let message = &self.settings.smoke_message;
         instance.use_smoke_store(true);
         let outcome = self.bounded(instance.call_yielding(message)).await;
@@ -483,13 +486,25 @@ impl LoadedModule {
 
     /// A new instance, its start code held to the call deadline and its
     /// `init` (if it exports one) to the init deadline.
-    async fn new_instance(&self) -> Result<GuestInstance, GuestFailure> {
+    async fn new_instance(&self, smoke: bool) -> Result<GuestInstance, GuestFailure> {
         let config = &self.sandbox.config;
-        let budget = match self.init {
-            Some(_) => config.call_timeout + config.init_timeout,
-            None => config.call_timeout,
-        };
-        self.bounded_to(budget, GuestInstance::new(self)).await
+        if self.init.is_none() {
+            return self
+                .bounded_to(config.call_timeout, GuestInstance::new(self, smoke))
+                .await;
+        }
+        let budget = config.call_timeout + config.init_timeout;
+        // Past the wall-clock bound with an `init`, it is the init's limit
+        // that was passed (start code is held to a message's budget).
+        match self
+            .bounded_to(budget, GuestInstance::new(self, smoke))
+            .await
+        {
+            Err(GuestFailure::Timeout) => Err(GuestFailure::Init(
+                "it ran past its time limit (--guest-init-timeout)".into(),
+            )),
+            other => other,
+        }
     }
 
     /// Whether calls enter the component directly, without a fiber: it

@@ -64,7 +64,9 @@ pub struct GuestState {
     /// When the running call started, and its budget: store calls are held
     /// to what is left of it.
     pub(super) call_started: Instant,
-    call_timeout: Duration,
+    /// The running call's budget: `--guest-timeout`, or during `init`
+    /// `--guest-init-timeout`.
+    pub(super) call_timeout: Duration,
     wasi: WasiCtx,
     pub(super) table: ResourceTable,
     http: WasiHttpCtx,

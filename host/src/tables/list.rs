@@ -27,6 +27,8 @@ pub struct ParsedList {
 
 /// Parses a list from its text.
 pub fn parse(text: &str) -> ParsedList {
+    // A byte-order mark (editors on Windows write one) is not a line's text.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut builder = ListBuilder::default();
     for (index, line) in text.lines().enumerate() {
         builder.line(index + 1, line);

@@ -155,11 +155,13 @@ impl MmdbTable {
     pub fn lookup_fields(&self, address: IpAddr, paths: &[String]) -> Option<FieldsHit> {
         let result = self.result(address)?;
         let network = network_of(&result)?;
+        // One value per path asked for; past the first MAX_FIELDS, and for a
+        // path over MAX_PATH_BYTES, it is none (the WIT says so).
         let values = paths
             .iter()
-            .take(MAX_FIELDS)
-            .map(|path| {
-                if path.len() > MAX_PATH_BYTES {
+            .enumerate()
+            .map(|(index, path)| {
+                if index >= MAX_FIELDS || path.len() > MAX_PATH_BYTES {
                     return None;
                 }
                 let elements = path_elements(path);

@@ -186,9 +186,11 @@ impl Table {
                 let hit = list.lookup(address)?;
                 let values = paths
                     .iter()
-                    .take(MAX_FIELDS)
-                    .map(|path| match (path.as_str(), hit.label) {
-                        ("label", Some(label)) => Some(FieldValue::Text(label.to_owned())),
+                    .enumerate()
+                    .map(|(index, path)| match (path.as_str(), hit.label) {
+                        ("label", Some(label)) if index < MAX_FIELDS => {
+                            Some(FieldValue::Text(label.to_owned()))
+                        }
                         _ => None,
                     })
                     .collect();

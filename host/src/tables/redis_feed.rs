@@ -30,13 +30,25 @@ async fn connect(url: &str) -> Result<ConnectionManager, (TableFailure, String)>
     ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)
 }
 
+/// The set's members, as text (bytes that are not UTF-8 replaced: such a
+/// member is a malformed line, not a failed read).
 async fn members(
     connection: &mut ConnectionManager,
     key: &str,
 ) -> Result<Vec<String>, (TableFailure, String)> {
     let mut command = redis::cmd("SMEMBERS");
     command.arg(key);
-    let read = command.query_async::<Vec<String>>(connection);
+    let read = async {
+        command
+            .query_async::<Vec<Vec<u8>>>(connection)
+            .await
+            .map(|members| {
+                members
+                    .into_iter()
+                    .map(|member| String::from_utf8_lossy(&member).into_owned())
+                    .collect()
+            })
+    };
     match tokio::time::timeout(TIMEOUT, read).await {
         Ok(Ok(members)) => Ok(members),
         Ok(Err(err)) => Err((TableFailure::Unavailable, err.to_string())),
@@ -123,9 +135,10 @@ pub(super) async fn follow(
             tracing::info!(table = live.name(), "Redis feed reading again");
             was_down = false;
         }
-        if let Some((digest, loaded)) = build(members, last_digest).await
-            && accept(&live, loaded, started.elapsed(), "set changed")
-        {
+        // A version that fails to build is remembered too: it is logged and
+        // counted once, not at every poll until the set changes.
+        if let Some((digest, loaded)) = build(members, last_digest).await {
+            accept(&live, loaded, started.elapsed(), "set changed");
             last_digest = Some(digest);
         }
     }

@@ -136,10 +136,34 @@ impl Loaded {
     }
 }
 
+/// The size and modification time of a file, to tell whether it changed
+/// while it was read.
+fn stamp(path: &Path) -> Option<(u64, std::time::SystemTime)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()?))
+}
+
+/// Reads a file whole, again while it is still being written: a copy read
+/// while its size or time moved is not a version of the file.
+fn read_settled(path: &Path) -> Result<Vec<u8>, (TableFailure, String)> {
+    for _ in 0..20 {
+        let before = stamp(path);
+        let bytes = std::fs::read(path).map_err(|err| (TableFailure::Read, err.to_string()))?;
+        if before.is_some() && stamp(path) == before {
+            return Ok(bytes);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Err((
+        TableFailure::Read,
+        "the file kept changing while it was read".into(),
+    ))
+}
+
 /// Reads a file: a MaxMind DB when its metadata marker is there, else a
 /// list. Blocking: run it on a blocking thread.
 pub(super) fn read_file(path: &Path) -> Result<Loaded, (TableFailure, String)> {
-    let bytes = std::fs::read(path).map_err(|err| (TableFailure::Read, err.to_string()))?;
+    let bytes = read_settled(path)?;
     if MmdbTable::sniff(&bytes) {
         let table = MmdbTable::from_bytes(bytes).map_err(|err| {
             (
@@ -231,8 +255,9 @@ impl IpTables {
     }
 
     /// The tables `grants` names, loading the sources not loaded yet. A
-    /// file that cannot be read, or holds no network, is an error; a Redis
-    /// set starts empty while Redis is down.
+    /// file that cannot be read, or whose every line is malformed, is an
+    /// error (an empty file is an empty table); a Redis set starts empty
+    /// while Redis is down.
     pub async fn resolve(&self, grants: &TableGrants) -> Result<GrantedTables, String> {
         let mut granted = BTreeMap::new();
         for (name, source) in grants.iter() {
@@ -264,22 +289,36 @@ impl IpTables {
                     .map_err(|(_, reason)| format!("IP table `{name}` ({source}): {reason}"))?;
                 Ok(loaded)
             }
-            TableSource::RedisSet(key) => {
-                let url = self.inner.redis_url.as_deref().ok_or_else(|| {
-                    format!("IP table `{name}` ({source}) needs a Redis server: add --kv redis://…")
-                })?;
-                super::redis_feed::first_load(url, key).await
-            }
+            TableSource::RedisSet(key) => match self.inner.redis_url.as_deref() {
+                Some(url) => super::redis_feed::first_load(url, key).await,
+                // `spoa-host check` and `call` without --kv reach no
+                // Redis: the grant is checked by name, the set seen empty.
+                None if self.inner.watching.is_none() => {
+                    tracing::warn!(
+                        table = name,
+                        "{source}: no --kv redis://… here; the table is empty"
+                    );
+                    Loaded::from_list(list::parse(""))
+                }
+                None => {
+                    return Err(format!(
+                        "IP table `{name}` ({source}) needs a Redis server: add --kv redis://…"
+                    ));
+                }
+            },
         };
         let took = started.elapsed();
         let live = Arc::new(LiveTable::new(name, source.clone(), Table::empty()));
         accept(&live, loaded, took, "start");
-        let live = {
+        let (live, ours) = {
             let mut tables = self.lock();
-            // Another guest may have loaded it meanwhile: keep the first.
-            tables.entry(source.clone()).or_insert(live).clone()
+            // Another guest may have loaded it meanwhile: keep the first,
+            // and leave following it to whoever inserted it.
+            let kept = tables.entry(source.clone()).or_insert(live.clone()).clone();
+            let ours = Arc::ptr_eq(&kept, &live);
+            (kept, ours)
         };
-        if let Some(watching) = &self.inner.watching {
+        if ours && let Some(watching) = &self.inner.watching {
             self.follow(watching, live.clone());
         }
         Ok(live)
