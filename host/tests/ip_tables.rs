@@ -300,6 +300,16 @@ fn text(value: Option<&TypedData>) -> Option<String> {
     }
 }
 
+/// An agent serving the fixture with `list` as its table `blocklist` (and
+/// `extra` flags), and its metrics address.
+fn agent_with_blocklist(list: &std::path::Path, extra: &[&str]) -> (Agent, SocketAddr) {
+    let metrics = metrics_address();
+    let (grant, metrics_arg) = (format!("blocklist={}", list.display()), metrics.to_string());
+    let mut args = vec!["--ip-table", &grant, "--metrics-address", &metrics_arg];
+    args.extend_from_slice(extra);
+    (Agent::start(&tables_guest(), &args), metrics)
+}
+
 struct Client {
     spop: SpopClient,
     frame_id: u64,
@@ -336,20 +346,7 @@ fn a_million_networks_load_once_and_serve_over_spop() {
     let dir = tempfile::tempdir().expect("tempdir");
     let list = dir.path().join("blocklist.txt");
     let distinct = write_big_list(&list, 1_000_000, "192.0.2.0/24 known\n") + 1;
-    let metrics = metrics_address();
-    let grant = format!("blocklist={}", list.display());
-    let module = tables_guest();
-    let mut agent = Agent::start(
-        &module,
-        &[
-            "--ip-table",
-            &grant,
-            "--metrics-address",
-            &metrics.to_string(),
-            "-n",
-            "2",
-        ],
-    );
+    let (mut agent, metrics) = agent_with_blocklist(&list, &["-n", "2"]);
     let mut client = Client::connect(agent.addr());
     assert_eq!(client.label("192.0.2.1").as_deref(), Some("known"));
     assert!(!client.found("198.51.100.1"));
@@ -381,18 +378,7 @@ fn a_table_reloads_under_load_losing_nothing_and_a_bad_file_keeps_the_last_versi
     let dir = tempfile::tempdir().expect("tempdir");
     let list = dir.path().join("blocklist.txt");
     write_big_list(&list, 200_000, "192.0.2.0/24 first\n");
-    let metrics = metrics_address();
-    let grant = format!("blocklist={}", list.display());
-    let module = tables_guest();
-    let mut agent = Agent::start(
-        &module,
-        &[
-            "--ip-table",
-            &grant,
-            "--metrics-address",
-            &metrics.to_string(),
-        ],
-    );
+    let (mut agent, metrics) = agent_with_blocklist(&list, &[]);
     let addr = agent.addr();
     // Four connections, each with 16 NOTIFYs in flight, until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
