@@ -345,9 +345,15 @@ fn a_guest_that_keeps_failing_is_quarantined_then_tried_again() {
         metric_value(&text, "spoa_guest_quarantined{guest=\"flaky\"}"),
         0.0
     );
-    let log = agent.log_text();
-    assert!(log.contains("guest quarantined"), "{log}");
-    assert!(log.contains("quarantine over"), "{log}");
+    // The log arrives through a pipe and a thread: soon, not at once.
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let log = agent.log_text();
+            log.contains("guest quarantined") && log.contains("quarantine over")
+        }),
+        "{}",
+        agent.log_text()
+    );
 }
 
 const ROLLBACK: &str = r#"
