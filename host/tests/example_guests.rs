@@ -18,7 +18,7 @@ use std::time::Duration;
 use spoa_host::spop::{Ack, Action, Message, TypedData, VarScope};
 use support::agent::{Agent, run_host};
 use support::haproxy::{self, haproxy_binary};
-use support::spop_client::{SpopClient, message, notify_frame};
+use support::spop_client::{Session, message, notify_frame};
 use support::{artifact, eventually, http};
 
 const THRESHOLD: i64 = 30;
@@ -148,28 +148,19 @@ fn check_ip(ip: &str) -> Message {
 
 /// One SPOP connection to an agent, numbering its frames.
 struct Client {
-    spop: SpopClient,
-    next_frame: u64,
+    session: Session,
 }
 
 impl Client {
     fn connect(agent: &Agent) -> Client {
-        let mut spop = SpopClient::connect(agent.addr());
-        spop.hello("pipelining");
         Client {
-            spop,
-            next_frame: 1,
+            session: Session::connect(agent.addr()),
         }
     }
 
     /// Sends one NOTIFY with `messages` and returns its ACK.
     fn notify(&mut self, messages: Vec<Message>) -> Ack {
-        let frame_id = self.next_frame;
-        self.next_frame += 1;
-        self.spop.send(&notify_frame(1, frame_id, messages));
-        let ack = self.spop.recv_ack();
-        assert_eq!(ack.frame_id, frame_id, "the ACK answers this NOTIFY");
-        ack
+        self.session.notify(messages)
     }
 
     fn check(&mut self, ip: &str) -> Verdict {
@@ -283,7 +274,7 @@ fn example_scores_blocks_and_answers_in_order(lang: &str) {
     );
 
     // Pipelined NOTIFYs: each ACK answers its own frame.
-    let first = client.next_frame;
+    let first = client.session.next_frame;
     for i in 0..8u64 {
         let ip = if i.is_multiple_of(2) {
             "192.0.2.9"
@@ -291,13 +282,14 @@ fn example_scores_blocks_and_answers_in_order(lang: &str) {
             "203.0.113.9"
         };
         client
+            .session
             .spop
             .send(&notify_frame(2, first + i, vec![check_ip(ip)]));
     }
-    client.next_frame += 8;
+    client.session.next_frame += 8;
     let mut answered = HashSet::new();
     for _ in 0..8 {
-        let ack = client.spop.recv_ack();
+        let ack = client.session.spop.recv_ack();
         let i = ack.frame_id.checked_sub(first).expect("a frame id we sent");
         assert!(
             i < 8 && answered.insert(i),

@@ -19,19 +19,31 @@ use support::agent::{Agent, run_host};
 use support::http::{metric_value, scrape_metrics};
 use support::lists::write_big_list;
 use support::redis::RedisServer;
-use support::spop_client::{SpopClient, message, notify_frame, string};
+use support::spop_client::{Session, SpopClient, message, notify_frame, string};
 use support::{artifact, eventually, write_atomically};
 
 fn tables_guest() -> PathBuf {
     artifact("fixtures/guest_tables.wasm")
 }
 
-/// `spoa-host call` on the fixture; the answered variables by name.
-fn call(args: &[&str]) -> BTreeMap<String, serde_json::Value> {
+/// `spoa-host call` on the fixture with `args`.
+fn run_fixture(args: &[&str]) -> std::process::Output {
     let module = tables_guest();
     let mut full = vec!["call", module.to_str().expect("utf-8")];
     full.extend_from_slice(args);
-    let output = run_host(&full);
+    run_host(&full)
+}
+
+/// `spoa-host call` on the fixture, which must refuse: what it said.
+fn refused(args: &[&str]) -> String {
+    let output = run_fixture(args);
+    assert_ne!(output.status.code(), Some(0), "{output:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// `spoa-host call` on the fixture; the answered variables by name.
+fn call(args: &[&str]) -> BTreeMap<String, serde_json::Value> {
+    let output = run_fixture(args);
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     let report: serde_json::Value =
         serde_json::from_slice(&output.stdout).expect("call prints JSON");
@@ -192,34 +204,16 @@ fn a_list_without_one_valid_line_is_refused_naming_the_file_and_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let list = dir.path().join("broken.txt");
     std::fs::write(&list, "# a comment\nnot an address\n300.1.1.1/8\n").expect("writing");
-    let module = tables_guest();
     let grant = format!("blocklist={}", list.display());
-    let output = run_host(&[
-        "call",
-        module.to_str().unwrap(),
-        "--message",
-        "noop",
-        "--ip-table",
-        &grant,
-    ]);
-    assert_ne!(output.status.code(), Some(0));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused(&["--message", "noop", "--ip-table", &grant]);
     assert!(
         stderr.contains("broken.txt") && stderr.contains("line 2") && stderr.contains("not an"),
         "{stderr}"
     );
     // A file that is not there is refused too.
     let missing = format!("blocklist={}", dir.path().join("missing.txt").display());
-    let output = run_host(&[
-        "call",
-        module.to_str().unwrap(),
-        "--message",
-        "noop",
-        "--ip-table",
-        &missing,
-    ]);
-    assert_ne!(output.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("missing.txt"));
+    let stderr = refused(&["--message", "noop", "--ip-table", &missing]);
+    assert!(stderr.contains("missing.txt"), "{stderr}");
 }
 
 #[test]
@@ -235,33 +229,23 @@ fn init_runs_once_per_instance_outside_the_message_deadline() {
     ]);
     assert_eq!(answers["inits"], 1);
 
-    let refused = |config: &str, extra: &[&str]| {
-        let module = tables_guest();
+    let refused_init = |config: &str, extra: &[&str]| {
         let config = format!("init={config}");
-        let mut args = vec![
-            "call",
-            module.to_str().unwrap(),
-            "--message",
-            "inits",
-            "--guest-config",
-            &config,
-        ];
+        let mut args = vec!["--message", "inits", "--guest-config", &config];
         args.extend_from_slice(extra);
-        let output = run_host(&args);
-        assert_ne!(output.status.code(), Some(0), "{output:?}");
-        String::from_utf8_lossy(&output.stderr).into_owned()
+        refused(&args)
     };
-    let failed = refused("fail", &[]);
+    let failed = refused_init("fail", &[]);
     assert!(
         failed.contains("cause: init") && failed.contains("init refused on purpose"),
         "{failed}"
     );
-    let slow = refused("spin-ms=5000", &["--guest-init-timeout", "50ms"]);
+    let slow = refused_init("spin-ms=5000", &["--guest-init-timeout", "50ms"]);
     assert!(
         slow.contains("cause: init") && slow.contains("--guest-init-timeout"),
         "{slow}"
     );
-    let trapped = refused("trap", &[]);
+    let trapped = refused_init("trap", &[]);
     assert!(trapped.contains("cause: init"), "{trapped}");
 }
 
@@ -311,23 +295,18 @@ fn agent_with_blocklist(list: &std::path::Path, extra: &[&str]) -> (Agent, Socke
 }
 
 struct Client {
-    spop: SpopClient,
-    frame_id: u64,
+    session: Session,
 }
 
 impl Client {
     fn connect(addr: SocketAddr) -> Client {
-        let mut spop = SpopClient::connect(addr);
-        spop.hello("pipelining");
-        Client { spop, frame_id: 0 }
+        Client {
+            session: Session::connect(addr),
+        }
     }
 
     fn ask(&mut self, msg: Message) -> BTreeMap<String, TypedData> {
-        self.frame_id += 1;
-        self.spop.send(&notify_frame(1, self.frame_id, vec![msg]));
-        let ack = self.spop.recv_ack();
-        assert_eq!(ack.frame_id, self.frame_id);
-        vars(&ack)
+        vars(&self.session.notify(vec![msg]))
     }
 
     fn label(&mut self, ip: &str) -> Option<String> {

@@ -15,7 +15,7 @@ use spoa_host::spop::{Ack, Action, TypedData, VarScope};
 use support::agent::Agent;
 use support::http::{metric_value, scrape_metrics};
 use support::redis::RedisServer;
-use support::spop_client::{SpopClient, check_client_ip, notify_frame};
+use support::spop_client::{Session, SpopClient, check_client_ip};
 use support::{artifact, eventually, free_port};
 
 fn ratelimit_guest() -> PathBuf {
@@ -60,23 +60,19 @@ fn rates(ack: &Ack) -> Vec<Rate> {
 }
 
 struct Client {
-    spop: SpopClient,
-    frame_id: u64,
+    session: Session,
 }
 
 impl Client {
     fn connect(addr: SocketAddr) -> Client {
-        let mut spop = SpopClient::connect(addr);
-        spop.hello("pipelining");
-        Client { spop, frame_id: 0 }
+        Client {
+            session: Session::connect(addr),
+        }
     }
 
     fn ask_many(&mut self, ips: &[Ipv4Addr]) -> Vec<Rate> {
-        self.frame_id += 1;
         let messages = ips.iter().map(|&ip| check_client_ip(ip)).collect();
-        self.spop.send(&notify_frame(1, self.frame_id, messages));
-        let ack = self.spop.recv_ack();
-        assert_eq!(ack.frame_id, self.frame_id);
+        let ack = self.session.notify(messages);
         let answers = rates(&ack);
         assert_eq!(answers.len(), ips.len(), "{ack:?}");
         answers

@@ -201,19 +201,22 @@ impl KvSeries {
     }
 
     fn update(&self, stats: &KvStats) {
-        let raise = |counter: &Counter, to: u64| {
-            counter.inc_by(to.saturating_sub(counter.get()));
-        };
         self.entries.set(stats.entries as i64);
         self.bytes.set(stats.bytes as i64);
         self.limit_bytes.set(stats.limit_bytes as i64);
-        raise(&self.evictions, stats.evictions);
-        raise(&self.expired, stats.expired);
+        raise_to(&self.evictions, stats.evictions);
+        raise_to(&self.expired, stats.expired);
         for (counter, &count) in self.failures.iter().zip(stats.failures.iter()) {
-            raise(counter, count);
+            raise_to(counter, count);
         }
-        raise(&self.reconnects, stats.reconnects);
+        raise_to(&self.reconnects, stats.reconnects);
     }
+}
+
+/// Raises a counter to `to`, a total kept elsewhere (the store's, a
+/// table's) and copied at each scrape.
+fn raise_to(counter: &Counter, to: u64) {
+    counter.inc_by(to.saturating_sub(counter.get()));
 }
 
 /// The per-guest series, labelled `guest`.

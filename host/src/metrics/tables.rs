@@ -71,8 +71,7 @@ impl TableSeries {
 
     pub(super) fn update(&self, tables: &IpTables) {
         let raise = |counter: &Counter, to: &AtomicU64| {
-            let to = to.load(Ordering::Relaxed);
-            counter.inc_by(to.saturating_sub(counter.get()));
+            super::raise_to(counter, to.load(Ordering::Relaxed));
         };
         for table in tables.all() {
             let labels = TableLabels {

@@ -96,15 +96,6 @@ impl ListBuilder {
         index
     }
 
-    /// Networks parsed so far.
-    pub fn len(&self) -> usize {
-        self.v4.len() + self.v6.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     pub fn finish(self) -> ParsedList {
         let (table, duplicates) = PrefixTable::new(self.v4, self.v6, self.labels);
         ParsedList {

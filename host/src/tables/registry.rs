@@ -70,15 +70,14 @@ pub struct LiveTable {
 }
 
 impl LiveTable {
-    fn new(name: &str, source: TableSource, table: Table) -> LiveTable {
-        let live = LiveTable {
+    /// An empty table until its first version is accepted.
+    fn new(name: &str, source: TableSource) -> LiveTable {
+        LiveTable {
             name: name.into(),
             source,
             current: ArcSwap::from_pointee(Table::empty()),
             stats: TableStats::default(),
-        };
-        live.swap(table);
-        live
+        }
     }
 
     /// The version serving now; a lookup holds it to its end, so a swap
@@ -215,10 +214,6 @@ impl GrantedTables {
     pub fn get(&self, name: &str) -> Option<&Arc<LiveTable>> {
         self.0.get(name)
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 impl IpTables {
@@ -308,7 +303,7 @@ impl IpTables {
             },
         };
         let took = started.elapsed();
-        let live = Arc::new(LiveTable::new(name, source.clone(), Table::empty()));
+        let live = Arc::new(LiveTable::new(name, source.clone()));
         accept(&live, loaded, took, "start");
         let (live, ours) = {
             let mut tables = self.lock();

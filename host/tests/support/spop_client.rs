@@ -187,3 +187,32 @@ pub fn score_of(ack: &Ack) -> Option<i64> {
         _ => None,
     }
 }
+
+/// A connection after a pipelining HELLO that sends NOTIFYs one at a time,
+/// on stream 1, with frame ids counting from 1.
+pub struct Session {
+    pub spop: SpopClient,
+    /// The frame id of the next NOTIFY.
+    pub next_frame: u64,
+}
+
+impl Session {
+    pub fn connect(addr: std::net::SocketAddr) -> Session {
+        let mut spop = SpopClient::connect(addr);
+        spop.hello("pipelining");
+        Session {
+            spop,
+            next_frame: 1,
+        }
+    }
+
+    /// Sends one NOTIFY with `messages` and returns its ACK.
+    pub fn notify(&mut self, messages: Vec<Message>) -> Ack {
+        let frame_id = self.next_frame;
+        self.next_frame += 1;
+        self.spop.send(&notify_frame(1, frame_id, messages));
+        let ack = self.spop.recv_ack();
+        assert_eq!(ack.frame_id, frame_id, "the ACK answers this NOTIFY");
+        ack
+    }
+}
