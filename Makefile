@@ -50,6 +50,8 @@ fixtures: setup $(COMPONENTIZE)
 	$(COMPONENTIZE) $(WASM_OUT)/guest_hostile.wasm $(FIXTURES)/guest_hostile_c.wasm
 	$(CARGO) build --release --target $(WASM_TARGET) -p guest-tables
 	$(COMPONENTIZE) $(WASM_OUT)/guest_tables.wasm $(FIXTURES)/guest_tables.wasm
+	$(CARGO) build --release --target $(WASM_TARGET) -p guest-batch
+	$(COMPONENTIZE) $(WASM_OUT)/guest_batch.wasm $(FIXTURES)/guest_batch.wasm
 	tests/fixtures/guest-sandbox-py/build.sh
 	tests/fixtures/guest-kv-js/build.sh
 
@@ -78,7 +80,7 @@ test-deps:
 ## hostile peers and guests, hot reload, the example guests, and end to end
 ## with a real HAProxy. Every test binary runs even when one fails.
 test: test-deps guest fixtures examples host
-	$(CARGO) test --release --workspace --exclude guest-hostile --exclude guest-tables --no-fail-fast
+	$(CARGO) test --release --workspace --exclude guest-hostile --exclude guest-tables --exclude guest-batch --no-fail-fast
 
 ## Load generator figures for BENCHMARKS.md (DURATION=10s by default;
 ## ONLY=tables runs the IP-table section alone).
@@ -97,8 +99,8 @@ fuzz:
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets --workspace --exclude guest-hostile --exclude guest-tables -- -D warnings
-	$(CARGO) clippy -p guest-hostile -p guest-tables -p guest-iprep -p guest-uascore -p guest-ratelimit -p spoa-guest --target $(WASM_TARGET) -- -D warnings
+	$(CARGO) clippy --all-targets --workspace --exclude guest-hostile --exclude guest-tables --exclude guest-batch -- -D warnings
+	$(CARGO) clippy -p guest-hostile -p guest-tables -p guest-batch -p guest-iprep -p guest-uascore -p guest-ratelimit -p spoa-guest --target $(WASM_TARGET) -- -D warnings
 	cd examples/guests/rust && $(CARGO) fmt --check && $(CARGO) clippy -- -D warnings
 
 fmt:

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::agent::{BatchFuture, BatchOutcome, Handler};
+use crate::agent::{Answers, BatchFuture, Handler};
 use crate::spop;
 
 pub struct NativeIprep {
@@ -35,11 +35,14 @@ pub fn iprep_actions(message: &spop::Message) -> Vec<spop::Action> {
 }
 
 impl Handler for NativeIprep {
-    fn handle_batch<'a>(&'a self, messages: &'a [spop::Message]) -> BatchFuture<'a> {
-        let outcome = BatchOutcome {
-            handler: self.label.clone(),
-            outcomes: messages.iter().map(|m| Ok(iprep_actions(m))).collect(),
-        };
-        Box::pin(std::future::ready(outcome))
+    fn handle_batch<'a>(
+        &'a self,
+        messages: &'a [spop::Message],
+        answers: &'a mut dyn Answers,
+    ) -> BatchFuture<'a> {
+        for message in messages {
+            answers.answered(&self.label, Ok(iprep_actions(message)));
+        }
+        Box::pin(std::future::ready(()))
     }
 }

@@ -1,6 +1,6 @@
 //! Write `spoa-host` SPOE message handlers in Rust.
 //!
-//! This crate runs `wit_bindgen::generate!` on the `handler-with-init` world
+//! This crate runs `wit_bindgen::generate!` on the `handler-with-batch` world
 //! of `spoa:agent` and adds a few helpers, so a guest depends on it alone:
 //!
 //! ```
@@ -31,12 +31,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 #[cfg(any(feature = "arena", test))]
 pub mod arena;
 
-/// The raw output of `wit_bindgen::generate!` for the `handler-with-init`
+/// The raw output of `wit_bindgen::generate!` for the `handler-with-batch`
 /// world. Guests implement [`Guest`](crate::Guest) and export it with
 /// [`export_handler!`](crate::export_handler), not these directly.
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "handler-with-init",
+        world: "handler-with-batch",
         path: "wit",
         // The world imports `wasi:config/store` from another package: generate
         // its bindings here too (else wit-bindgen wants a `with` mapping).
@@ -68,11 +68,42 @@ pub trait Guest {
     /// Answers one SPOE message; `Err` sends no action for it (the reason
     /// goes to the host's log).
     fn handle_message(msg: Message) -> Result<Vec<Action>, String>;
+
+    /// Answers the messages of a batch (the host enters a guest once per
+    /// read burst rather than once per message): each answer goes to
+    /// [`batch::answer`] as soon as it is ready, in order. The default
+    /// answers each with [`Guest::handle_message`]; override it only to
+    /// share work across the messages of a batch.
+    fn handle_messages(msgs: Vec<Message>) {
+        for (index, msg) in msgs.into_iter().enumerate() {
+            if !batch::answer(index, &Self::handle_message(msg)) {
+                return;
+            }
+        }
+    }
 }
 
-/// Exports a type implementing [`Guest`] as the component's `init` and
-/// `handle-message`: `spoa_guest::export_handler!(MyGuest);`, once per guest
-/// crate.
+/// Answers of a batch call (`spoa:agent/batch`, 0.1.4).
+pub mod batch {
+    use crate::Action;
+
+    /// Gives the host the answer to message `index` of the batch being
+    /// handled. Answers go in order, once each; one out of turn traps the
+    /// guest (costing that message). `false`: return from
+    /// `handle_messages` now, the host enters the guest again with the
+    /// messages left.
+    pub fn answer(index: usize, answer: &Result<Vec<Action>, String>) -> bool {
+        let index = u32::try_from(index).unwrap_or(u32::MAX);
+        crate::bindings::spoa::agent::batch::answer(
+            index,
+            answer.as_ref().map(Vec::as_slice).map_err(String::as_str),
+        )
+    }
+}
+
+/// Exports a type implementing [`Guest`] as the component's `init`,
+/// `handle-message` and `handle-messages`:
+/// `spoa_guest::export_handler!(MyGuest);`, once per guest crate.
 #[macro_export]
 macro_rules! export_handler {
     ($guest:ty) => {
@@ -87,6 +118,9 @@ macro_rules! export_handler {
                 ) -> ::core::result::Result<::std::vec::Vec<$crate::Action>, ::std::string::String>
                 {
                     <$guest as $crate::Guest>::handle_message(msg)
+                }
+                fn handle_messages(msgs: ::std::vec::Vec<$crate::Message>) {
+                    <$guest as $crate::Guest>::handle_messages(msgs)
                 }
             }
             $crate::bindings::export_world!(SpoaGuestExport);

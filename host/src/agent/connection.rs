@@ -20,10 +20,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
-use super::dispatch::{self, NotifyBatch};
+use super::dispatch::{self, NotifyBatch, Outbox};
 use super::handler::Handler;
 use super::hello::{Negotiated, agent_hello, negotiate};
-use crate::metrics::{Metrics, NotifyTally};
+use crate::metrics::Metrics;
 use crate::net::{Peer, Transport};
 use crate::spop::codec::encode_frame;
 use crate::spop::{DecodeError, Disconnect, Frame, FrameType, KvList, SpopCodec, Status};
@@ -81,27 +81,18 @@ const MAX_BATCH: usize = 256;
 /// stops reading until one is done.
 const MAX_IN_FLIGHT: usize = 32;
 
-/// The ACKs of one batch and what it did.
-type Acks = (BytesMut, NotifyTally);
-type AnswerFuture = Pin<Box<dyn Future<Output = Acks> + Send>>;
+type AnswerFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Most spare ACK buffers a connection keeps, and the largest it keeps: a
-/// burst of big answers must not pin its memory for the connection's life.
-const MAX_SPARE_ACK_BUFFERS: usize = 4;
-const MAX_SPARE_ACK_CAPACITY: usize = 64 * 1024;
-
-/// The answer to `batch`, encoded into `acks`, owning all it needs so it can
-/// continue as a task of its own.
+/// The answer to `batch`, its ACKs encoded into `outbox`, owning all it
+/// needs so it can continue as a task of its own.
 fn answer_batch(
     ctx: Arc<AgentContext>,
     batch: NotifyBatch,
     max_frame_size: u32,
-    mut acks: BytesMut,
+    outbox: Arc<Outbox>,
 ) -> AnswerFuture {
     Box::pin(async move {
-        let mut tally = NotifyTally::default();
-        dispatch::answer(&*ctx.handler, batch, max_frame_size, &mut acks, &mut tally).await;
-        (acks, tally)
+        dispatch::answer(&*ctx.handler, batch, max_frame_size, &outbox).await;
     })
 }
 
@@ -110,13 +101,13 @@ fn answer_batch(
 /// own while the connection reads and answers its other batches.
 struct SpawnedBatch {
     parts: u64,
-    task: tokio::task::JoinHandle<Acks>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Future for SpawnedBatch {
-    /// The batch's parts and ACKs, or `Err` when its task failed (its
-    /// NOTIFYs cannot be answered: the connection ends).
-    type Output = Result<(u64, Acks), End>;
+    /// The batch's parts, or `Err` when its task failed (its NOTIFYs cannot
+    /// be answered: the connection ends).
+    type Output = Result<u64, End>;
 
     fn poll(
         mut self: Pin<&mut Self>,
@@ -126,7 +117,7 @@ impl Future for SpawnedBatch {
         Pin::new(&mut self.task)
             .poll(cx)
             .map(|joined| match joined {
-                Ok(acks) => Ok((parts, acks)),
+                Ok(()) => Ok(parts),
                 Err(err) => Err(End::Disconnect(
                     Status::Unknown,
                     format!("answering a batch failed: {err}"),
@@ -174,7 +165,7 @@ pub async fn serve_connection(
             write_buf: BytesMut::new(),
             ctx,
             waiting_parts: 0,
-            spare_acks: Vec::new(),
+            outbox: Arc::default(),
             batches: Vec::new(),
         },
     };
@@ -210,10 +201,9 @@ struct ConnectionState {
     /// Handler parts whose last batch had to wait: their next batches start
     /// as tasks of their own rather than on this connection's task.
     waiting_parts: u64,
-    /// Emptied ACK buffers, for the next batches: each batch encodes into a
-    /// buffer of its own (it may continue as a task), and growing a fresh
-    /// one for every batch cost more than encoding the ACKs.
-    spare_acks: Vec<BytesMut>,
+    /// Where its batches encode their ACKs, each as soon as its NOTIFY is
+    /// answered.
+    outbox: Arc<Outbox>,
     /// The batches of one read burst, kept for its allocation.
     batches: Vec<NotifyBatch>,
 }
@@ -323,6 +313,7 @@ impl Connection {
         shutdown: &CancellationToken,
     ) -> End {
         let mut in_flight = FuturesUnordered::new();
+        let outbox = self.state.outbox.clone();
         let end = loop {
             if let Some(end) = self.dispatch_buffered(negotiated, &mut in_flight) {
                 break end;
@@ -343,6 +334,7 @@ impl Connection {
                         break end;
                     }
                 }
+                _ = outbox.ready() => self.take_acks(),
                 _ = shutdown.cancelled() => {
                     // Answer what the kernel already holds for us, then leave.
                     // A connection just moved to the data plane has no
@@ -373,14 +365,17 @@ impl Connection {
                 while in_flight.next().await.is_some() {}
                 break;
             }
-            match in_flight.next().await {
-                Some(answered) => {
+            if in_flight.is_empty() {
+                break;
+            }
+            tokio::select! {
+                Some(answered) = in_flight.next() => {
                     if self.write_spawned(answered, &in_flight).await.is_err() {
                         while in_flight.next().await.is_some() {}
                         break;
                     }
                 }
-                None => break,
+                _ = outbox.ready() => self.take_acks(),
             }
         }
         end
@@ -400,21 +395,22 @@ impl Connection {
             let next = self.take_batches(&mut batches);
             for batch in batches.drain(..) {
                 let parts = batch.parts;
-                let acks = self.state.spare_acks.pop().unwrap_or_default();
                 let mut answer = answer_batch(
                     self.state.ctx.clone(),
                     batch,
                     negotiated.max_frame_size,
-                    acks,
+                    self.state.outbox.clone(),
                 );
                 if parts & self.state.waiting_parts == 0 {
                     // A future registers the waker of its latest poll, so a
                     // batch first polled with a no-op waker is woken
                     // correctly once its task polls it again.
                     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-                    if let std::task::Poll::Ready(acks) = answer.as_mut().poll(&mut cx) {
+                    let polled = answer.as_mut().poll(&mut cx);
+                    // What it answered before it had to wait goes out now.
+                    self.take_acks();
+                    if polled.is_ready() {
                         self.state.waiting_parts &= !parts;
-                        self.take_acks(acks);
                         continue;
                     }
                 }
@@ -434,19 +430,10 @@ impl Connection {
         None
     }
 
-    fn take_acks(&mut self, (mut acks, tally): Acks) {
+    /// Moves the ACKs the batches have encoded to the write buffer.
+    fn take_acks(&mut self) {
+        let tally = self.state.outbox.take_into(&mut self.state.write_buf);
         self.state.ctx.metrics.record_notify_batch(&tally);
-        if self.state.write_buf.is_empty() {
-            std::mem::swap(&mut self.state.write_buf, &mut acks);
-        } else {
-            self.state.write_buf.extend_from_slice(&acks);
-        }
-        acks.clear();
-        if self.state.spare_acks.len() < MAX_SPARE_ACK_BUFFERS
-            && acks.capacity() <= MAX_SPARE_ACK_CAPACITY
-        {
-            self.state.spare_acks.push(acks);
-        }
     }
 
     /// Writes the ACKs of a batch that ran as a task of its own. Once no
@@ -454,14 +441,14 @@ impl Connection {
     /// once again.
     async fn write_spawned(
         &mut self,
-        answered: Result<(u64, Acks), End>,
+        answered: Result<u64, End>,
         in_flight: &FuturesUnordered<SpawnedBatch>,
     ) -> Result<(), End> {
-        let (parts, acks) = answered?;
+        let parts = answered?;
         if !in_flight.iter().any(|batch| batch.parts & parts != 0) {
             self.state.waiting_parts &= !parts;
         }
-        self.take_acks(acks);
+        self.take_acks();
         self.flush().await.map_err(End::Io)
     }
 

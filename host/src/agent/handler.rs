@@ -4,8 +4,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-
 use crate::spop;
 
 /// Why a message got no actions from its handler. Each kind indexes its own
@@ -95,29 +93,43 @@ impl std::fmt::Display for HandlerFailure {
 /// The answer to one message.
 pub type MessageOutcome = Result<Vec<spop::Action>, HandlerFailure>;
 
-/// The answers to a batch of messages, in order, and which handler version
-/// gave them (for logs).
-#[derive(Debug)]
-pub struct BatchOutcome {
-    pub handler: Arc<str>,
-    pub outcomes: Vec<MessageOutcome>,
+/// Where a handler puts its answers: one per message, in message order, as
+/// soon as it has each, so the connection can send a NOTIFY's ACK while the
+/// handler still works on the messages after it.
+pub trait Answers: Send {
+    /// The answer to the next message; `handler` names the version that
+    /// gave it (for logs).
+    fn answered(&mut self, handler: &str, outcome: MessageOutcome);
 }
 
-pub type BatchFuture<'a> = Pin<Box<dyn Future<Output = BatchOutcome> + Send + 'a>>;
+pub type BatchFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 /// Answers SPOE messages.
 ///
 /// The connection hands over every message of a read burst at once and
-/// awaits the answers on its own task, so an implementation pays its fixed
-/// costs (a permit, an instance from a pool) once per burst. The future must
-/// yield one outcome per message, in order.
+/// awaits the future on its own task, so an implementation pays its fixed
+/// costs (a permit, an instance from a pool) once per burst. It gives each
+/// answer to `answers` as soon as it has it, and yields its thread at least
+/// once per epoch tick while it runs guest code: what it has answered by
+/// then is sent while it waits for its next turn.
 pub trait Handler: Send + Sync + 'static {
-    fn handle_batch<'a>(&'a self, messages: &'a [spop::Message]) -> BatchFuture<'a>;
+    fn handle_batch<'a>(
+        &'a self,
+        messages: &'a [spop::Message],
+        answers: &'a mut dyn Answers,
+    ) -> BatchFuture<'a>;
 
     /// Which independent part of the handler answers `message` (for several
     /// guests, the guest's index). NOTIFY frames of different parts are
     /// answered concurrently, so a slow part never delays another's ACKs.
     fn partition(&self, _message: &spop::Message) -> usize {
         0
+    }
+}
+
+/// Collects answers in a vector (tests, `spoa-host call`).
+impl Answers for Vec<MessageOutcome> {
+    fn answered(&mut self, _handler: &str, outcome: MessageOutcome) {
+        self.push(outcome);
     }
 }

@@ -8,6 +8,6 @@ mod hello;
 
 pub use connection::{AgentContext, ConnectionSettings, disconnect_and_close, serve_connection};
 pub use handler::{
-    BatchFuture, BatchOutcome, FailureKind, Handler, HandlerFailure, MessageOutcome,
+    Answers, BatchFuture, FailureKind, Handler, HandlerFailure, MessageOutcome,
 };
 pub use hello::{Negotiated, agent_hello, negotiate};

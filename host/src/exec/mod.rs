@@ -28,7 +28,7 @@ use tokio::sync::Semaphore;
 pub use policy::{FailurePolicy, QuarantinePolicy, RollbackPolicy};
 use policy::{Probation, Quarantine, QuarantineChange, Verdict};
 
-use crate::agent::{BatchFuture, BatchOutcome, FailureKind, Handler, HandlerFailure};
+use crate::agent::{Answers, BatchFuture, FailureKind, Handler, HandlerFailure};
 use crate::metrics::GuestMetrics;
 use crate::sandbox::{GuestFailure, LoadedModule};
 use crate::spop;
@@ -274,22 +274,20 @@ impl GuestExecutor {
             .context("guest runtime task failed")
     }
 
-    /// The answer to every message of a batch the guest is not called for.
+    /// Answers every message of a batch the guest is not called for.
     fn refuse(
         &self,
-        label: Arc<str>,
+        label: &str,
         count: usize,
         kind: FailureKind,
         reason: &str,
-    ) -> BatchOutcome {
+        answers: &mut dyn Answers,
+    ) {
         let mut failures = [0; FailureKind::ALL.len()];
         failures[kind.index()] = count as u64;
         self.metrics.record_batch(0, &failures);
-        BatchOutcome {
-            handler: label,
-            outcomes: (0..count)
-                .map(|_| Err(self.failure(kind, reason.to_owned())))
-                .collect(),
+        for _ in 0..count {
+            answers.answered(label, Err(self.failure(kind, reason.to_owned())));
         }
     }
 
@@ -398,25 +396,26 @@ impl GuestExecutor {
 }
 
 impl Handler for GuestExecutor {
-    fn handle_batch<'a>(&'a self, messages: &'a [spop::Message]) -> BatchFuture<'a> {
+    fn handle_batch<'a>(
+        &'a self,
+        messages: &'a [spop::Message],
+        answers: &'a mut dyn Answers,
+    ) -> BatchFuture<'a> {
         let serving = self.serving.load_full();
         let count = messages.len();
         Box::pin(async move {
             let label = serving.label.clone();
             if self.quarantined() {
-                return self.refuse(label, count, FailureKind::Quarantined, "guest quarantined");
+                let reason = "guest quarantined";
+                return self.refuse(&label, count, FailureKind::Quarantined, reason, answers);
             }
             let _permit = match self.permits.try_acquire() {
                 Ok(permit) => permit,
                 Err(_) => {
                     let waiting = WaitingGuard::enter(&self.waiting);
                     if waiting.before >= self.queue_limit {
-                        return self.refuse(
-                            label,
-                            count,
-                            FailureKind::Overloaded,
-                            "guest queue full",
-                        );
+                        let reason = "guest queue full";
+                        return self.refuse(&label, count, FailureKind::Overloaded, reason, answers);
                     }
                     let permit = self.permits.acquire().await;
                     drop(waiting);
@@ -424,42 +423,93 @@ impl Handler for GuestExecutor {
                     match permit {
                         Ok(permit) => permit,
                         Err(_) => {
-                            return self.refuse(label, count, FailureKind::Overloaded, "closed");
+                            return self.refuse(&label, count, FailureKind::Overloaded, "closed", answers);
                         }
                     }
                 }
             };
-            let mut outcomes = Vec::with_capacity(count);
-            let mut failures = [0u64; FailureKind::ALL.len()];
-            let mut faults = 0;
-            let mut lease = serving.module.lease();
-            for message in messages {
+            let mut tally = CallTally::default();
+            let module = &serving.module;
+            let mut lease = module.lease();
+            let mut turn = Turn::start(module.tick());
+            let mut next = 0;
+            while next < count {
+                let size = module.batch_size(count - next);
+                let entry = &messages[next..next + size];
                 let started = should_time_this_call().then(Instant::now);
-                let result = lease.call(message).await;
-                if let Some(started) = started {
-                    self.metrics
-                        .call_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                }
-                outcomes.push(result.map_err(|failure| {
-                    let kind = failure_kind(&failure);
-                    failures[kind.index()] += 1;
-                    if kind.is_fault() {
-                        faults += 1;
+                let answered = if size == 1 {
+                    let result = lease.call(&entry[0]).await;
+                    answers.answered(&label, tally.outcome(self, result));
+                    1
+                } else {
+                    let results = lease.call_batch(entry).await;
+                    let answered = results.len();
+                    for result in results {
+                        answers.answered(&label, tally.outcome(self, result));
                     }
-                    self.failure(kind, failure.to_string())
-                }));
+                    answered
+                };
+                next += answered.max(1);
+                if let Some(started) = started {
+                    let per_message = started.elapsed().as_secs_f64() / answered.max(1) as f64;
+                    self.metrics.call_seconds.observe(per_message);
+                }
+                // Fair turns per tick of guest code, not per call: a run of
+                // short calls yields as a long call does at its ticks.
+                if next < count && turn.is_over() {
+                    tokio::task::yield_now().await;
+                    turn = Turn::start(module.tick());
+                }
             }
             drop(lease);
-            self.metrics.record_batch(count as u64, &failures);
-            if faults > 0 || serving.probation.is_some() {
-                self.judge(&serving, count as u64, faults);
-            }
-            BatchOutcome {
-                handler: label,
-                outcomes,
+            self.metrics.record_batch(count as u64, &tally.failures);
+            if tally.faults > 0 || serving.probation.is_some() {
+                self.judge(&serving, count as u64, tally.faults);
             }
         })
+    }
+}
+
+/// A batch's failures by kind, and how many say the guest is broken.
+#[derive(Default)]
+struct CallTally {
+    failures: [u64; FailureKind::ALL.len()],
+    faults: u64,
+}
+
+impl CallTally {
+    fn outcome(
+        &mut self,
+        executor: &GuestExecutor,
+        result: Result<Vec<spop::Action>, GuestFailure>,
+    ) -> crate::agent::MessageOutcome {
+        result.map_err(|failure| {
+            let kind = failure_kind(&failure);
+            self.failures[kind.index()] += 1;
+            if kind.is_fault() {
+                self.faults += 1;
+            }
+            executor.failure(kind, failure.to_string())
+        })
+    }
+}
+
+/// The time a batch has run guest code since it last gave up its thread.
+struct Turn {
+    started: Instant,
+    slice: Duration,
+}
+
+impl Turn {
+    fn start(slice: Duration) -> Turn {
+        Turn {
+            started: Instant::now(),
+            slice,
+        }
+    }
+
+    fn is_over(&self) -> bool {
+        self.started.elapsed() >= self.slice
     }
 }
 

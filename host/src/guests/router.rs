@@ -3,14 +3,14 @@
 //! permits and policy, so one guest's slowness or failures never reach
 //! another's messages.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures_util::future::join_all;
 
-use crate::agent::{BatchFuture, BatchOutcome, Handler, MessageOutcome};
+use crate::agent::{Answers, BatchFuture, Handler, MessageOutcome};
 use crate::exec::GuestExecutor;
 use crate::metrics::Metrics;
 use crate::spop;
@@ -89,7 +89,11 @@ impl Router {
 }
 
 impl Handler for Router {
-    fn handle_batch<'a>(&'a self, messages: &'a [spop::Message]) -> BatchFuture<'a> {
+    fn handle_batch<'a>(
+        &'a self,
+        messages: &'a [spop::Message],
+        answers: &'a mut dyn Answers,
+    ) -> BatchFuture<'a> {
         let set = self.set.load_full();
         let routes: Vec<Option<usize>> = messages.iter().map(|m| set.route(&m.name)).collect();
         // The common case: the whole batch goes to one guest.
@@ -97,7 +101,7 @@ impl Handler for Router {
             && routes.iter().all(|route| *route == Some(first))
         {
             let guest = set.guests[first].clone();
-            return Box::pin(async move { guest.handle_batch(messages).await });
+            return Box::pin(async move { guest.handle_batch(messages, answers).await });
         }
         Box::pin(async move {
             let mut per_guest: Vec<Vec<spop::Message>> = vec![Vec::new(); set.guests.len()];
@@ -107,46 +111,77 @@ impl Handler for Router {
                     None => self.unrouted(&message.name),
                 }
             }
-            let answers = join_all(
+            let merge = Mutex::new(InOrder {
+                routes: &routes,
+                next: 0,
+                waiting: (0..set.guests.len()).map(|_| VecDeque::new()).collect(),
+                answers,
+            });
+            merge
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .forward_ready();
+            join_all(
                 set.guests
                     .iter()
                     .zip(&per_guest)
                     .enumerate()
                     .filter(|(_, (_, batch))| !batch.is_empty())
-                    .map(|(index, (guest, batch))| async move {
-                        (index, guest.handle_batch(batch).await)
+                    .map(|(index, (guest, batch))| {
+                        let merge = &merge;
+                        async move {
+                            let mut sink = GuestAnswers { guest: index, merge };
+                            guest.handle_batch(batch, &mut sink).await
+                        }
                     }),
             )
             .await;
-            let mut label = String::new();
-            let mut answers_by_guest: Vec<Option<std::vec::IntoIter<MessageOutcome>>> =
-                (0..set.guests.len()).map(|_| None).collect();
-            for (index, BatchOutcome { handler, outcomes }) in answers {
-                if !label.is_empty() {
-                    label.push('+');
-                }
-                label.push_str(&handler);
-                answers_by_guest[index] = Some(outcomes.into_iter());
-            }
-            let outcomes = routes
-                .iter()
-                .map(|route| match route {
-                    None => Ok(Vec::new()),
-                    Some(index) => answers_by_guest[*index]
-                        .as_mut()
-                        .and_then(Iterator::next)
-                        .unwrap_or_else(|| Ok(Vec::new())),
-                })
-                .collect();
-            BatchOutcome {
-                handler: label.into(),
-                outcomes,
-            }
         })
     }
 
     fn partition(&self, message: &spop::Message) -> usize {
         let set = self.set.load();
         set.route(&message.name).unwrap_or(set.guests.len())
+    }
+}
+
+/// The answers of several guests to one batch, put back in message order:
+/// each goes on as soon as every message before it is answered.
+struct InOrder<'r, 'a> {
+    routes: &'r [Option<usize>],
+    /// The first message not forwarded yet.
+    next: usize,
+    /// Each guest's answers that wait for an earlier message's.
+    waiting: Vec<VecDeque<(Arc<str>, MessageOutcome)>>,
+    answers: &'a mut dyn Answers,
+}
+
+impl InOrder<'_, '_> {
+    fn forward_ready(&mut self) {
+        while let Some(route) = self.routes.get(self.next) {
+            match route {
+                // No guest declares it: answered without actions.
+                None => self.answers.answered("", Ok(Vec::new())),
+                Some(guest) => match self.waiting[*guest].pop_front() {
+                    Some((handler, outcome)) => self.answers.answered(&handler, outcome),
+                    None => return,
+                },
+            }
+            self.next += 1;
+        }
+    }
+}
+
+/// One guest's share of a mixed batch.
+struct GuestAnswers<'m, 'r, 'a> {
+    guest: usize,
+    merge: &'m Mutex<InOrder<'r, 'a>>,
+}
+
+impl Answers for GuestAnswers<'_, '_, '_> {
+    fn answered(&mut self, handler: &str, outcome: MessageOutcome) {
+        let mut merge = self.merge.lock().unwrap_or_else(|p| p.into_inner());
+        merge.waiting[self.guest].push_back((handler.into(), outcome));
+        merge.forward_ready();
     }
 }

@@ -40,6 +40,7 @@ pub fn import_can_wait(name: &str) -> bool {
         || (name.starts_with("wasi:") && !name.starts_with("wasi:config/"))
 }
 
+pub use batch_import::spoa::agent::batch;
 pub use spoa::agent::expiry;
 pub use spoa::agent::ip_table;
 pub use spoa::agent::log::Level;
@@ -61,7 +62,7 @@ pub mod blocking {
             package spoa:blocking;
 
             world handler-export {
-                use spoa:agent/types@0.1.3.{message, action};
+                use spoa:agent/types@0.1.4.{message, action};
                 export handle-message: func(msg: message) -> result<list<action>, string>;
             }
         ",
@@ -70,6 +71,26 @@ pub mod blocking {
 
     pub use HandlerExport as Handler;
     pub use HandlerExportIndices as HandlerIndices;
+}
+
+/// The `batch` interface (0.1.4), linked beside the `handler` world's
+/// imports: a component of `handler-with-batch` imports it, one of an
+/// older world does not.
+pub mod batch_import {
+    wasmtime::component::bindgen!({
+        world: "spoa:host-batch/imports",
+        path: "../wit",
+        inline: "
+            package spoa:host-batch;
+
+            world imports {
+                import spoa:agent/batch@0.1.4;
+            }
+        ",
+        // An answer out of turn traps the guest.
+        imports: { default: trappable },
+        with: { "spoa:agent/types": super::spoa::agent::types },
+    });
 }
 
 #[cfg(test)]
@@ -115,6 +136,7 @@ mod tests {
             "spoa:agent/log@0.1.3",
             "spoa:agent/ip-table@0.1.3",
             "spoa:agent/types@0.1.3",
+            "spoa:agent/batch@0.1.4",
         ] {
             assert!(!import_can_wait(name), "{name}");
         }

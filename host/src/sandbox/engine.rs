@@ -43,6 +43,8 @@ pub struct SandboxConfig {
     pub instance_mode: InstanceMode,
     /// Calls a reused instance serves before it is replaced by a new one.
     pub max_calls_per_instance: u64,
+    /// Most messages one call of the batch export (`handle-messages`) takes.
+    pub max_batch: u32,
     /// Most guest calls in progress at once; also sizes the instance pool.
     pub max_concurrent_calls: u32,
     /// Where compiled modules are cached (`None`: compile at every load).
@@ -140,6 +142,12 @@ impl Sandbox {
         Handler::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |state| state)
             .map_err(anyhow::Error::from)
             .context("linking host imports")?;
+        super::bindings::batch::add_to_linker::<GuestState, HasSelf<GuestState>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(anyhow::Error::from)
+        .context("linking the batch import")?;
         super::wasi::add_to_linker(&mut linker)?;
         Ok(Sandbox {
             engine,

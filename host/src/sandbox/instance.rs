@@ -1,6 +1,7 @@
 //! Running `handle-message`: one instance and its store, deadlines, and
 //! classification of guest failures.
 
+use wasmtime::component::TypedFunc;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::{Handler, blocking, wit};
@@ -11,7 +12,32 @@ use super::state::{GuestState, KvAccess};
 use crate::spop;
 
 /// Longest failure reason kept from a guest (its `err` text or a trap).
-const MAX_REASON_BYTES: usize = 512;
+pub(crate) const MAX_REASON_BYTES: usize = 512;
+
+/// The batch export's typed function.
+type BatchFunc = TypedFunc<(Vec<wit::Message>,), ()>;
+
+/// How a batch call ended, beside the answers it gave (which stand).
+#[derive(Debug)]
+pub(crate) enum BatchStop {
+    /// It returned; messages it did not answer are the guest's fault.
+    Returned,
+    /// It failed while handling the first message it had not answered.
+    Failed(GuestFailure),
+    /// A direct call cut after a whole tick (see
+    /// [`GuestInstance::was_cut_for_fiber`]): the message it was on, and the
+    /// ones after it, run again on fibers.
+    CutForFiber,
+}
+
+/// What a batch call gave: the answers to its first messages, in order.
+pub(crate) struct BatchRun {
+    pub answers: Vec<Result<Vec<spop::Action>, GuestFailure>>,
+    pub stop: BatchStop,
+    /// Whether `batch.answer` asked the guest to return early (its share
+    /// of the thread was used): the messages left are not its fault.
+    pub asked_to_return: bool,
+}
 
 /// Why a message got no actions from the guest.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +80,8 @@ pub(crate) struct GuestInstance {
     calls: u64,
     yielding: Handler,
     blocking: Option<blocking::Handler>,
+    /// The optional `handle-messages` export.
+    batch: Option<BatchFunc>,
 }
 
 impl GuestInstance {
@@ -179,6 +207,18 @@ impl GuestInstance {
             Some(indices) => Some(indices.load(&mut store, &instance).map_err(load_failed)?),
             None => None,
         };
+        let batch = match &module.batch {
+            Some(index) => Some(
+                instance
+                    .get_typed_func::<(Vec<wit::Message>,), ()>(&mut store, index)
+                    .map_err(|err| {
+                        GuestFailure::Instantiate(format!(
+                            "`handle-messages` has the wrong type: {err:#}"
+                        ))
+                    })?,
+            ),
+            None => None,
+        };
         if let Some(init) = &module.init {
             let budget = InitBudget {
                 ticks: sandbox.init_ticks,
@@ -191,6 +231,7 @@ impl GuestInstance {
             calls: 0,
             yielding,
             blocking,
+            batch,
         })
     }
 
@@ -254,6 +295,76 @@ impl GuestInstance {
             slot.take();
         }
         self.outcome(outcome)
+    }
+
+    /// Calls `handle-messages` directly (`None` when the component cannot
+    /// be entered directly, or has no batch export).
+    pub(crate) fn call_batch_directly(
+        &mut self,
+        messages: &[spop::Message],
+        share: std::time::Duration,
+    ) -> Option<BatchRun> {
+        self.blocking.as_ref()?;
+        let func = self.batch?;
+        let input = messages.iter().map(message_to_wit).collect();
+        self.calls += messages.len() as u64;
+        start_call(&mut self.store);
+        let answers = Vec::with_capacity(messages.len());
+        let state = self.store.data_mut();
+        state.batch.start(messages.len(), false, share, answers);
+        state.direct_call = true;
+        let outcome = func.call(&mut self.store, (input,));
+        self.store.data_mut().direct_call = false;
+        Some(self.batch_run(outcome))
+    }
+
+    /// Calls `handle-messages` on a fiber; see [`Self::call_yielding`].
+    pub(crate) async fn call_batch_yielding(
+        &mut self,
+        messages: &[spop::Message],
+        share: std::time::Duration,
+    ) -> BatchRun {
+        let Some(func) = self.batch else {
+            return BatchRun {
+                answers: Vec::new(),
+                stop: BatchStop::Failed(GuestFailure::Instantiate(
+                    "the component has no `handle-messages` export".into(),
+                )),
+                asked_to_return: false,
+            };
+        };
+        let input = messages.iter().map(message_to_wit).collect();
+        self.calls += messages.len() as u64;
+        start_call(&mut self.store);
+        let answers = Vec::with_capacity(messages.len());
+        let state = self.store.data_mut();
+        state.batch.start(messages.len(), true, share, answers);
+        state.call_started = std::time::Instant::now();
+        let outcome = func.call_async(&mut self.store, (input,)).await;
+        if let Ok(mut slot) = self.store.data().long_call_slot.lock() {
+            slot.take();
+        }
+        self.batch_run(outcome)
+    }
+
+    fn batch_run(&mut self, outcome: wasmtime::Result<()>) -> BatchRun {
+        let (answers, asked_to_return) = self.store.data_mut().batch.finish();
+        let stop = match outcome {
+            Ok(()) => BatchStop::Returned,
+            Err(_) if self.was_cut_for_fiber() => BatchStop::CutForFiber,
+            Err(err) => BatchStop::Failed(classify(&self.store, err)),
+        };
+        BatchRun {
+            answers,
+            stop,
+            asked_to_return,
+        }
+    }
+
+    /// The answers a batch call gave before it was abandoned (its future
+    /// dropped at the wall-clock bound).
+    pub(crate) fn take_batch_answers(&mut self) -> Vec<Result<Vec<spop::Action>, GuestFailure>> {
+        self.store.data_mut().batch.finish().0
     }
 
     fn outcome(

@@ -3,6 +3,7 @@
 //! what the operator gives (configuration, a read-only data directory), and
 //! turns guest output into SPOP actions. Knows nothing of sockets.
 
+mod batch;
 mod bindings;
 mod cache;
 mod convert;

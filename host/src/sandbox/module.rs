@@ -14,7 +14,7 @@ use wasmtime::component::{Component, InstancePre};
 use super::bindings::{HandlerIndices, blocking};
 use super::cache::CompileCache;
 use super::engine::{InstanceMode, Sandbox};
-use super::instance::{GuestFailure, GuestInstance};
+use super::instance::{BatchRun, BatchStop, GuestFailure, GuestInstance};
 use super::log::LogBudget;
 use super::state::{GuestConfig, GuestState};
 use crate::kv::BucketGrants;
@@ -198,7 +198,15 @@ pub struct LoadedModule {
     /// The optional `init` export (`handler-with-init`), called once on each
     /// new instance.
     pub(crate) init: Option<wasmtime::component::ComponentExportIndex>,
+    /// The optional `handle-messages` export (`handler-with-batch`).
+    pub(crate) batch: Option<wasmtime::component::ComponentExportIndex>,
 }
+
+/// A batch call is asked to return once it has run this fraction of the
+/// epoch tick (`batch.answer` says `false`), so the first ACK of a burst
+/// waits for a fraction of a tick, not the burst, and the thread is given up
+/// at every tick as a long call gives it up.
+const BATCH_SHARE_OF_TICK: u32 = 4;
 
 /// An instance taken from a module's pool for a run of calls.
 pub struct InstanceLease<'m> {
@@ -226,6 +234,125 @@ impl InstanceLease<'_> {
             return result;
         }
         Box::pin(self.call_slowly(message)).await
+    }
+
+    /// Answers the first of `messages` with one call of `handle-messages`:
+    /// all of them, unless the call returned when `batch.answer` told it
+    /// its share of the thread was used (the rest are for the next call).
+    /// What a call leaves unanswered otherwise runs one message at a time:
+    /// after a failure (trap, timeout, memory) the message it was on gets it
+    /// and the ones after it run through `handle-message` on another
+    /// instance; after a direct call is cut to move to a fiber, the message
+    /// it was on runs again, on a fiber.
+    pub async fn call_batch(
+        &mut self,
+        messages: &[spop::Message],
+    ) -> Vec<Result<Vec<spop::Action>, GuestFailure>> {
+        let module = self.module;
+        let share = module.tick() / BATCH_SHARE_OF_TICK;
+        let direct = if module.enters_directly() {
+            self.instance
+                .take()
+                .or_else(|| module.take_idle())
+                .and_then(|instance| self.call_batch_directly(instance, messages, share))
+        } else {
+            None
+        };
+        let run = match direct {
+            Some(run) => run,
+            None => Box::pin(self.call_batch_slowly(messages, share)).await,
+        };
+        let BatchRun {
+            answers: mut outcomes,
+            stop,
+            asked_to_return,
+        } = run;
+        let answered = outcomes.len().min(messages.len());
+        let rerun_from = match stop {
+            BatchStop::Returned if answered == messages.len() => return outcomes,
+            BatchStop::Returned if asked_to_return && answered > 0 => return outcomes,
+            BatchStop::Returned => {
+                outcomes.push(Err(GuestFailure::InvalidOutput(format!(
+                    "handle-messages returned without answering message {answered} of {}",
+                    messages.len()
+                ))));
+                answered + 1
+            }
+            BatchStop::Failed(failure) => {
+                outcomes.push(Err(failure));
+                answered + 1
+            }
+            BatchStop::CutForFiber => answered,
+        };
+        for message in messages.get(rerun_from..).unwrap_or_default() {
+            outcomes.push(self.call(message).await);
+        }
+        outcomes
+    }
+
+    /// A batch call entered directly; `None` when the instance cannot be
+    /// (it is kept for a call on a fiber).
+    fn call_batch_directly(
+        &mut self,
+        mut instance: GuestInstance,
+        messages: &[spop::Message],
+        share: Duration,
+    ) -> Option<BatchRun> {
+        let Some(run) = instance.call_batch_directly(messages, share) else {
+            self.instance = Some(instance);
+            return None;
+        };
+        if matches!(run.stop, BatchStop::CutForFiber) {
+            tracing::info!(
+                module = %self.module.label,
+                "a message of a direct batch call ran a whole tick: this module's calls run on fibers from now on"
+            );
+            return Some(run);
+        }
+        self.keep_after_batch(instance, &run.stop);
+        Some(run)
+    }
+
+    /// A batch call on a fiber, held to the budget of all its messages.
+    async fn call_batch_slowly(&mut self, messages: &[spop::Message], share: Duration) -> BatchRun {
+        let module = self.module;
+        let mut instance = match self.instance.take().or_else(|| module.take_idle()) {
+            Some(instance) => instance,
+            None => match module.new_instance(false).await {
+                Ok(instance) => instance,
+                Err(failure) => {
+                    return BatchRun {
+                        answers: Vec::new(),
+                        stop: BatchStop::Failed(failure),
+                        asked_to_return: false,
+                    };
+                }
+            },
+        };
+        let budget = module.sandbox.config.call_timeout * messages.len().max(1) as u32;
+        let run = module
+            .bounded_to(budget, async {
+                Ok(instance.call_batch_yielding(messages, share).await)
+            })
+            .await;
+        let run = match run {
+            Ok(run) => run,
+            Err(failure) => BatchRun {
+                answers: instance.take_batch_answers(),
+                stop: BatchStop::Failed(failure),
+                asked_to_return: false,
+            },
+        };
+        self.keep_after_batch(instance, &run.stop);
+        run
+    }
+
+    fn keep_after_batch(&mut self, instance: GuestInstance, stop: &BatchStop) {
+        let result = match stop {
+            BatchStop::Failed(failure) => Err(failure.clone()),
+            _ => Ok(Vec::new()),
+        };
+        self.keep(instance, &result);
     }
 
     /// A call that needs a new instance, or a fiber.
@@ -352,6 +479,7 @@ impl Sandbox {
             .imports(&self.engine)
             .any(|(name, _)| super::bindings::import_can_wait(name));
         let init = find_init(&component);
+        let batch = component.get_export_index(None, "handle-messages");
         let blocking_indices = if host_can_wait {
             None
         } else {
@@ -382,6 +510,7 @@ impl Sandbox {
             idle: Mutex::new(Vec::new()),
             host_can_wait,
             init,
+            batch,
         });
         module.smoke_test().await?;
         Ok(module)
@@ -505,6 +634,27 @@ impl LoadedModule {
             )),
             other => other,
         }
+    }
+
+    /// Whether the module has the batch export.
+    pub fn has_batch(&self) -> bool {
+        self.batch.is_some()
+    }
+
+    /// The guest's time slice on a data-plane thread (the epoch tick).
+    pub fn tick(&self) -> Duration {
+        self.sandbox.pace.tick()
+    }
+
+    /// How many of the `remaining` messages of a burst the next entry into
+    /// the guest is given: 1 without the batch export, else up to
+    /// `--guest-batch` (a batch call that runs its share of a tick returns
+    /// early, so slow messages do not make long entries).
+    pub fn batch_size(&self, remaining: usize) -> usize {
+        if self.batch.is_none() {
+            return remaining.min(1);
+        }
+        remaining.min(self.sandbox.config.max_batch.max(1) as usize)
     }
 
     /// Whether calls enter the component directly, without a fiber: it

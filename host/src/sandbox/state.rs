@@ -58,6 +58,8 @@ pub struct GuestState {
     pub(super) kv_grants: Arc<BucketGrants>,
     /// The IP tables this guest may open.
     pub(super) ip_tables: GrantedTables,
+    /// The running batch call's answers (`handle-messages`).
+    pub(super) batch: super::batch::BatchAnswers,
     /// Set for the smoke call: an empty store of its own, so proving a new
     /// version never writes to the shared state.
     pub(super) smoke_kv: Option<KvStore>,
@@ -108,6 +110,7 @@ impl GuestState {
             kv: kv.store,
             kv_grants: kv.grants,
             ip_tables: GrantedTables::default(),
+            batch: Default::default(),
             smoke_kv: None,
             call_started: Instant::now(),
             call_timeout,

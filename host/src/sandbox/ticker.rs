@@ -65,6 +65,11 @@ impl TickPace {
         }
     }
 
+    /// The fast pace's tick: the time slice of guest code on a thread.
+    pub(crate) fn tick(&self) -> Duration {
+        self.tick
+    }
+
     /// How many ticks the tick a call just saw stands for.
     pub(crate) fn ticks_of_last_tick(&self) -> u64 {
         self.last_tick_ticks.load(Ordering::Relaxed)

@@ -401,6 +401,13 @@ pub struct SandboxArgs {
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub guest_max_calls: u64,
 
+    /// Most messages of a read burst one entry into a guest's
+    /// `handle-messages` export takes (guests without it get one call per
+    /// message). A batch call is also asked to return once it has run a
+    /// quarter of an epoch tick, so slow messages never make long entries.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub guest_batch: u32,
+
     /// Most batches of guest calls running at once; more wait in line. Also
     /// the most instances kept per module.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -487,6 +494,7 @@ impl SandboxArgs {
             },
             max_concurrent_calls: self.guest_concurrency,
             max_calls_per_instance: self.guest_max_calls,
+            max_batch: self.guest_batch,
             cache_dir: if self.no_cache {
                 None
             } else {

@@ -95,6 +95,8 @@ struct GuestTable {
     init_timeout: Option<String>,
     /// Calls a reused instance serves (default: `--guest-max-calls`).
     max_calls: Option<u64>,
+    /// Most messages per batch call (default: `--guest-batch`).
+    batch: Option<u32>,
     #[serde(default)]
     on_failure: FailureTable,
     #[serde(default)]
@@ -388,6 +390,12 @@ fn resolve_guest(
             return Err("max-calls: must be at least 1".into());
         }
         sandbox.max_calls_per_instance = max_calls;
+    }
+    if let Some(batch) = table.batch {
+        if !(1..=4096).contains(&batch) {
+            return Err("batch: must be 1 to 4096".into());
+        }
+        sandbox.max_batch = batch;
     }
     let grants = GrantSources {
         ip_tables,

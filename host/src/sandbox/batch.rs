@@ -1,0 +1,94 @@
+//! The host side of a batch call (`handle-messages`, 0.1.4): the answers a
+//! guest gives through `batch.answer`, checked and kept in order, each
+//! message's budget restarted at the previous answer.
+
+use std::time::Instant;
+
+use super::bindings::{batch, wit};
+use super::convert::actions_from_wit;
+use super::instance::{GuestFailure, MAX_REASON_BYTES};
+use super::log::truncated;
+use super::state::GuestState;
+use crate::spop;
+
+/// The running batch call's answers.
+#[derive(Default)]
+pub(crate) struct BatchAnswers {
+    /// Messages in the running batch (0 outside a batch call, so an answer
+    /// from `handle-message` is out of turn).
+    expected: u32,
+    /// Whether the call runs on a fiber, where store calls are held to what
+    /// is left of the message's budget: its clock restarts at each answer.
+    restarts_clock: bool,
+    /// When the batch has had its share of the thread: from then on
+    /// `answer` asks the guest to return.
+    share_ends: Option<Instant>,
+    /// Whether `answer` has asked the guest to return.
+    asked_to_return: bool,
+    answers: Vec<Result<Vec<spop::Action>, GuestFailure>>,
+}
+
+impl BatchAnswers {
+    /// Prepares for a batch of `messages`, its answers going to `answers`
+    /// (kept between calls for its allocation).
+    pub(crate) fn start(
+        &mut self,
+        messages: usize,
+        on_fiber: bool,
+        share: std::time::Duration,
+        answers: Vec<Result<Vec<spop::Action>, GuestFailure>>,
+    ) {
+        self.expected = u32::try_from(messages).unwrap_or(u32::MAX);
+        self.restarts_clock = on_fiber;
+        self.share_ends = Instant::now().checked_add(share);
+        self.asked_to_return = false;
+        self.answers = answers;
+        self.answers.clear();
+    }
+
+    /// Ends the batch call and hands over the answers given, and whether
+    /// the guest was asked to return before the last one.
+    pub(crate) fn finish(&mut self) -> (Vec<Result<Vec<spop::Action>, GuestFailure>>, bool) {
+        self.expected = 0;
+        (std::mem::take(&mut self.answers), self.asked_to_return)
+    }
+}
+
+impl batch::Host for GuestState {
+    fn answer(
+        &mut self,
+        index: u32,
+        answer: Result<Vec<wit::Action>, String>,
+    ) -> wasmtime::Result<bool> {
+        let batch = &mut self.batch;
+        let next = batch.answers.len() as u32;
+        if index != next || index >= batch.expected {
+            wasmtime::bail!(
+                "batch.answer for message {index} out of turn ({next} of {} answered)",
+                batch.expected
+            );
+        }
+        batch.answers.push(match answer {
+            Ok(actions) => actions_from_wit(actions).map_err(GuestFailure::InvalidOutput),
+            Err(reason) => Err(GuestFailure::Returned(
+                truncated(&reason, MAX_REASON_BYTES).to_owned(),
+            )),
+        });
+        // The next message has a whole call's budget, and a direct call is
+        // cut only when one message runs a whole tick.
+        self.ticks_seen = 0;
+        self.ticks_used = 0;
+        self.log.start_call();
+        let now = Instant::now();
+        if batch.restarts_clock {
+            self.call_started = now;
+        }
+        if batch.answers.len() < batch.expected as usize
+            && batch.share_ends.is_some_and(|end| now >= end)
+        {
+            batch.asked_to_return = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+}
