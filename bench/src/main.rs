@@ -80,6 +80,18 @@ struct Args {
     tls_cert: Option<std::path::PathBuf>,
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+    /// Instead of a load: send this many NOTIFYs of `--burst-message` in
+    /// one write, five times, and report when the first, the median and
+    /// the last ACK of each burst arrived.
+    #[arg(long)]
+    burst: Option<usize>,
+    /// The message of a burst; it gets an int64 argument `us` =
+    /// `--burst-us` (the `spin` message of the batch fixture spins that
+    /// long).
+    #[arg(long, default_value = "spin")]
+    burst_message: String,
+    #[arg(long, default_value_t = 2000)]
+    burst_us: i64,
 }
 
 /// A byte stream to the agent: TCP, or TLS over TCP.
@@ -130,6 +142,9 @@ fn main() -> Result<()> {
 }
 
 async fn run(args: Args) -> Result<()> {
+    if let Some(count) = args.burst {
+        return time_bursts(&args, count).await;
+    }
     let mut idle = Vec::with_capacity(args.idle);
     if args.idle > 0 {
         let rss_before = args.agent_pid.map(agent_rss_kib).transpose()?;
@@ -275,6 +290,61 @@ fn hello() -> Frame {
                 TypedData::String(Bytes::from_static(b"pipelining")),
             ),
     )
+}
+
+/// `count` NOTIFYs in one write, five times: when the first, median and
+/// last ACK of each burst came (HAProxy's `timeout processing` counts per
+/// NOTIFY, so an ACK that waits for the rest of its burst is late).
+async fn time_bursts(args: &Args, count: usize) -> Result<()> {
+    let mut stream = open_idle(args.addr).await?;
+    stream.set_nodelay(true)?;
+    let mut codec = SpopCodec::new(16 * 1024 * 1024);
+    let mut read_buf = BytesMut::new();
+    let message = Message {
+        name: Bytes::from(args.burst_message.clone()),
+        args: vec![Arg {
+            name: Bytes::from_static(b"us"),
+            value: TypedData::Int64(args.burst_us),
+        }],
+    };
+    println!(
+        "spoa-bench: bursts of {count} NOTIFYs of `{}` (us={}) {}",
+        args.burst_message, args.burst_us, args.label
+    );
+    let mut next_frame_id = 1u64;
+    for round in 1..=5 {
+        let mut out = BytesMut::new();
+        for _ in 0..count {
+            let notify = Frame::Notify(Notify {
+                stream_id: 1,
+                frame_id: next_frame_id,
+                messages: vec![message.clone()],
+            });
+            encode_frame(&notify, &mut out)?;
+            next_frame_id += 1;
+        }
+        let sent = Instant::now();
+        stream.write_all(&out).await?;
+        let mut arrivals = Vec::with_capacity(count);
+        while arrivals.len() < count {
+            let frames = read_frames(&mut stream, &mut codec, &mut read_buf).await?;
+            let now = sent.elapsed();
+            for frame in frames {
+                let Frame::Ack(_) = frame else {
+                    bail!("unexpected frame from the agent: {frame:?}");
+                };
+                arrivals.push(now);
+            }
+        }
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "  burst {round}: first ACK {:.1} ms  median {:.1} ms  last {:.1} ms",
+            ms(arrivals[0]),
+            ms(arrivals[count / 2]),
+            ms(arrivals[count - 1])
+        );
+    }
+    Ok(())
 }
 
 /// A connection that completed HELLO and then says nothing.

@@ -60,7 +60,10 @@ fn burst(
         bytes.extend(encoded(&notify_frame(1, frame_id, build(frame_id))));
     }
     let sent = Instant::now();
-    client.stream().write_all(&bytes).expect("sending the burst");
+    client
+        .stream()
+        .write_all(&bytes)
+        .expect("sending the burst");
     (0..count)
         .map(|_| {
             let ack = client.recv_ack();
@@ -90,9 +93,15 @@ fn a_burst_enters_the_guest_in_batches_no_larger_than_the_cap() {
             .expect("a batch size")
     };
     let default = biggest_batch(&[]);
-    assert!(default > 1, "a burst enters the guest more than one message at a time: {default}");
+    assert!(
+        default > 1,
+        "a burst enters the guest more than one message at a time: {default}"
+    );
     let capped = biggest_batch(&["--guest-batch", "4"]);
-    assert!((2..=4).contains(&capped), "--guest-batch 4 caps a batch at 4: {capped}");
+    assert!(
+        (2..=4).contains(&capped),
+        "--guest-batch 4 caps a batch at 4: {capped}"
+    );
     assert_eq!(
         biggest_batch(&["--guest-batch", "1"]),
         0,
@@ -108,7 +117,14 @@ fn a_burst_enters_the_guest_in_batches_no_larger_than_the_cap() {
 fn one_failure_in_a_batch(culprit: &str, expected_kind: &str) {
     let agent = Agent::start(
         &batch_guest(),
-        &["--guest-timeout", "50ms", "--error-var", "err", "--guest-memory", "32MiB"],
+        &[
+            "--guest-timeout",
+            "50ms",
+            "--error-var",
+            "err",
+            "--guest-memory",
+            "32MiB",
+        ],
     );
     warm_up(agent.addr());
     let mut session = Session::connect(agent.addr());
@@ -119,7 +135,9 @@ fn one_failure_in_a_batch(culprit: &str, expected_kind: &str) {
     let names: Vec<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
-        ["count", "batch", "count", "batch", "err", "count", "batch", "count", "batch"],
+        [
+            "count", "batch", "count", "batch", "err", "count", "batch", "count", "batch"
+        ],
         "{culprit}: {vars:?}"
     );
     let batch: Vec<i64> = values_of(&ack, "batch");
@@ -129,7 +147,11 @@ fn one_failure_in_a_batch(culprit: &str, expected_kind: &str) {
         batch[..2].iter().all(|&size| size > 1),
         "{culprit}: answered in a batch: {vars:?}"
     );
-    assert_eq!(batch[2..], [0, 0], "{culprit}: handled again one by one: {vars:?}");
+    assert_eq!(
+        batch[2..],
+        [0, 0],
+        "{culprit}: handled again one by one: {vars:?}"
+    );
     assert_eq!(
         vars[4].1,
         TypedData::String(expected_kind.as_bytes().to_vec().into()),
@@ -182,7 +204,11 @@ fn an_error_answer_in_a_batch_leaves_the_rest_of_the_batch_alone() {
     let ack = session.notify(messages);
     let batch = values_of(&ack, "batch");
     assert_eq!(batch.len(), 4, "{:?}", vars(&ack));
-    assert!(batch.iter().all(|&size| size > 1), "all in batches: {:?}", vars(&ack));
+    assert!(
+        batch.iter().all(|&size| size > 1),
+        "all in batches: {:?}",
+        vars(&ack)
+    );
 }
 
 /// 50 pipelined NOTIFYs of a message that takes about 2 ms: the first ACK
@@ -195,7 +221,9 @@ fn each_ack_leaves_as_soon_as_its_notify_is_answered() {
         full.extend_from_slice(args);
         let agent = Agent::start(&batch_guest(), &full);
         warm_up(agent.addr());
-        let acks = burst(agent.addr(), 50, |_| vec![message("spin", vec![("us", int(2000))])]);
+        let acks = burst(agent.addr(), 50, |_| {
+            vec![message("spin", vec![("us", int(2000))])]
+        });
         let first = acks[0].1;
         let last = acks[acks.len() - 1].1;
         for (ack, _) in &acks {
@@ -233,7 +261,10 @@ fn a_run_of_short_calls_gives_up_its_thread_every_tick() {
             bytes.extend(encoded(&notify_frame(1, frame_id, vec![spin])));
         }
         let started = Instant::now();
-        spinner.stream().write_all(&bytes).expect("sending the burst");
+        spinner
+            .stream()
+            .write_all(&bytes)
+            .expect("sending the burst");
         std::thread::sleep(Duration::from_millis(5));
         let asked = Instant::now();
         other.notify(vec![message("count", vec![])]);

@@ -13,6 +13,11 @@ export function init() {
   blocklist = spoa.openTable('blocklist');
 }
 
+// One entry per batch of messages rather than one per message.
+export function handleMessages(msgs) {
+  spoa.answerEach(msgs, handleMessage);
+}
+
 export function handleMessage(msg) {
   if (msg.name !== 'check-client-ip') return [];
   const ip = spoa.ipArg(msg, 'ip');

@@ -2,10 +2,31 @@
 // typed arguments, actions, configuration, randomness, logging and IP tables.
 // The WIT types arrive as jco represents them: a variant is `{ tag, val }`,
 // an enum is its case name as a string, u64 is a BigInt.
-import { getRandomU64 } from 'spoa:agent/random@0.1.3';
-import { log as hostLog } from 'spoa:agent/log@0.1.3';
-import { open as hostOpenTable } from 'spoa:agent/ip-table@0.1.3';
+import { getRandomU64 } from 'spoa:agent/random@0.1.4';
+import { log as hostLog } from 'spoa:agent/log@0.1.4';
+import { open as hostOpenTable } from 'spoa:agent/ip-table@0.1.4';
+import { answer as hostAnswer } from 'spoa:agent/batch@0.1.4';
 import { get as configGet } from 'wasi:config/store@0.2.0-rc.1';
+
+/**
+ * Answers a batch (`handle-messages`) with `handle`, one message at a time,
+ * each answer handed to the host as soon as it is ready, and returns when
+ * the host says the batch has had its share of the thread (it calls again
+ * with the rest). A throw from `handle` answers that message `err`, as a
+ * throw from `handleMessage` does:
+ * `export function handleMessages(msgs) { spoa.answerEach(msgs, handleMessage); }`
+ */
+export function answerEach(msgs, handle) {
+  for (let i = 0; i < msgs.length; i++) {
+    let answer;
+    try {
+      answer = { tag: 'ok', val: handle(msgs[i]) };
+    } catch (e) {
+      answer = { tag: 'err', val: typeof e === 'string' ? e : String(e?.payload ?? e) };
+    }
+    if (!hostAnswer(i, answer)) return;
+  }
+}
 
 /** The value (`{ tag, val }`) of the argument `name`, or undefined. */
 export function arg(msg, name) {

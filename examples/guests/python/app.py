@@ -11,7 +11,7 @@ _threshold = 20
 _blocklist = None  # the IP table `blocklist`, opened once per instance in init
 
 
-class WitWorld(wit_world.WitWorld):
+class WitWorld(spoa.Batches, wit_world.WitWorld):
     def init(self) -> None:
         global _threshold, _blocklist
         threshold = spoa.config("threshold", "20").strip()

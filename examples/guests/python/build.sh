@@ -8,7 +8,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../../.." && pwd)"
-"$root/scripts/componentize-py.sh" "$here" "$root/target/examples/iprep_python.wasm" handler-with-init
+"$root/scripts/componentize-py.sh" "$here" "$root/target/examples/iprep_python.wasm" handler-with-batch
 if [ ! -d "$here/bindings" ]; then
-    (cd "$here" && "$root/target/toolchains/python/bin/componentize-py" -d "$root/wit" -w handler-with-init bindings bindings >/dev/null)
+    (cd "$here" && "$root/target/toolchains/python/bin/componentize-py" -d "$root/wit" -w handler-with-batch bindings bindings >/dev/null)
 fi

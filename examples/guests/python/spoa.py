@@ -16,14 +16,36 @@ from wit_world.imports import random as _random
 from wit_world.imports import wasi_config_store as _store
 from wit_world.imports import types
 from wit_world.imports import ip_table as _ip_table
+# `batch` is also a `wasi:keyvalue` interface: componentize-py names both by package.
+from wit_world.imports import spoa_agent_batch as _batch
+from componentize_py_types import Ok
 
-__all__ = ["Err", "Message", "Action", "arg", "ip_arg", "int32", "int64", "boolean",
+__all__ = ["Err", "Batches", "Message", "Action", "arg", "ip_arg", "int32", "int64", "boolean",
            "string", "set_var", "unset_var", "config", "random_below", "log",
            "open_table", "contains", "text_field"]
 
 Message = types.Message
 Action = types.Action
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+
+class Batches:
+    """Mix in before `wit_world.WitWorld` to export `handle-messages`: the
+    host then enters the guest once per batch of messages, not once per
+    message. Each message is answered with `self.handle_message` and handed
+    to the host as soon as it is ready; an `Err` raised answers that message
+    `err`, as it does from `handle_message`."""
+
+    def handle_messages(self, msgs: List[Message]) -> None:
+        for index, msg in enumerate(msgs):
+            try:
+                answer = Ok(self.handle_message(msg))
+            except Err as err:
+                answer = err
+            # False: the batch has had its share of the thread; the host
+            # calls again with the messages left.
+            if not _batch.answer(index, answer):
+                return
 
 
 def arg(msg: Message, name: str) -> Optional[types.TypedData]:

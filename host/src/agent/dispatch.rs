@@ -249,7 +249,12 @@ impl Answers for AckWriter<'_> {
 /// An ACK never exceeds `max_frame_size`: a message whose actions would not
 /// fit gets none (logged and counted); the messages before it keep theirs.
 /// The ACK itself is always sent, so HAProxy is never left waiting.
-pub async fn answer(handler: &dyn Handler, batch: NotifyBatch, max_frame_size: u32, outbox: &Outbox) {
+pub async fn answer(
+    handler: &dyn Handler,
+    batch: NotifyBatch,
+    max_frame_size: u32,
+    outbox: &Outbox,
+) {
     let NotifyBatch {
         pending, messages, ..
     } = batch;

@@ -2,9 +2,9 @@
 //! trait; the sandboxed executor (and the benchmark's native handler)
 //! implement it, so no wasmtime type ever reaches the connection code.
 
+use crate::spop;
 use std::future::Future;
 use std::pin::Pin;
-use crate::spop;
 
 /// Why a message got no actions from its handler. Each kind indexes its own
 /// `spoa_guest_failures_total` counter.

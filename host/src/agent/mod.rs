@@ -7,7 +7,5 @@ mod handler;
 mod hello;
 
 pub use connection::{AgentContext, ConnectionSettings, disconnect_and_close, serve_connection};
-pub use handler::{
-    Answers, BatchFuture, FailureKind, Handler, HandlerFailure, MessageOutcome,
-};
+pub use handler::{Answers, BatchFuture, FailureKind, Handler, HandlerFailure, MessageOutcome};
 pub use hello::{Negotiated, agent_hello, negotiate};

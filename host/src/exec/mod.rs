@@ -415,7 +415,13 @@ impl Handler for GuestExecutor {
                     let waiting = WaitingGuard::enter(&self.waiting);
                     if waiting.before >= self.queue_limit {
                         let reason = "guest queue full";
-                        return self.refuse(&label, count, FailureKind::Overloaded, reason, answers);
+                        return self.refuse(
+                            &label,
+                            count,
+                            FailureKind::Overloaded,
+                            reason,
+                            answers,
+                        );
                     }
                     let permit = self.permits.acquire().await;
                     drop(waiting);
@@ -423,7 +429,13 @@ impl Handler for GuestExecutor {
                     match permit {
                         Ok(permit) => permit,
                         Err(_) => {
-                            return self.refuse(&label, count, FailureKind::Overloaded, "closed", answers);
+                            return self.refuse(
+                                &label,
+                                count,
+                                FailureKind::Overloaded,
+                                "closed",
+                                answers,
+                            );
                         }
                     }
                 }

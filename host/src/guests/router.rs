@@ -130,7 +130,10 @@ impl Handler for Router {
                     .map(|(index, (guest, batch))| {
                         let merge = &merge;
                         async move {
-                            let mut sink = GuestAnswers { guest: index, merge };
+                            let mut sink = GuestAnswers {
+                                guest: index,
+                                merge,
+                            };
                             guest.handle_batch(batch, &mut sink).await
                         }
                     }),

@@ -3,9 +3,9 @@
 //! call before it serves. Then running calls on a pool of its instances.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -200,13 +200,19 @@ pub struct LoadedModule {
     pub(crate) init: Option<wasmtime::component::ComponentExportIndex>,
     /// The optional `handle-messages` export (`handler-with-batch`).
     pub(crate) batch: Option<wasmtime::component::ComponentExportIndex>,
+    /// What a message of this module has cost lately in a batch call, in
+    /// nanoseconds (a moving average; 0 until measured): a batch is given
+    /// about as many messages as it can answer in its share of a tick, so a
+    /// slow guest (Python, JavaScript) is not handed dozens of messages to
+    /// lower and lift only to answer a few.
+    batch_cost_ns: AtomicU64,
 }
 
 /// A batch call is asked to return once it has run this fraction of the
 /// epoch tick (`batch.answer` says `false`), so the first ACK of a burst
-/// waits for a fraction of a tick, not the burst, and the thread is given up
-/// at every tick as a long call gives it up.
-const BATCH_SHARE_OF_TICK: u32 = 4;
+/// waits for at most a tick, not the burst, and the thread is given up at
+/// every tick as a long call gives it up.
+const BATCH_SHARE_OF_TICK: u32 = 1;
 
 /// An instance taken from a module's pool for a run of calls.
 pub struct InstanceLease<'m> {
@@ -250,6 +256,7 @@ impl InstanceLease<'_> {
     ) -> Vec<Result<Vec<spop::Action>, GuestFailure>> {
         let module = self.module;
         let share = module.tick() / BATCH_SHARE_OF_TICK;
+        let started = Instant::now();
         let direct = if module.enters_directly() {
             self.instance
                 .take()
@@ -268,6 +275,7 @@ impl InstanceLease<'_> {
             asked_to_return,
         } = run;
         let answered = outcomes.len().min(messages.len());
+        module.record_batch_cost(started.elapsed(), answered);
         let rerun_from = match stop {
             BatchStop::Returned if answered == messages.len() => return outcomes,
             BatchStop::Returned if asked_to_return && answered > 0 => return outcomes,
@@ -511,6 +519,7 @@ impl Sandbox {
             host_can_wait,
             init,
             batch,
+            batch_cost_ns: AtomicU64::new(0),
         });
         module.smoke_test().await?;
         Ok(module)
@@ -651,10 +660,28 @@ impl LoadedModule {
     /// `--guest-batch` (a batch call that runs its share of a tick returns
     /// early, so slow messages do not make long entries).
     pub fn batch_size(&self, remaining: usize) -> usize {
-        if self.batch.is_none() {
+        if self.batch.is_none() || remaining <= 1 {
             return remaining.min(1);
         }
-        remaining.min(self.sandbox.config.max_batch.max(1) as usize)
+        let cap = self.sandbox.config.max_batch.max(1) as usize;
+        let fits = match self.batch_cost_ns.load(Ordering::Relaxed) {
+            0 => cap,
+            cost => (self.tick().as_nanos() as u64 / BATCH_SHARE_OF_TICK as u64 / cost) as usize,
+        };
+        // Never fewer than two once batches are possible: an estimate
+        // inflated by a busy machine must not turn batching off.
+        fits.max(2).min(cap).min(remaining)
+    }
+
+    /// Folds what a batch call took per message into the moving average.
+    fn record_batch_cost(&self, took: Duration, messages: usize) {
+        let sample = (took.as_nanos() as u64 / messages.max(1) as u64).max(1);
+        let old = self.batch_cost_ns.load(Ordering::Relaxed);
+        let new = match old {
+            0 => sample,
+            old => old - old / 4 + sample / 4,
+        };
+        self.batch_cost_ns.store(new.max(1), Ordering::Relaxed);
     }
 
     /// Whether calls enter the component directly, without a fiber: it

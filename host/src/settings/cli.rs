@@ -403,8 +403,8 @@ pub struct SandboxArgs {
 
     /// Most messages of a read burst one entry into a guest's
     /// `handle-messages` export takes (guests without it get one call per
-    /// message). A batch call is also asked to return once it has run a
-    /// quarter of an epoch tick, so slow messages never make long entries.
+    /// message). A batch call is also asked to return once it has run an
+    /// epoch tick, so slow messages never make long entries.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub guest_batch: u32,
 

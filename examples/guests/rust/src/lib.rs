@@ -46,9 +46,14 @@ impl Guest for IpReputation {
         }
         let s = SETTINGS.get().ok_or("init did not run")?;
         let ip = msg.ip("ip").ok_or("ip: not an address")?; // ::ffff:a.b.c.d matches IPv4
-        let country = s.country.as_ref().and_then(|db| db.text_field(ip, "country.iso_code"));
+        let country = s
+            .country
+            .as_ref()
+            .and_then(|db| db.text_field(ip, "country.iso_code"));
         let listed = s.blocklist.as_ref().is_some_and(|list| list.contains(ip))
-            || country.as_ref().is_some_and(|c| s.blocked_countries.contains(c));
+            || country
+                .as_ref()
+                .is_some_and(|c| s.blocked_countries.contains(c));
         let score = if listed { 0 } else { random::below(101) };
         let mut actions = vec![
             Action::set(VarScope::Sess, "ip_score", score as i32),
