@@ -87,6 +87,8 @@ test: test-deps guest fixtures examples host
 bench: guest
 	$(CARGO) build --release --target $(WASM_TARGET) -p guest-tables
 	@mkdir -p $(FIXTURES) && $(COMPONENTIZE) $(WASM_OUT)/guest_tables.wasm $(FIXTURES)/guest_tables.wasm
+	$(CARGO) build --release --target $(WASM_TARGET) -p guest-batch
+	$(COMPONENTIZE) $(WASM_OUT)/guest_batch.wasm $(FIXTURES)/guest_batch.wasm
 	$(CARGO) build --release -p spoa-bench --features spoa-bench/native
 	$(CARGO) build --release -p spoa-host --features native-iprep
 	./bench/run.sh

@@ -98,6 +98,24 @@ run -d "$DURATION" -c 1 -p 1 --label "wasm guest, no pipelining (latency floor)"
 run -c 4 -p 16 -d 3s --idle 1000 --label "wasm guest with 1000 idle connections"
 stop_agent
 
+# Batches: when the ACKs of a burst of 50 NOTIFYs of a ~2 ms message come
+# (first, median, last), with the batch export and without it; and
+# guest-iprep's 0.1.3 build (no batch export) beside today's at 4x16, 16x64.
+BATCH=target/fixtures/guest_batch.wasm
+if [ -f "$BATCH" ]; then
+    start_agent --module "$BATCH" --guest-timeout 100ms
+    run --burst 50 --label "(batch export)"
+    stop_agent
+    start_agent --module "$BATCH" --guest-timeout 100ms --guest-batch 1
+    run --burst 50 --label "(--guest-batch 1: one call per message)"
+    stop_agent
+fi
+PREBUILT=tests/fixtures/prebuilt/guest_iprep_0_1_3.wasm
+start_agent --module "$PREBUILT"
+run -d "$DURATION" -c 4 -p 16 --label "guest-iprep built against 0.1.3 (no batch export), 4x16"
+run -d "$DURATION" -c 16 -p 64 --label "guest-iprep built against 0.1.3 (no batch export), 16x64"
+stop_agent
+
 # Guests apart from the network: 4 connections keep a guest looping to its
 # 10 ms deadline; health checks and another connection are timed meanwhile.
 HOSTILE=target/fixtures/guest_hostile_a.wasm

@@ -3,11 +3,14 @@
 //! `/metrics` and handles signals.
 //!
 //! An established connection lives on the data plane and calls the guest
-//! right there, once per message of a read burst, holding a permit (at most
-//! `max_concurrent_calls` batches are in calls at once; the rest wait in
-//! line). A call that runs long yields its thread at every epoch tick (500 µs),
-//! so the other connections on that thread keep flowing, and it is cut at
-//! its deadline. See `docs/design/guest-executor.md` for the measurements
+//! right there, holding a permit (at most `max_concurrent_calls` batches are
+//! in calls at once; the rest wait in line): once per message, or, when the
+//! guest exports `handle-messages`, once per slice of the read burst. Each
+//! answer goes to the connection as soon as it is given, so a NOTIFY's ACK
+//! does not wait for the rest of its burst. Guest code gives up its thread
+//! at every epoch tick (500 µs): a long call at its ticks, a run of short
+//! calls or batches between two of them, so the other connections on that
+//! thread keep flowing; a call is cut at its deadline. See `docs/design/guest-executor.md` for the measurements
 //! behind this choice (a hand-off to separate guest threads per batch cost
 //! more than half the throughput).
 
