@@ -194,6 +194,32 @@ fn a_batch_that_returns_early_costs_only_the_first_message_it_left() {
     one_failure_in_a_batch("skip", "invalid_output");
 }
 
+/// A guest that traps after it answered the last message of its batch
+/// (batches of two: frames 3 and 4): that message keeps its answer, the
+/// failure costs no message, and the next batch is answered in full.
+#[test]
+fn a_trap_after_the_last_answer_of_a_batch_costs_no_message() {
+    let agent = Agent::start(
+        &batch_guest(),
+        &["--error-var", "err", "--guest-batch", "2"],
+    );
+    warm_up(agent.addr());
+    let acks = burst(agent.addr(), 8, |frame_id| match frame_id {
+        4 => vec![message("answer-then-trap", vec![])],
+        _ => vec![message("count", vec![])],
+    });
+    for (ack, _) in &acks {
+        let vars = vars(ack);
+        let names: Vec<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
+        let expected: &[&str] = if ack.frame_id == 4 {
+            &[]
+        } else {
+            &["count", "batch"]
+        };
+        assert_eq!(names, expected, "frame {}: {vars:?}", ack.frame_id);
+    }
+}
+
 #[test]
 fn an_error_answer_in_a_batch_leaves_the_rest_of_the_batch_alone() {
     let agent = Agent::start(&batch_guest(), &["--error-var", "err"]);

@@ -369,10 +369,12 @@ impl Connection {
                 break;
             }
             tokio::select! {
+                // A batch whose task failed loses its own NOTIFYs only: the
+                // others are still answered (the loop's flush writes them).
                 Some(answered) = in_flight.next() => {
-                    if self.write_spawned(answered, &in_flight).await.is_err() {
-                        while in_flight.next().await.is_some() {}
-                        break;
+                    self.take_acks();
+                    if let Err(End::Disconnect(_, reason)) = answered {
+                        tracing::error!(peer = %self.state.peer, "{reason}");
                     }
                 }
                 _ = outbox.ready() => self.take_acks(),
@@ -444,11 +446,12 @@ impl Connection {
         answered: Result<u64, End>,
         in_flight: &FuturesUnordered<SpawnedBatch>,
     ) -> Result<(), End> {
+        // What a batch encoded before its task failed still goes out.
+        self.take_acks();
         let parts = answered?;
         if !in_flight.iter().any(|batch| batch.parts & parts != 0) {
             self.state.waiting_parts &= !parts;
         }
-        self.take_acks();
         self.flush().await.map_err(End::Io)
     }
 

@@ -448,8 +448,15 @@ impl Handler for GuestExecutor {
             let mut lease = module.lease();
             let mut turn = Turn::start(module.tick());
             let mut next = 0;
+            // Messages a failed batch left, to run one by one.
+            let mut one_by_one = 0;
             while next < count {
-                let size = module.batch_size(count - next);
+                let size = if one_by_one > 0 {
+                    one_by_one -= 1;
+                    1
+                } else {
+                    module.batch_size(count - next)
+                };
                 let entry = &messages[next..next + size];
                 let started = should_time_this_call().then(Instant::now);
                 let answered = if size == 1 {
@@ -457,14 +464,21 @@ impl Handler for GuestExecutor {
                     answers.answered(&label, tally.outcome(self, result));
                     1
                 } else {
-                    let results = lease.call_batch(entry).await;
-                    let answered = results.len();
-                    for result in results {
+                    let batch = lease.call_batch(entry).await;
+                    let answered = batch.outcomes.len();
+                    debug_assert!(answered > 0, "a batch call answers at least one message");
+                    // Never stuck: a batch that answered nothing has its
+                    // messages run one by one.
+                    one_by_one = match (answered, batch.then_one_by_one) {
+                        (0, 0) => size,
+                        (_, left) => left,
+                    };
+                    for result in batch.outcomes {
                         answers.answered(&label, tally.outcome(self, result));
                     }
                     answered
                 };
-                next += answered.max(1);
+                next += answered;
                 if let Some(started) = started {
                     let per_message = started.elapsed().as_secs_f64() / answered.max(1) as f64;
                     self.metrics.call_seconds.observe(per_message);

@@ -139,6 +139,10 @@ impl Handler for Router {
                     }),
             )
             .await;
+            merge
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .finish();
         })
     }
 
@@ -160,6 +164,27 @@ struct InOrder<'r, 'a> {
 }
 
 impl InOrder<'_, '_> {
+    /// Once every guest is done: a guest that gave too few answers must not
+    /// hold back the other guests' answers after its own.
+    fn finish(mut self) {
+        self.forward_ready();
+        while let Some(route) = self.routes.get(self.next) {
+            match route.and_then(|guest| self.waiting[guest].pop_front()) {
+                Some((handler, outcome)) => self.answers.answered(&handler, outcome),
+                None if route.is_none() => self.answers.answered("", Ok(Vec::new())),
+                None => self.answers.answered(
+                    "",
+                    Err(crate::agent::HandlerFailure {
+                        kind: crate::agent::FailureKind::InvalidOutput,
+                        reason: "no answer from the guest".into(),
+                        fallback: Vec::new(),
+                    }),
+                ),
+            }
+            self.next += 1;
+        }
+    }
+
     fn forward_ready(&mut self) {
         while let Some(route) = self.routes.get(self.next) {
             match route {

@@ -2,6 +2,7 @@
 //! guest gives through `batch.answer`, checked and kept in order, each
 //! message's budget restarted at the previous answer.
 
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::bindings::{batch, wit};
@@ -10,6 +11,27 @@ use super::instance::{GuestFailure, MAX_REASON_BYTES};
 use super::log::truncated;
 use super::state::GuestState;
 use crate::spop;
+
+/// When a batch call last answered (or started): what its wall-clock
+/// watchdog counts from.
+#[derive(Clone)]
+pub(crate) struct Progress(Arc<Mutex<Instant>>);
+
+impl Default for Progress {
+    fn default() -> Progress {
+        Progress(Arc::new(Mutex::new(Instant::now())))
+    }
+}
+
+impl Progress {
+    pub(crate) fn last_answer(&self) -> Instant {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn answered_at(&self, now: Instant) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = now;
+    }
+}
 
 /// The running batch call's answers.
 #[derive(Default)]
@@ -25,6 +47,8 @@ pub(crate) struct BatchAnswers {
     share_ends: Option<Instant>,
     /// Whether `answer` has asked the guest to return.
     asked_to_return: bool,
+    /// Shared with the watchdog of a call on a fiber.
+    pub(crate) progress: Progress,
     answers: Vec<Result<Vec<spop::Action>, GuestFailure>>,
 }
 
@@ -40,8 +64,12 @@ impl BatchAnswers {
     ) {
         self.expected = u32::try_from(messages).unwrap_or(u32::MAX);
         self.restarts_clock = on_fiber;
-        self.share_ends = Instant::now().checked_add(share);
+        let now = Instant::now();
+        self.share_ends = now.checked_add(share);
         self.asked_to_return = false;
+        if on_fiber {
+            self.progress.answered_at(now);
+        }
         self.answers = answers;
         self.answers.clear();
     }
@@ -75,13 +103,18 @@ impl batch::Host for GuestState {
             )),
         });
         // The next message has a whole call's budget, and a direct call is
-        // cut only when one message runs a whole tick.
-        self.ticks_seen = 0;
+        // cut only when one message runs a whole tick; a guest that goes on
+        // after it was asked to return is not given new ticks (its direct
+        // call is cut within a tick, and it moves to fibers).
+        if !batch.asked_to_return {
+            self.ticks_seen = 0;
+        }
         self.ticks_used = 0;
         self.log.start_call();
         let now = Instant::now();
         if batch.restarts_clock {
             self.call_started = now;
+            batch.progress.answered_at(now);
         }
         if batch.answers.len() < batch.expected as usize
             && batch.share_ends.is_some_and(|end| now >= end)

@@ -361,6 +361,11 @@ impl GuestInstance {
         }
     }
 
+    /// What the wall-clock watchdog of a batch call on a fiber reads.
+    pub(crate) fn batch_progress(&self) -> super::batch::Progress {
+        self.store.data().batch.progress.clone()
+    }
+
     /// The answers a batch call gave before it was abandoned (its future
     /// dropped at the wall-clock bound).
     pub(crate) fn take_batch_answers(&mut self) -> Vec<Result<Vec<spop::Action>, GuestFailure>> {

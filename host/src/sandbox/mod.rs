@@ -21,6 +21,8 @@ mod wasi;
 pub use engine::{InstanceMode, Sandbox, SandboxConfig};
 pub use grants::{GrantSources, parse_pair};
 pub use instance::GuestFailure;
-pub use module::{GuestSettings, LoadError, LoadFailureCause, LoadedModule, ModuleIdentity};
+pub use module::{
+    BatchAnswered, GuestSettings, LoadError, LoadFailureCause, LoadedModule, ModuleIdentity,
+};
 pub use state::GuestConfig;
 pub use wasi::DATA_MOUNT;

@@ -214,6 +214,14 @@ pub struct LoadedModule {
 /// every tick as a long call gives it up.
 const BATCH_SHARE_OF_TICK: u32 = 1;
 
+/// What a batch call answered, in order, and how many of the messages
+/// after those must now run one by one (through [`InstanceLease::call`]),
+/// their answers given as each is ready.
+pub struct BatchAnswered {
+    pub outcomes: Vec<Result<Vec<spop::Action>, GuestFailure>>,
+    pub then_one_by_one: usize,
+}
+
 /// An instance taken from a module's pool for a run of calls.
 pub struct InstanceLease<'m> {
     module: &'m LoadedModule,
@@ -250,10 +258,7 @@ impl InstanceLease<'_> {
     /// and the ones after it run through `handle-message` on another
     /// instance; after a direct call is cut to move to a fiber, the message
     /// it was on runs again, on a fiber.
-    pub async fn call_batch(
-        &mut self,
-        messages: &[spop::Message],
-    ) -> Vec<Result<Vec<spop::Action>, GuestFailure>> {
+    pub async fn call_batch(&mut self, messages: &[spop::Message]) -> BatchAnswered {
         let module = self.module;
         let share = module.tick() / BATCH_SHARE_OF_TICK;
         let started = Instant::now();
@@ -276,9 +281,16 @@ impl InstanceLease<'_> {
         } = run;
         let answered = outcomes.len().min(messages.len());
         module.record_batch_cost(started.elapsed(), answered);
+        let done = |outcomes| BatchAnswered {
+            outcomes,
+            then_one_by_one: 0,
+        };
         let rerun_from = match stop {
-            BatchStop::Returned if answered == messages.len() => return outcomes,
-            BatchStop::Returned if asked_to_return && answered > 0 => return outcomes,
+            BatchStop::Returned if answered == messages.len() => return done(outcomes),
+            BatchStop::Returned if asked_to_return && answered > 0 => return done(outcomes),
+            // A failure after the last answer costs no message (the
+            // instance is dropped all the same).
+            BatchStop::Failed(_) if answered == messages.len() => return done(outcomes),
             BatchStop::Returned => {
                 outcomes.push(Err(GuestFailure::InvalidOutput(format!(
                     "handle-messages returned without answering message {answered} of {}",
@@ -292,10 +304,11 @@ impl InstanceLease<'_> {
             }
             BatchStop::CutForFiber => answered,
         };
-        for message in messages.get(rerun_from..).unwrap_or_default() {
-            outcomes.push(self.call(message).await);
+        outcomes.truncate(messages.len());
+        BatchAnswered {
+            outcomes,
+            then_one_by_one: messages.len().saturating_sub(rerun_from),
         }
-        outcomes
     }
 
     /// A batch call entered directly; `None` when the instance cannot be
@@ -337,17 +350,19 @@ impl InstanceLease<'_> {
                 }
             },
         };
-        let budget = module.sandbox.config.call_timeout * messages.len().max(1) as u32;
-        let run = module
-            .bounded_to(budget, async {
-                Ok(instance.call_batch_yielding(messages, share).await)
-            })
-            .await;
+        let run = if module.host_can_wait {
+            let progress = instance.batch_progress();
+            let per_message = module.wall_clock_bound(module.sandbox.config.call_timeout);
+            let call = instance.call_batch_yielding(messages, share);
+            held_to_each_answer(call, &progress, per_message).await
+        } else {
+            Some(instance.call_batch_yielding(messages, share).await)
+        };
         let run = match run {
-            Ok(run) => run,
-            Err(failure) => BatchRun {
+            Some(run) => run,
+            None => BatchRun {
                 answers: instance.take_batch_answers(),
-                stop: BatchStop::Failed(failure),
+                stop: BatchStop::Failed(GuestFailure::Timeout),
                 asked_to_return: false,
             },
         };
@@ -616,10 +631,14 @@ impl LoadedModule {
         if !self.host_can_wait {
             return work.await;
         }
-        let limit = timeout + timeout.max(WALL_CLOCK_GRACE);
-        tokio::time::timeout(limit, work)
+        tokio::time::timeout(self.wall_clock_bound(timeout), work)
             .await
             .unwrap_or(Err(GuestFailure::Timeout))
+    }
+
+    /// How long a call with this budget may take in wall-clock time.
+    fn wall_clock_bound(&self, timeout: Duration) -> Duration {
+        timeout.saturating_add(timeout.max(WALL_CLOCK_GRACE))
     }
 
     /// A new instance, its start code held to the call deadline and its
@@ -715,6 +734,29 @@ impl LoadedModule {
 /// time it runs, and the timer only catches calls that wait in the host,
 /// without failing healthy guests on a busy machine.
 const WALL_CLOCK_GRACE: Duration = Duration::from_millis(10);
+
+/// Runs a batch call on a fiber, holding each message to the wall-clock
+/// bound of one call from the previous answer (`progress`, updated by
+/// `batch.answer`): a guest waiting in the host (a WASI sleep or poll) is
+/// cut as a single call would be. `None` when it was cut.
+async fn held_to_each_answer(
+    call: impl Future<Output = BatchRun>,
+    progress: &super::batch::Progress,
+    per_message: Duration,
+) -> Option<BatchRun> {
+    tokio::pin!(call);
+    loop {
+        let last_answer = progress.last_answer();
+        tokio::select! {
+            run = &mut call => return Some(run),
+            _ = tokio::time::sleep_until((last_answer + per_message).into()) => {
+                if progress.last_answer() == last_answer {
+                    return None;
+                }
+            }
+        }
+    }
+}
 
 /// The `init` export, when the component has one. Its type is checked on
 /// the first instance (the smoke call's): a wrong one refuses the module.
