@@ -11,7 +11,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use spoa_host::spop::{Ack, Action, TypedData};
+use spoa_host::spop::{Ack, TypedData};
 use support::agent::Agent;
 use support::spop_client::{Session, SpopClient, encoded, message, notify_frame};
 
@@ -25,15 +25,7 @@ fn int(value: i64) -> TypedData {
 
 /// The `txn` variables an ACK sets, in order, as (name, value) pairs.
 fn vars(ack: &Ack) -> Vec<(String, TypedData)> {
-    ack.actions
-        .iter()
-        .filter_map(|action| match action {
-            Action::SetVar { name, value, .. } => {
-                Some((String::from_utf8_lossy(name).into_owned(), value.clone()))
-            }
-            _ => None,
-        })
-        .collect()
+    support::spop_client::set_vars(ack).collect()
 }
 
 /// The values of every `name` variable an ACK sets, in order.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use spoa_host::spop::{Ack, Action, Message, TypedData};
+use spoa_host::spop::{Ack, Message, TypedData};
 use support::agent::{Agent, run_host};
 use support::http::{metric_value, scrape_metrics};
 use support::lists::write_big_list;
@@ -266,15 +266,7 @@ fn lookup_message(table: &str, ip: IpAddr) -> Message {
 
 /// The variables of one message's answer, by name.
 fn vars(ack: &Ack) -> BTreeMap<String, TypedData> {
-    ack.actions
-        .iter()
-        .filter_map(|action| match action {
-            Action::SetVar { name, value, .. } => {
-                Some((String::from_utf8_lossy(name).into_owned(), value.clone()))
-            }
-            _ => None,
-        })
-        .collect()
+    support::spop_client::set_vars(ack).collect()
 }
 
 fn text(value: Option<&TypedData>) -> Option<String> {

@@ -188,6 +188,16 @@ pub fn score_of(ack: &Ack) -> Option<i64> {
     }
 }
 
+/// The variables an ACK sets, in order, as (name, value) pairs.
+pub fn set_vars(ack: &Ack) -> impl Iterator<Item = (String, TypedData)> + '_ {
+    ack.actions.iter().filter_map(|action| match action {
+        spoa_host::spop::Action::SetVar { name, value, .. } => {
+            Some((String::from_utf8_lossy(name).into_owned(), value.clone()))
+        }
+        _ => None,
+    })
+}
+
 /// A connection after a pipelining HELLO that sends NOTIFYs one at a time,
 /// on stream 1, with frame ids counting from 1.
 pub struct Session {
