@@ -464,7 +464,9 @@ impl Handler for GuestExecutor {
                     answers.answered(&label, tally.outcome(self, result));
                     1
                 } else {
-                    let batch = lease.call_batch(entry).await;
+                    // Boxed: the batch call's state must not grow the future every
+                    // batch is moved into (one call per message is the hot path).
+                    let batch = Box::pin(lease.call_batch(entry)).await;
                     let answered = batch.outcomes.len();
                     debug_assert!(answered > 0, "a batch call answers at least one message");
                     // Never stuck: a batch that answered nothing has its
