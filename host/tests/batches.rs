@@ -301,3 +301,36 @@ fn a_run_of_short_calls_gives_up_its_thread_every_tick() {
         );
     }
 }
+
+/// A guest with WASI (its calls run on fibers, under a wall-clock bound per
+/// answer) that was idle longer than that bound: each burst after the pause
+/// is answered in full, the first message's time counted from when its
+/// batch started, not from the instance's last answer.
+#[test]
+fn a_batch_on_a_fiber_after_a_pause_answers_every_message() {
+    let module = support::artifact("examples/iprep_rust.wasm");
+    let grant = format!(
+        "blocklist={}",
+        support::workspace_root()
+            .join("examples/guests/rust/data/blocklist.txt")
+            .display()
+    );
+    let agent = Agent::start(&module, &["--ip-table", &grant, "-n", "1"]);
+    let mut session = Session::connect(agent.addr());
+    for round in 0..20 {
+        std::thread::sleep(Duration::from_millis(40));
+        let check = || {
+            message(
+                "check-client-ip",
+                vec![("ip", TypedData::Ipv4("198.51.100.7".parse().expect("ip")))],
+            )
+        };
+        let ack = session.notify((0..4).map(|_| check()).collect());
+        assert_eq!(
+            values_of(&ack, "ip_score").len(),
+            4,
+            "round {round}: {:?}",
+            vars(&ack)
+        );
+    }
+}

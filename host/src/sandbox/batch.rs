@@ -28,7 +28,7 @@ impl Progress {
         *self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn answered_at(&self, now: Instant) {
+    pub(crate) fn answered_at(&self, now: Instant) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = now;
     }
 }

@@ -744,10 +744,14 @@ async fn held_to_each_answer(
     progress: &super::batch::Progress,
     per_message: Duration,
 ) -> Option<BatchRun> {
+    // Counted from now: what the instance's last batch left there is stale
+    // (and the call has not started until it is polled).
+    progress.answered_at(Instant::now());
     tokio::pin!(call);
     loop {
         let last_answer = progress.last_answer();
         tokio::select! {
+            biased;
             run = &mut call => return Some(run),
             _ = tokio::time::sleep_until((last_answer + per_message).into()) => {
                 if progress.last_answer() == last_answer {
