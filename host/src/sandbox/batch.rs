@@ -53,15 +53,8 @@ pub(crate) struct BatchAnswers {
 }
 
 impl BatchAnswers {
-    /// Prepares for a batch of `messages`, its answers going to `answers`
-    /// (kept between calls for its allocation).
-    pub(crate) fn start(
-        &mut self,
-        messages: usize,
-        on_fiber: bool,
-        share: std::time::Duration,
-        answers: Vec<Result<Vec<spop::Action>, GuestFailure>>,
-    ) {
+    /// Prepares for a batch of `messages`.
+    pub(crate) fn start(&mut self, messages: usize, on_fiber: bool, share: std::time::Duration) {
         self.expected = u32::try_from(messages).unwrap_or(u32::MAX);
         self.restarts_clock = on_fiber;
         let now = Instant::now();
@@ -70,8 +63,7 @@ impl BatchAnswers {
         if on_fiber {
             self.progress.answered_at(now);
         }
-        self.answers = answers;
-        self.answers.clear();
+        self.answers = Vec::with_capacity(messages);
     }
 
     /// Ends the batch call and hands over the answers given, and whether

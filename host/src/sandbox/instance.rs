@@ -306,13 +306,8 @@ impl GuestInstance {
     ) -> Option<BatchRun> {
         self.blocking.as_ref()?;
         let func = self.batch?;
-        let input = messages.iter().map(message_to_wit).collect();
-        self.calls += messages.len() as u64;
-        start_call(&mut self.store);
-        let answers = Vec::with_capacity(messages.len());
-        let state = self.store.data_mut();
-        state.batch.start(messages.len(), false, share, answers);
-        state.direct_call = true;
+        let input = self.start_batch(messages, false, share);
+        self.store.data_mut().direct_call = true;
         let outcome = func.call(&mut self.store, (input,));
         self.store.data_mut().direct_call = false;
         Some(self.batch_run(outcome))
@@ -333,13 +328,8 @@ impl GuestInstance {
                 asked_to_return: false,
             };
         };
-        let input = messages.iter().map(message_to_wit).collect();
-        self.calls += messages.len() as u64;
-        start_call(&mut self.store);
-        let answers = Vec::with_capacity(messages.len());
-        let state = self.store.data_mut();
-        state.batch.start(messages.len(), true, share, answers);
-        state.call_started = std::time::Instant::now();
+        let input = self.start_batch(messages, true, share);
+        self.store.data_mut().call_started = std::time::Instant::now();
         let outcome = func.call_async(&mut self.store, (input,)).await;
         if let Ok(mut slot) = self.store.data().long_call_slot.lock() {
             slot.take();
@@ -364,6 +354,22 @@ impl GuestInstance {
     /// What the wall-clock watchdog of a batch call on a fiber reads.
     pub(crate) fn batch_progress(&self) -> super::batch::Progress {
         self.store.data().batch.progress.clone()
+    }
+
+    /// Resets the per-call state for a batch of `messages` and lowers them.
+    fn start_batch(
+        &mut self,
+        messages: &[spop::Message],
+        on_fiber: bool,
+        share: std::time::Duration,
+    ) -> Vec<wit::Message> {
+        self.calls += messages.len() as u64;
+        start_call(&mut self.store);
+        self.store
+            .data_mut()
+            .batch
+            .start(messages.len(), on_fiber, share);
+        messages.iter().map(message_to_wit).collect()
     }
 
     /// The answers a batch call gave before it was abandoned (its future

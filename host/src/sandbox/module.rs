@@ -664,11 +664,6 @@ impl LoadedModule {
         }
     }
 
-    /// Whether the module has the batch export.
-    pub fn has_batch(&self) -> bool {
-        self.batch.is_some()
-    }
-
     /// The guest's time slice on a data-plane thread (the epoch tick).
     pub fn tick(&self) -> Duration {
         self.sandbox.pace.tick()
