@@ -78,9 +78,15 @@ test-deps:
 
 ## Every test: codec and unit tests, guest logic (native), SPOP over TCP,
 ## hostile peers and guests, hot reload, the example guests, and end to end
-## with a real HAProxy. Every test binary runs even when one fails.
+## with a real HAProxy: the system's (Debian 12: 2.6), then every end-to-end
+## test again on HAProxy 3.x (built once into target/haproxy3/ by
+## scripts/haproxy3.sh; HAPROXY3_BIN overrides it). Every test binary runs
+## even when one fails.
 test: test-deps guest fixtures examples host
-	$(CARGO) test --release --workspace --exclude guest-hostile --exclude guest-tables --exclude guest-batch --no-fail-fast
+	status=0; \
+	$(CARGO) test --release --workspace --exclude guest-hostile --exclude guest-tables --exclude guest-batch --no-fail-fast || status=1; \
+	CARGO=$(CARGO) scripts/test-haproxy3.sh || status=1; \
+	exit $$status
 
 ## Load generator figures for BENCHMARKS.md (DURATION=10s by default;
 ## ONLY=tables runs the IP-table section alone).

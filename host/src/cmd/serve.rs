@@ -14,6 +14,7 @@ use crate::exec::start_data_plane;
 use crate::guests::{ConfigReloader, Guest, GuestServices, start_router, start_single};
 use crate::kv::KvStore;
 use crate::metrics::Metrics;
+use crate::metrics::status::StatusSource;
 use crate::net::{AllowList, Listeners, TlsFiles, TlsServer, UnixSettings};
 use crate::settings::cli::{DEFAULT_ADDRESS, DEFAULT_PORT, KvArgs, ServeArgs};
 use crate::settings::file::{AgentConfig, single_guest};
@@ -114,7 +115,10 @@ async fn serve_async(
         long_call_slots: data_plane_threads.saturating_sub(1).max(1) as u32,
         realtime_ticker: args.control_priority == crate::settings::cli::ControlPriority::Realtime,
     };
-    let (handler, _guests) = build_handler(&args, config, &runtime).await?;
+    let (handler, statuses, _guests) = build_handler(&args, config, &runtime).await?;
+    if let Some(statuses) = statuses {
+        metrics.watch_guests(statuses);
+    }
 
     if let Some(address) = metrics_address {
         crate::metrics::http::spawn(address, metrics.clone(), shutdown.clone()).await?;
@@ -185,16 +189,25 @@ async fn serve_async(
 }
 
 /// The router over the guests (with their reload triggers, which live as
-/// long as the returned guests), or the native benchmark handler.
+/// long as the returned guests) and where `/status` reads them, or the
+/// native benchmark handler.
 async fn build_handler(
     args: &ServeArgs,
     config: Option<AgentConfig>,
     runtime: &GuestServices,
-) -> Result<(Arc<dyn Handler>, Vec<Arc<Guest>>)> {
+) -> Result<(
+    Arc<dyn Handler>,
+    Option<Arc<dyn StatusSource>>,
+    Vec<Arc<Guest>>,
+)> {
     #[cfg(feature = "native-iprep")]
     if args.native_iprep {
         tracing::warn!("serving with the native IP-reputation handler (benchmarking aid)");
-        return Ok((Arc::new(crate::native::NativeIprep::default()), Vec::new()));
+        return Ok((
+            Arc::new(crate::native::NativeIprep::default()),
+            None,
+            Vec::new(),
+        ));
     }
     match config {
         Some(config) => {
@@ -208,7 +221,7 @@ async fn build_handler(
                 guests,
             }
             .spawn()?;
-            Ok((router, Vec::new()))
+            Ok((router.clone(), Some(router), Vec::new()))
         }
         None => {
             let path = args
@@ -217,7 +230,11 @@ async fn build_handler(
                 .context("--module or --config is required")?;
             let spec = single_guest(path, &args.sandbox, args.error_var.as_deref());
             let guest = start_single(runtime, spec).await?;
-            Ok((guest.executor.clone(), vec![Arc::new(guest)]))
+            Ok((
+                guest.executor.clone(),
+                Some(guest.executor.clone()),
+                vec![Arc::new(guest)],
+            ))
         }
     }
 }

@@ -15,6 +15,7 @@
 //! more than half the throughput).
 
 mod policy;
+mod status;
 
 use std::cell::Cell;
 use std::future::Future;
@@ -394,7 +395,8 @@ impl GuestExecutor {
             since_first_call_ms = since.as_secs_f64() * 1e3,
             "new version rolled back to the last good one; it is not loaded again until its files change"
         );
-        self.metrics.rolled_back(&last_good.module.identity);
+        self.metrics
+            .rolled_back(&failed.module.identity, &last_good.module.identity);
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
@@ -138,6 +138,13 @@ impl Quarantine {
         (at.saturating_duration_since(self.clock_origin).as_millis() as u64).max(1)
     }
 
+    /// When the quarantine under way ends, if one is.
+    pub fn until(&self) -> Option<SystemTime> {
+        let until = self.until_ms.load(Ordering::Relaxed);
+        let now = self.millis(Instant::now());
+        (until > now).then(|| SystemTime::now() + Duration::from_millis(until - now))
+    }
+
     /// Whether the guest is quarantined now. `Err(())` when the quarantine
     /// just ended (the caller logs it once).
     pub fn check(&self) -> Result<bool, ()> {
@@ -254,6 +261,16 @@ impl Probation {
             policy,
             state: Mutex::new(ProbationState::default()),
         }
+    }
+
+    /// Calls and faults counted so far.
+    pub fn progress(&self) -> (u64, u64) {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        (state.calls, state.faults)
+    }
+
+    pub fn policy(&self) -> &RollbackPolicy {
+        &self.policy
     }
 
     /// Counts `calls` calls with `faults` faults (the batch's faults come

@@ -119,6 +119,7 @@ impl Reloader {
     pub async fn reload(self: &Arc<Self>, reason: &'static str) -> ReloadResult {
         let guest = self.executor.name();
         let metrics = self.executor.metrics();
+        metrics.reload_started(reason);
         if let Some(files) = self.current_files() {
             if files == self.executor.active_version() {
                 tracing::info!(

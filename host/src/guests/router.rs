@@ -13,6 +13,7 @@ use futures_util::future::join_all;
 use crate::agent::{Answers, BatchFuture, Handler, MessageOutcome};
 use crate::exec::GuestExecutor;
 use crate::metrics::Metrics;
+use crate::metrics::status::{GuestStatus, StatusSource};
 use crate::spop;
 
 /// Unrouted message names logged once each, up to this many (a peer could
@@ -85,6 +86,17 @@ impl Router {
                 "no guest declares this message; answered without actions"
             );
         }
+    }
+}
+
+impl StatusSource for Router {
+    fn guest_statuses(&self) -> Vec<GuestStatus> {
+        self.set
+            .load()
+            .guests
+            .iter()
+            .map(|guest| guest.status())
+            .collect()
     }
 }
 

@@ -102,6 +102,9 @@ pub struct KvStats {
     pub failures: [u64; 3],
     /// Redis: times the connection came back after failing.
     pub reconnects: u64,
+    /// Whether the store answers: always for the in-process store; for
+    /// Redis, unless its last call found it unreachable.
+    pub up: bool,
 }
 
 enum Backend {
@@ -189,6 +192,10 @@ impl KvStore {
         for (slot, count) in stats.failures.iter_mut().zip(self.failures.iter()) {
             *slot = count.load(Ordering::Relaxed);
         }
+        stats.up = match &*self.backend {
+            Backend::Memory(_) => true,
+            Backend::Redis(store) => !store.is_down(),
+        };
         stats
     }
 

@@ -101,6 +101,11 @@ impl RedisStore {
         self.reconnects.load(Ordering::Relaxed)
     }
 
+    /// The last call found Redis unreachable, and none has succeeded since.
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+
     fn key(&self, bucket: &str, key: &str) -> String {
         format!("{}{bucket}:{key}", self.prefix)
     }

@@ -1,7 +1,9 @@
-//! A minimal HTTP/1.x endpoint for Prometheus scrapes: `GET /metrics`.
+//! A minimal, read-only HTTP/1.x endpoint: `GET /metrics` for Prometheus
+//! scrapes and `GET /status` (JSON: what each guest runs now).
 //!
-//! Deliberately tiny (one request per connection, no keep-alive): a scrape
-//! endpoint does not justify an HTTP stack in the agent's dependency tree.
+//! Deliberately tiny (one request per connection, no keep-alive): two
+//! read-only pages do not justify an HTTP stack in the agent's dependency
+//! tree.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -54,16 +56,24 @@ async fn respond(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()
         request.extend_from_slice(&chunk[..n]);
     }
     let line = request.split(|&b| b == b'\r').next().unwrap_or_default();
-    let (status, content_type, body) =
-        if line.starts_with(b"GET /metrics ") || line == b"GET /metrics" {
-            (
-                "200 OK",
-                "text/plain; version=0.0.4; charset=utf-8",
-                metrics.render(),
-            )
-        } else {
-            ("404 Not Found", "text/plain", "try /metrics\n".to_string())
-        };
+    let (status, content_type, body) = match requested_path(line) {
+        Some("/metrics") => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.render(),
+        ),
+        Some("/status") => (
+            "200 OK",
+            "application/json",
+            // Plain data: serializing it cannot fail.
+            serde_json::to_string_pretty(&metrics.status_report()).unwrap_or_default() + "\n",
+        ),
+        _ => (
+            "404 Not Found",
+            "text/plain",
+            "try /metrics or /status\n".to_string(),
+        ),
+    };
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -71,4 +81,33 @@ async fn respond(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body.as_bytes()).await?;
     stream.shutdown().await
+}
+
+/// The path of a `GET` request line (`GET /status HTTP/1.1`), without its
+/// query; `None` for any other method.
+fn requested_path(line: &[u8]) -> Option<&str> {
+    let line = std::str::from_utf8(line).ok()?;
+    let mut parts = line.split(' ');
+    if parts.next()? != "GET" {
+        return None;
+    }
+    let target = parts.next()?;
+    Some(target.split('?').next().unwrap_or(target))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::requested_path;
+
+    #[test]
+    fn request_lines_name_their_path() {
+        assert_eq!(requested_path(b"GET /status HTTP/1.1"), Some("/status"));
+        assert_eq!(requested_path(b"GET /metrics"), Some("/metrics"));
+        assert_eq!(
+            requested_path(b"GET /metrics?x=1 HTTP/1.0"),
+            Some("/metrics")
+        );
+        assert_eq!(requested_path(b"POST /status HTTP/1.1"), None);
+        assert_eq!(requested_path(b"\xff"), None);
+    }
 }

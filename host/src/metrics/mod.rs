@@ -2,11 +2,13 @@
 //! plain atomic handle once, at start-up, so counting costs one atomic add.
 
 pub mod http;
+pub mod status;
 mod tables;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -19,6 +21,7 @@ use crate::kv::{KvFailureCause, KvStats, KvStore};
 use crate::sandbox::{LoadFailureCause, ModuleIdentity};
 use crate::spop::{FrameType, Status};
 use crate::tables::IpTables;
+use status::{GuestHistory, ModuleRef, ReloadRecord, RollbackRecord, StatusSource, rfc3339};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FrameLabels {
@@ -130,6 +133,9 @@ pub struct Metrics {
     kv_store: Mutex<Option<KvStore>>,
     tables: tables::TableSeries,
     ip_tables: Mutex<Option<IpTables>>,
+    started_at: SystemTime,
+    /// The guests serving now, for `/status`.
+    guests_now: Mutex<Option<Arc<dyn StatusSource>>>,
 }
 
 /// The shared key-value store's series, set from [`KvStore::stats`] at each
@@ -143,6 +149,7 @@ struct KvSeries {
     expired: Counter,
     failures: [Counter; KvFailureCause::ALL.len()],
     reconnects: Counter,
+    up: Gauge,
 }
 
 impl KvSeries {
@@ -197,6 +204,11 @@ impl KvSeries {
                 "kv_reconnects",
                 "Times the Redis store came back after failing",
             ),
+            up: gauge(
+                registry,
+                "kv_up",
+                "1 while the key-value store answers (Redis: 0 from a call that finds it unreachable until one succeeds)",
+            ),
         }
     }
 
@@ -210,6 +222,7 @@ impl KvSeries {
             raise_to(counter, count);
         }
         raise_to(&self.reconnects, stats.reconnects);
+        self.up.set(i64::from(stats.up));
     }
 }
 
@@ -234,6 +247,9 @@ struct GuestFamilies {
     /// The `module_info` labels set now for each guest, to remove on the
     /// next change (a guest restarted by a configuration reload shares them).
     module_labels: Arc<Mutex<HashMap<String, ModuleLabels>>>,
+    /// Each guest's reload and rollback history, by name (shared the same
+    /// way).
+    histories: Arc<Mutex<HashMap<String, Arc<Mutex<GuestHistory>>>>>,
 }
 
 type AtomicI64Compat = std::sync::atomic::AtomicI64;
@@ -350,6 +366,32 @@ impl Metrics {
             kv_store: Mutex::new(None),
             tables: table_series,
             ip_tables: Mutex::new(None),
+            started_at: SystemTime::now(),
+            guests_now: Mutex::new(None),
+        }
+    }
+
+    /// Reports `guests` in `/status` from now on.
+    pub fn watch_guests(&self, guests: Arc<dyn StatusSource>) {
+        *self.guests_now.lock().unwrap_or_else(|p| p.into_inner()) = Some(guests);
+    }
+
+    /// What `GET /status` answers.
+    pub fn status_report(&self) -> status::StatusReport {
+        let source = self
+            .guests_now
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        status::StatusReport {
+            agent: status::AgentStatus {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                started_at: rfc3339(self.started_at),
+                uptime_seconds: SystemTime::now()
+                    .duration_since(self.started_at)
+                    .map_or(0, |d| d.as_secs()),
+            },
+            guests: source.map_or_else(Vec::new, |source| source.guest_statuses()),
         }
     }
 
@@ -469,6 +511,7 @@ impl GuestFamilies {
             quarantined: Family::default(),
             rollbacks: Family::default(),
             module_labels: Default::default(),
+            histories: Default::default(),
         };
         registry.register(
             "guest_calls",
@@ -535,6 +578,8 @@ pub struct GuestMetrics {
     quarantines: Counter,
     quarantined: Gauge<i64, AtomicI64Compat>,
     rollbacks: Counter,
+    failure_kinds: Vec<&'static str>,
+    history: Arc<Mutex<GuestHistory>>,
 }
 
 impl GuestMetrics {
@@ -584,7 +629,52 @@ impl GuestMetrics {
             quarantines: families.quarantines.get_or_create(&guest()).clone(),
             quarantined: families.quarantined.get_or_create(&guest()).clone(),
             rollbacks: families.rollbacks.get_or_create(&guest()).clone(),
+            failure_kinds: failure_kinds.to_vec(),
+            history: families
+                .histories
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(name.to_owned())
+                .or_default()
+                .clone(),
         }
+    }
+
+    /// Unanswered messages so far, by failure kind.
+    pub fn failure_counts(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        self.failure_kinds
+            .iter()
+            .zip(&self.failures)
+            .map(|(&kind, counter)| (kind, counter.get()))
+    }
+
+    /// The guest's last reload and rollback.
+    pub fn history(&self) -> GuestHistory {
+        self.history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn edit_history(&self, edit: impl FnOnce(&mut GuestHistory)) {
+        edit(&mut self.history.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// A reload starts, because of `trigger`; its result is recorded by the
+    /// call that counts it.
+    pub fn reload_started(&self, trigger: &'static str) {
+        self.edit_history(|history| history.reload_trigger = Some(trigger));
+    }
+
+    fn reload_ended(&self, result: &str, cause: Option<&str>) {
+        self.edit_history(|history| {
+            history.last_reload = Some(ReloadRecord {
+                at: rfc3339(SystemTime::now()),
+                result: result.to_owned(),
+                cause: cause.map(str::to_owned),
+                trigger: history.reload_trigger.take().map(str::to_owned),
+            });
+        });
     }
 
     /// Adds one batch's calls and failures (by the index of their kind in
@@ -610,6 +700,8 @@ impl GuestMetrics {
     pub fn module_serving(&self, identity: &ModuleIdentity, is_reload: bool) {
         if is_reload {
             self.reloads_ok.inc();
+            self.reload_ended("ok", None);
+            self.edit_history(|history| history.rolled_back = None);
         }
         let labels = ModuleLabels {
             guest: self.name.clone(),
@@ -637,22 +729,30 @@ impl GuestMetrics {
         if let Some(previous) = current.remove(&self.name) {
             self.families.module_info.remove(&previous);
         }
+        self.families
+            .histories
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.name);
         self.quarantined.set(0);
     }
 
     /// A reload found the module, configuration and data unchanged.
     pub fn reload_unchanged(&self) {
         self.reloads_unchanged.inc();
+        self.reload_ended("unchanged", None);
     }
 
     /// A reload found the version that was rolled back, unchanged.
     pub fn reload_skipped_rejected(&self) {
         self.reloads_skipped.inc();
+        self.reload_ended("rejected_before", None);
     }
 
     pub fn reload_failed(&self, cause: LoadFailureCause) {
         self.reloads_failed.inc();
         self.reload_failure_causes[cause.index()].inc();
+        self.reload_ended("failed", Some(cause.name()));
     }
 
     pub fn quarantine_started(&self) {
@@ -664,8 +764,16 @@ impl GuestMetrics {
         self.quarantined.set(0);
     }
 
-    pub fn rolled_back(&self, restored: &ModuleIdentity) {
+    /// `rejected` failed its probation; `restored` serves again.
+    pub fn rolled_back(&self, rejected: &ModuleIdentity, restored: &ModuleIdentity) {
         self.rollbacks.inc();
         self.module_serving(restored, false);
+        self.edit_history(|history| {
+            history.rolled_back = Some(RollbackRecord {
+                from: ModuleRef::of(rejected),
+                to: ModuleRef::of(restored),
+                at: rfc3339(SystemTime::now()),
+            });
+        });
     }
 }

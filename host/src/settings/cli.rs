@@ -64,6 +64,25 @@ pub enum Command {
     /// the guests' deadlines), or the backend of agents to add to
     /// haproxy.cfg.
     HaproxyConfig(HaproxyConfigArgs),
+    /// Print what a running agent serves: each guest's module and hash, its
+    /// state (serving, on probation, quarantined, rolled back), its last
+    /// reload, and its calls and faults, read from `GET /status` on the
+    /// agent's metrics address. Read-only.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The agent's --metrics-address [default: the `metrics-address` of
+    /// --config, else 127.0.0.1:9345].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_address: Option<std::net::SocketAddr>,
+    /// The agent's configuration file, for its `metrics-address`.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the JSON document as served instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -472,7 +491,6 @@ pub struct SandboxArgs {
 
 impl SandboxArgs {
     /// The flags' defaults, as a command line without them gives.
-    #[cfg(test)]
     pub fn defaults() -> SandboxArgs {
         #[derive(Parser)]
         struct Only {

@@ -35,7 +35,19 @@ pub fn haproxy_binary() -> Option<PathBuf> {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if found {
-        return Some(PathBuf::from(candidate));
+        let binary = PathBuf::from(candidate);
+        // The HAProxy 3.x pass of `make test` sets this, so a wrong binary
+        // fails every test instead of passing them on the other version.
+        if let Ok(expected) = std::env::var("SPOA_EXPECT_HAPROXY") {
+            let (major, minor) = haproxy_version(&binary);
+            assert_eq!(
+                major.to_string(),
+                expected,
+                "SPOA_EXPECT_HAPROXY={expected}, but {} is HAProxy {major}.{minor}",
+                binary.display()
+            );
+        }
+        return Some(binary);
     }
     let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     if !in_ci && std::env::var("SPOA_SKIP_HAPROXY").is_ok_and(|v| v == "1") {

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Runs every end-to-end test that starts a real HAProxy a second time, on
+# HAProxy 3.x (scripts/haproxy3.sh builds one when there is none; HAPROXY3_BIN
+# overrides it). The tests find it in HAPROXY_BIN, and SPOA_EXPECT_HAPROXY=3
+# makes each of them fail if the binary they get is not 3.x. From 3.1 the
+# tests use `spoa-host haproxy-config --haproxy 3` and examples/haproxy-3.x
+# (`mode spop` backends).
+#
+# The tests are found, not listed: every test function in host/tests that
+# calls `haproxy_binary()`, so a new end-to-end test runs on both versions.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+binary=$(scripts/haproxy3.sh)
+"$binary" -v | sed -n 1p
+
+# One line per test binary: FILE NAME... (the tests of FILE that start an
+# HAProxy, directly or through a helper of the same file).
+found=$(python3 - <<'PY'
+import glob, os, re
+fn = re.compile(r"^(?:pub )?(?:async )?fn ([a-z0-9_]+)\(", re.M)
+for path in sorted(glob.glob("host/tests/*.rs")):
+    text = open(path).read()
+    starts = [(m.start(), m.group(1)) for m in fn.finditer(text)] + [(len(text), None)]
+    bodies = {}
+    tests = set()
+    for (begin, name), (end, _) in zip(starts, starts[1:]):
+        bodies[name] = text[begin:end]
+        if text[:begin].rstrip().endswith("#[test]"):
+            tests.add(name)
+    direct = {n for n, b in bodies.items() if "haproxy_binary()" in b}
+    helpers = direct - tests
+    chosen = sorted(
+        t for t in tests
+        if t in direct or any(re.search(r"\b%s\(" % h, bodies[t]) for h in helpers)
+    )
+    if helpers and not any(re.search(r"\b%s\(" % h, bodies[t]) for t in tests for h in helpers):
+        raise SystemExit(f"{path}: {sorted(helpers)} start HAProxy but no test calls them")
+    if chosen:
+        print(os.path.basename(path)[:-3], *chosen)
+PY
+)
+files=()
+names=()
+while read -r file tests; do
+    files+=(--test "$file")
+    # shellcheck disable=SC2206
+    names+=($tests)
+done <<< "$found"
+if [ ${#names[@]} -eq 0 ]; then
+    echo "test-haproxy3: no end-to-end test found in host/tests" >&2
+    exit 1
+fi
+echo "test-haproxy3: ${#names[@]} end-to-end tests on $binary"
+HAPROXY_BIN=$binary SPOA_EXPECT_HAPROXY=3 \
+    ${CARGO:-cargo} test --release -p spoa-host "${files[@]}" --no-fail-fast -- --exact "${names[@]}"
