@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # What `make test` needs outside cargo: HAProxy (the end-to-end tests run a
-# real one), Redis (the shared-state tests run a real redis-server) and the Python and JavaScript toolchains the example guests are
-# built with (python3 with venv, node and npm). Installs what is missing with
+# real one; a 3.x is built by scripts/haproxy3.sh), Redis (the shared-state
+# tests run a real redis-server), promtool (Debian's prometheus package: the
+# alerting rules' tests), lintian (the Debian package's check) and the Python
+# and JavaScript toolchains the example guests are built with (python3 with
+# venv, node and npm). Installs what is missing with
 # apt-get when it can (root and apt-get present); otherwise says what to
 # install. The HAProxy and Redis tests fail, never skip, without them. The TLS tests
 # generate their certificates with the openssl command.
@@ -13,6 +16,8 @@ command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v lintian >/dev/null 2>&1 || missing+=(lintian)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3 python3-venv python3-pip)
 
 if [ ${#missing[@]} -gt 0 ]; then
@@ -20,7 +25,7 @@ if [ ${#missing[@]} -gt 0 ]; then
         echo "test-deps: installing ${missing[*]} with apt-get"
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
-        apt-get install -y -qq "${missing[@]}" >/dev/null
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     else
         echo "test-deps: missing ${missing[*]}; install them (Debian/Ubuntu: sudo apt-get install ${missing[*]})." >&2
         echo "test-deps: the tests that need them will fail." >&2
