@@ -25,7 +25,7 @@ if [ ${#missing[@]} -gt 0 ]; then
         echo "test-deps: installing ${missing[*]} with apt-get"
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        apt-get install -y -qq "${missing[@]}" >/dev/null
     else
         echo "test-deps: missing ${missing[*]}; install them (Debian/Ubuntu: sudo apt-get install ${missing[*]})." >&2
         echo "test-deps: the tests that need them will fail." >&2
