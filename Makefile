@@ -13,10 +13,13 @@ FIXTURES     := target/fixtures
 PORT         ?= 12345
 AGENT_ARGS   ?=
 
+CARGO_DEB    := target/tools/bin/cargo-deb
+CARGO_DEB_VERSION := 3.8.0
+
 EXAMPLES     := target/examples
 EXAMPLE_RUST := examples/guests/rust/target/wasm32-wasip2/release/iprep_rust.wasm
 
-.PHONY: all setup build guest fixtures host run test test-deps examples lint fmt bench fuzz clean
+.PHONY: all setup build guest fixtures host run test test-deps examples deb lint fmt bench fuzz clean
 
 all: build
 
@@ -72,6 +75,14 @@ examples: setup
 	examples/guests/python/build.sh
 	examples/guests/javascript/build.sh
 
+## The Debian package: target/debian/spoa-host_VERSION_amd64.deb (cargo-deb,
+## installed into target/tools when missing). Its contents: `dpkg -c`.
+deb: build $(CARGO_DEB)
+	$(CARGO_DEB) -p spoa-host --no-build --strip --output target/debian/
+
+$(CARGO_DEB):
+	$(CARGO) install cargo-deb --locked --version $(CARGO_DEB_VERSION) --root target/tools
+
 ## HAProxy and the example toolchains, installed when missing (apt-get).
 test-deps:
 	@scripts/test-deps.sh
@@ -82,7 +93,7 @@ test-deps:
 ## test again on HAProxy 3.x (built once into target/haproxy3/ by
 ## scripts/haproxy3.sh; HAPROXY3_BIN overrides it). Every test binary runs
 ## even when one fails.
-test: test-deps guest fixtures examples host
+test: test-deps guest fixtures examples host deb
 	status=0; \
 	$(CARGO) test --release --workspace --exclude guest-hostile --exclude guest-tables --exclude guest-batch --no-fail-fast || status=1; \
 	CARGO=$(CARGO) scripts/test-haproxy3.sh || status=1; \

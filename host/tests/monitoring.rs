@@ -67,7 +67,9 @@ fn the_alerting_rules_are_valid_and_every_alert_passes_its_unit_tests() {
     assert!(alerts.len() >= 8, "{alerts:?}");
     for alert in alerts {
         assert!(
-            tests.contains(&format!("alertname: {alert}\n        exp_alerts:\n          - ")),
+            tests.contains(&format!(
+                "alertname: {alert}\n        exp_alerts:\n          - "
+            )),
             "no test case in which {alert} fires"
         );
     }
@@ -76,7 +78,11 @@ fn the_alerting_rules_are_valid_and_every_alert_passes_its_unit_tests() {
 /// Every `expr` of the dashboard's panels.
 fn dashboard_queries(dashboard: &Value) -> Vec<String> {
     let mut queries = Vec::new();
-    let mut panels: Vec<&Value> = dashboard["panels"].as_array().expect("panels").iter().collect();
+    let mut panels: Vec<&Value> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .collect();
     while let Some(panel) = panels.pop() {
         if let Some(inner) = panel["panels"].as_array() {
             panels.extend(inner);
@@ -186,6 +192,9 @@ smoke-args = ["ip=ipv4:127.0.0.1"]
         "spoa_connections_current",
         "spoa_connections_refused_total",
     ] {
-        assert!(used.contains(family), "the monitoring files never use {family}");
+        assert!(
+            used.contains(family),
+            "the monitoring files never use {family}"
+        );
     }
 }
