@@ -127,6 +127,56 @@ fn example_files_are_valid_for_the_installed_haproxy() {
     assert!(unit.contains("--module /etc/spoa-host/handler.wasm"));
 }
 
+/// The lines of an HAProxy file that configure something (no comments, no
+/// blank lines).
+fn directives(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim_end)
+        .filter(|line| !line.trim().is_empty() && !line.trim_start().starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The end-to-end tests run the example files; those are exactly what
+/// `spoa-host haproxy-config` generates from `examples/spoa-host.toml`, so
+/// every HAProxy test runs the generated configuration (`mode spop` on 3.x).
+#[test]
+fn the_example_files_are_what_haproxy_config_generates() {
+    let agent_config = workspace_root().join("examples/spoa-host.toml");
+    for (version, dir) in [("2.6", "haproxy-2.6"), ("3", "haproxy-3.x")] {
+        let generate = |section: &str| {
+            let output = support::agent::run_host(&[
+                "haproxy-config",
+                "--config",
+                &agent_config.display().to_string(),
+                "--haproxy",
+                version,
+                "--section",
+                section,
+            ]);
+            assert!(output.status.success(), "{output:?}");
+            String::from_utf8(output.stdout).expect("utf-8")
+        };
+        let examples = workspace_root().join("examples").join(dir);
+        let spoe = std::fs::read_to_string(examples.join("spoe-iprep.conf")).expect("spoe");
+        assert_eq!(
+            directives(&spoe),
+            directives(&generate("spoe")),
+            "{dir}/spoe-iprep.conf differs from `haproxy-config --haproxy {version}`"
+        );
+        let cfg = std::fs::read_to_string(examples.join("haproxy.cfg")).expect("haproxy.cfg");
+        let backend = directives(&generate("backend"));
+        let start = cfg
+            .find(&format!("\n{}\n", backend[0]))
+            .unwrap_or_else(|| panic!("{dir}/haproxy.cfg has no `{}`", backend[0]));
+        assert_eq!(
+            directives(&cfg[start..]),
+            backend,
+            "{dir}/haproxy.cfg's agents backend differs from `haproxy-config --haproxy {version} --section backend`"
+        );
+    }
+}
+
 /// Two agents behind one HAProxy; one is killed under load. Requests keep
 /// getting scores from the other.
 #[test]

@@ -138,6 +138,10 @@ pub fn spoe_file(config: &AgentConfig, version: HaproxyVersion) -> String {
     out
 }
 
+/// A check a second; an agent is marked down after three failed checks and
+/// up again after two good ones, so one lost check does not move traffic.
+const DEFAULT_SERVER_CHECK: &str = "inter 1s fall 3 rise 2";
+
 /// The backend of agents, health-checked with SPOP HELLOs.
 pub fn backend(config: &AgentConfig, version: HaproxyVersion) -> String {
     let (_, _, _, backend) = names(config);
@@ -179,10 +183,15 @@ pub fn backend(config: &AgentConfig, version: HaproxyVersion) -> String {
     let _ = writeln!(out, "    option spop-check");
     let _ = writeln!(out, "    option redispatch");
     let _ = writeln!(out, "    retries 2");
+    let check = config
+        .haproxy
+        .check
+        .as_deref()
+        .unwrap_or(DEFAULT_SERVER_CHECK);
     for (index, server) in servers.iter().enumerate() {
         let _ = writeln!(
             out,
-            "    server agent{} {server} check inter 1s fall 3 rise 2 on-marked-down shutdown-sessions",
+            "    server agent{} {server} check {check} on-marked-down shutdown-sessions",
             index + 1
         );
     }

@@ -66,6 +66,9 @@ pub struct HaproxyTable {
     /// The agents' addresses (default: this agent's address and port).
     #[serde(default)]
     pub servers: Vec<String>,
+    /// The health check options of each `server` line (default
+    /// `inter 1s fall 3 rise 2`).
+    pub check: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
