@@ -188,6 +188,7 @@ fn status_follows_a_guest_through_probation_rollback_and_a_refused_reload() {
     let output = run_host(&["status", "--metrics-address", &metrics.to_string()]);
     assert!(output.status.success(), "{output:?}");
     let table = String::from_utf8_lossy(&output.stdout);
+    eprintln!("{table}");
     assert!(
         table.lines().any(|line| line.starts_with("iprep ")
             && line.contains("rolled_back")
