@@ -18,7 +18,10 @@ cd "$(dirname "$0")/.."
 
 VERSION=${HAPROXY3_VERSION:-3.2.23}
 SHA256=${HAPROXY3_SHA256:-82d14ef33571e4edeb9197516c0d058a3775fb80541e46afe4377428e461fef0}
-POOL=${HAPROXY3_POOL:-http://deb.debian.org/debian/pool/main/h/haproxy}
+# Where the tarball is looked for, in order: Debian's pool (until the
+# version is superseded there), Debian's snapshot archive, upstream. The
+# SHA-256 is checked whichever answers.
+URLS=${HAPROXY3_URLS:-"http://deb.debian.org/debian/pool/main/h/haproxy/haproxy_$VERSION.orig.tar.gz https://snapshot.debian.org/archive/debian/20260901T000000Z/pool/main/h/haproxy/haproxy_$VERSION.orig.tar.gz https://www.haproxy.org/download/${VERSION%.*}/src/haproxy-$VERSION.tar.gz"}
 OUT=target/haproxy3
 BIN=$OUT/haproxy
 
@@ -50,6 +53,7 @@ command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         say "installing ${missing[*]} (build tools, from the system's own suite)"
+        apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
         say "missing ${missing[*]}: install them, or set HAPROXY3_BIN"
@@ -61,12 +65,18 @@ started=$(date +%s)
 mkdir -p "$OUT"
 orig=$OUT/haproxy_$VERSION.orig.tar.gz
 if ! echo "$SHA256  $orig" | sha256sum -c --status 2>/dev/null; then
-    say "fetching Debian's haproxy $VERSION source ($POOL)"
-    curl -fsS --retry 3 -m 300 -o "$orig.part" "$POOL/haproxy_$VERSION.orig.tar.gz"
-    mv "$orig.part" "$orig"
+    for url in $URLS; do
+        say "fetching haproxy $VERSION from $url"
+        if curl -fsS --retry 2 -m 300 -o "$orig.part" "$url" \
+            && echo "$SHA256  $orig.part" | sha256sum -c --status; then
+            mv "$orig.part" "$orig"
+            break
+        fi
+        rm -f "$orig.part"
+    done
 fi
-if ! echo "$SHA256  $orig" | sha256sum -c --status; then
-    say "haproxy_$VERSION.orig.tar.gz does not have the pinned SHA-256 $SHA256"
+if ! echo "$SHA256  $orig" | sha256sum -c --status 2>/dev/null; then
+    say "no source gave haproxy $VERSION with the pinned SHA-256 $SHA256 (tried: $URLS); set HAPROXY3_BIN"
     exit 1
 fi
 src=$OUT/src

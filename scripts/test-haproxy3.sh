@@ -18,24 +18,30 @@ binary=$(scripts/haproxy3.sh)
 # HAProxy, directly or through a helper of the same file).
 found=$(python3 - <<'PY'
 import glob, os, re
-fn = re.compile(r"^(?:pub )?(?:async )?fn ([a-z0-9_]+)\(", re.M)
+fn = re.compile(r"^(?:pub(?:\([^)]*\))? )?(?:async )?fn ([a-z0-9_]+)\s*[<(]", re.M)
 for path in sorted(glob.glob("host/tests/*.rs")):
     text = open(path).read()
     starts = [(m.start(), m.group(1)) for m in fn.finditer(text)] + [(len(text), None)]
-    bodies = {}
-    tests = set()
+    bodies, tests = {}, set()
     for (begin, name), (end, _) in zip(starts, starts[1:]):
         bodies[name] = text[begin:end]
-        if text[:begin].rstrip().endswith("#[test]"):
-            tests.add(name)
-    direct = {n for n, b in bodies.items() if "haproxy_binary()" in b}
-    helpers = direct - tests
-    chosen = sorted(
-        t for t in tests
-        if t in direct or any(re.search(r"\b%s\(" % h, bodies[t]) for h in helpers)
-    )
-    if helpers and not any(re.search(r"\b%s\(" % h, bodies[t]) for t in tests for h in helpers):
-        raise SystemExit(f"{path}: {sorted(helpers)} start HAProxy but no test calls them")
+        # The attributes and doc comments right above the function.
+        above = text[:begin].rstrip("\n").split("\n")
+        while above and re.match(r"\s*(#\[|///)", above[-1]):
+            if re.match(r"\s*#\[test\]", above[-1]):
+                tests.add(name)
+            above.pop()
+    # Functions that start an HAProxy, directly or through helpers, to any depth.
+    starting = {n for n, b in bodies.items() if "haproxy_binary()" in b}
+    while True:
+        more = {n for n, b in bodies.items() if n not in starting
+                and any(re.search(r"\b%s\s*[(:<]" % h, b) for h in starting)}
+        if not more:
+            break
+        starting |= more
+    chosen = sorted(starting & tests)
+    if starting and not chosen:
+        raise SystemExit(f"{path}: {sorted(starting)} start HAProxy but no test calls them")
     if chosen:
         print(os.path.basename(path)[:-3], *chosen)
 PY
@@ -49,6 +55,12 @@ while read -r file tests; do
 done <<< "$found"
 if [ ${#names[@]} -eq 0 ]; then
     echo "test-haproxy3: no end-to-end test found in host/tests" >&2
+    exit 1
+fi
+# Every name must be a test cargo knows, so none is dropped silently.
+listed=$(${CARGO:-cargo} test --release -p spoa-host "${files[@]}" -- --list --exact "${names[@]}" 2>/dev/null | grep -c ': test$' || true)
+if [ "$listed" != "${#names[@]}" ]; then
+    echo "test-haproxy3: found ${#names[@]} end-to-end tests but cargo lists $listed of them: ${names[*]}" >&2
     exit 1
 fi
 echo "test-haproxy3: ${#names[@]} end-to-end tests on $binary"

@@ -5,8 +5,8 @@
 //! frames into batches of messages → a [`agent::Handler`]: the
 //! [`guests::router`] sends each message to the guest that declares it,
 //! whose [`exec`]utor runs it on the data plane through the [`sandbox`] →
-//! actions → ACK → bytes. The control plane (accept, HELLO, health checks)
-//! never runs guest code.
+//! actions → ACK → bytes. The control plane (accept, TLS handshakes, HELLO,
+//! health checks, `/metrics` and `/status`) never runs guest code.
 //!
 //! The folders, lowest first; each imports only folders above it in this
 //! list (no cycles):
@@ -14,12 +14,14 @@
 //! - [`kv`], [`tables`]: the state guests share (key-value buckets, IP tables).
 //! - [`net`]: listeners, TLS, allow-lists: byte streams and peers.
 //! - [`sandbox`]: wasmtime, WASI and the host's imports; calls one guest.
-//! - [`metrics`]: the Prometheus series and the `/metrics` endpoint.
+//! - [`metrics`]: the Prometheus series, the status report, and the
+//!   `/metrics` and `/status` endpoint.
 //! - [`agent`]: a connection's SPOP life, and the [`agent::Handler`] trait.
 //! - [`exec`]: one guest's executor and failure policy (a `Handler`).
 //! - [`settings`]: the command line and the `--config` file, as specs.
 //! - [`guests`]: starting guests, reloading modules and `--config`, routing.
-//! - [`cmd`]: the commands (serve, check, call, haproxy-config): the top.
+//! - [`cmd`]: the commands (serve, check, call, haproxy-config, status): the
+//!   top.
 //!
 //! [`watch`] (file and SIGHUP triggers) and [`realtime`] (thread priority)
 //! are leaves any layer may use.

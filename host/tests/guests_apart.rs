@@ -13,13 +13,14 @@
 
 mod support;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use spoa_host::spop::Frame;
 use support::agent::Agent;
+use support::pki::Pki;
 use support::spop_client::{
     SpopClient, check_client_ip, hello_frame, message, notify_frame, score_of,
 };
@@ -36,13 +37,22 @@ struct Spinners {
 
 impl Spinners {
     fn start(addr: SocketAddr) -> Spinners {
+        Spinners::start_with(move || SpopClient::connect(addr))
+    }
+
+    /// Four spinners, each on a client `connect` opens.
+    fn start_with<S, C>(connect: C) -> Spinners
+    where
+        S: std::io::Read + std::io::Write,
+        C: Fn() -> SpopClient<S> + Clone + Send + 'static,
+    {
         let stop = Arc::new(AtomicBool::new(false));
         let acks = Arc::new(AtomicU64::new(0));
         let threads = (0..4)
             .map(|id| {
-                let (stop, acks) = (stop.clone(), acks.clone());
+                let (stop, acks, connect) = (stop.clone(), acks.clone(), connect.clone());
                 std::thread::spawn(move || {
-                    let mut client = SpopClient::connect(addr);
+                    let mut client = connect();
                     client.hello("pipelining");
                     let mut frame_id = 1;
                     while !stop.load(Ordering::Relaxed) {
@@ -70,11 +80,6 @@ impl Spinners {
         }
         self.acks.load(Ordering::Relaxed)
     }
-}
-
-fn p99(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[(samples.len() * 99).div_ceil(100) - 1]
 }
 
 fn healthcheck(addr: SocketAddr) -> Duration {
@@ -113,7 +118,7 @@ fn spinning_guests_do_not_delay_the_network() {
             healthcheck(agent.addr())
         })
         .collect();
-    let checks_p99 = p99(checks);
+    let checks_p99 = percentile(checks, 99);
 
     let mut other = SpopClient::connect(agent.addr());
     other.hello("pipelining");
@@ -130,7 +135,7 @@ fn spinning_guests_do_not_delay_the_network() {
             started.elapsed()
         })
         .collect();
-    let others_p99 = p99(others);
+    let others_p99 = percentile(others, 99);
 
     let scrape_started = Instant::now();
     let metrics = http::scrape_metrics(metrics_port_addr(metrics_port));
@@ -170,6 +175,125 @@ fn spinning_guests_do_not_delay_the_network() {
     );
     eprintln!(
         "health check p99 {checks_p99:?}, other connection p99 {others_p99:?}, /metrics {scrape_took:?}"
+    );
+}
+
+fn percentile(mut samples: Vec<Duration>, percent: usize) -> Duration {
+    samples.sort();
+    samples[(samples.len() * percent).div_ceil(100) - 1]
+}
+
+type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// A client configuration trusting the test CA, presenting `client.pem`.
+fn tls_client_config(pki: &Pki) -> Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(pki.path("ca.pem")).expect("ca.pem") {
+        roots
+            .add(ca.expect("a CA certificate"))
+            .expect("a usable CA");
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(pki.path("client.pem"))
+        .expect("client.pem")
+        .map(|cert| cert.expect("a certificate"))
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(pki.path("client.key")).expect("client.key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("the client certificate");
+    Arc::new(config)
+}
+
+fn tls_connect(config: &Arc<rustls::ClientConfig>, addr: SocketAddr) -> SpopClient<TlsStream> {
+    let socket = TcpStream::connect(addr).expect("connecting to the agent");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("a read timeout");
+    let _ = socket.set_nodelay(true);
+    let server = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("a name");
+    let session = rustls::ClientConnection::new(config.clone(), server).expect("a session");
+    SpopClient::over(rustls::StreamOwned::new(session, socket))
+}
+
+/// A TLS health check as HAProxy's `check` over `ssl` makes it: connect,
+/// handshake, HELLO with `healthcheck`, AGENT-HELLO.
+fn tls_healthcheck(config: &Arc<rustls::ClientConfig>, addr: SocketAddr) -> Duration {
+    let started = Instant::now();
+    let mut client = tls_connect(config, addr);
+    client.send(&hello_frame("2.0", 16380, "", true));
+    match client.recv() {
+        Ok(Frame::AgentHello(_)) => started.elapsed(),
+        other => panic!("TLS health check answered with {other:?}"),
+    }
+}
+
+fn tls_healthchecks(config: &Arc<rustls::ClientConfig>, addr: SocketAddr) -> Vec<Duration> {
+    (0..100)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(5));
+            tls_healthcheck(config, addr)
+        })
+        .collect()
+}
+
+/// With mutual TLS, the handshake, HELLO and health checks run on the
+/// control plane like plain TCP's: four connections whose guest calls loop
+/// to their deadline leave TLS health checks where they were.
+#[test]
+fn spinning_guests_do_not_delay_tls_health_checks() {
+    let pki = Pki::new();
+    let deadline = format!("{DEADLINE_MS}ms");
+    // One data-plane thread: with the handshake on the data plane, every
+    // step of it waits a tick behind the spinning calls (measured: p50 +2.1
+    // ms, p95 +4.4 ms); on the control plane it does not (+0.2 ms, -1.5 ms).
+    let agent = Agent::start(
+        &hostile_guest('A'),
+        &[
+            "-n",
+            "1",
+            "--guest-timeout",
+            &deadline,
+            "--tls-cert",
+            &pki.path("server.pem"),
+            "--tls-key",
+            &pki.path("server.key"),
+            "--tls-client-ca",
+            &pki.path("ca.pem"),
+        ],
+    );
+    let config = tls_client_config(&pki);
+    let addr = agent.addr();
+    let quiet = tls_healthchecks(&config, addr);
+    let spinners = Spinners::start_with({
+        let config = config.clone();
+        move || tls_connect(&config, addr)
+    });
+    std::thread::sleep(Duration::from_millis(3 * DEADLINE_MS));
+    let busy = tls_healthchecks(&config, addr);
+    let spun = spinners.stop();
+    assert!(spun >= 4, "the TLS spinners got their ACKs ({spun})");
+    let (quiet_p50, quiet_p95) = (percentile(quiet.clone(), 50), percentile(quiet, 95));
+    let (busy_p50, busy_p95) = (percentile(busy.clone(), 50), percentile(busy, 95));
+    eprintln!(
+        "TLS health checks: quiet p50 {quiet_p50:?} p95 {quiet_p95:?}; \
+         4 guests spinning p50 {busy_p50:?} p95 {busy_p95:?}"
+    );
+    // The bounds: 1 ms at p50, as the design promises; 3 ms at p95 (not
+    // 2), room for a CI machine whose two cores also run the test's
+    // client threads.
+    assert!(
+        busy_p50 <= quiet_p50 + Duration::from_millis(1),
+        "TLS health checks p50 {quiet_p50:?} quiet, {busy_p50:?} with guests spinning"
+    );
+    assert!(
+        busy_p95 <= quiet_p95 + Duration::from_millis(3),
+        "TLS health checks p95 {quiet_p95:?} quiet, {busy_p95:?} with guests spinning"
     );
 }
 

@@ -221,6 +221,31 @@ fn status_follows_a_guest_through_probation_rollback_and_a_refused_reload() {
         guest(&printed, "iprep")["rolled_back"],
         refused["rolled_back"]
     );
+
+    // A configuration reload that changes the guest's table restarts it on
+    // another module: a reload that succeeded, and no rollback stands.
+    let version_b = sha256_of(&install(dir.path(), &hostile_guest('B'), "iprep-b.wasm"));
+    support::write_atomically(
+        &dir.path().join("agent.toml"),
+        &TWO_GUESTS.replace("module = \"iprep.wasm\"", "module = \"iprep-b.wasm\""),
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || guest(&status(metrics), "iprep")
+            ["module"]["sha256"]
+            == version_b),
+        "{:#}\n{}",
+        status(metrics),
+        agent.log_text()
+    );
+    let report = status(metrics);
+    let restarted = guest(&report, "iprep");
+    assert!(restarted["rolled_back"].is_null(), "{restarted:#}");
+    assert_ne!(restarted["state"], "rolled_back", "{restarted:#}");
+    assert_eq!(restarted["last_reload"]["result"], "ok", "{restarted:#}");
+    assert_eq!(
+        restarted["last_reload"]["trigger"], "configuration file changed",
+        "{restarted:#}"
+    );
 }
 
 const QUARANTINE: &str = r#"

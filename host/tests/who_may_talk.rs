@@ -15,128 +15,15 @@ use support::http::{self, metric_value, scrape_metrics};
 use support::spop_client::SpopClient;
 use support::{eventually, free_port, iprep_guest};
 
-/// A CA, a server certificate for 127.0.0.1 signed by it, a client
-/// certificate signed by it, and a client certificate from another CA.
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let output = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("running openssl (apt-get install -y openssl)");
-    assert!(
-        output.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
+struct Pki(support::pki::Pki);
 
 impl Pki {
     fn new() -> Pki {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let d = dir.path();
-        for ca in ["ca", "other-ca"] {
-            openssl(
-                d,
-                &[
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "ec",
-                    "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1",
-                    "-nodes",
-                    "-keyout",
-                    &format!("{ca}.key"),
-                    "-out",
-                    &format!("{ca}.pem"),
-                    "-days",
-                    "2",
-                    "-subj",
-                    &format!("/CN={ca}"),
-                    "-addext",
-                    "basicConstraints=critical,CA:TRUE",
-                    "-addext",
-                    "keyUsage=critical,keyCertSign,cRLSign",
-                ],
-            );
-        }
-        std::fs::write(
-            d.join("server.ext"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
-        )
-        .expect("writing");
-        std::fs::write(
-            d.join("client.ext"),
-            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
-        )
-        .expect("writing");
-        for (name, ca, ext) in [
-            ("server", "ca", "server.ext"),
-            ("renewed", "ca", "server.ext"),
-            ("client", "ca", "client.ext"),
-            ("stranger", "other-ca", "client.ext"),
-            // `openssl x509 -req` without -extfile: an X.509 v1 certificate.
-            ("v1", "ca", ""),
-        ] {
-            openssl(
-                d,
-                &[
-                    "req",
-                    "-newkey",
-                    "ec",
-                    "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1",
-                    "-nodes",
-                    "-keyout",
-                    &format!("{name}.key"),
-                    "-out",
-                    &format!("{name}.csr"),
-                    "-subj",
-                    &format!("/CN={name}"),
-                ],
-            );
-            let (csr, ca_pem, ca_key, out) = (
-                format!("{name}.csr"),
-                format!("{ca}.pem"),
-                format!("{ca}.key"),
-                format!("{name}.pem"),
-            );
-            let mut args = vec![
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                &ca_pem,
-                "-CAkey",
-                &ca_key,
-                "-CAcreateserial",
-                "-out",
-                &out,
-                "-days",
-                "2",
-            ];
-            if !ext.is_empty() {
-                args.extend(["-extfile", ext]);
-            }
-            openssl(d, &args);
-            // HAProxy's `crt` takes the certificate and its key in one file.
-            let bundle = [
-                std::fs::read(d.join(format!("{name}.pem"))).expect("cert"),
-                std::fs::read(d.join(format!("{name}.key"))).expect("key"),
-            ]
-            .concat();
-            std::fs::write(d.join(format!("{name}-bundle.pem")), bundle).expect("writing");
-        }
-        Pki { dir }
+        Pki(support::pki::Pki::new())
     }
 
     fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).display().to_string()
+        self.0.path(name)
     }
 
     fn agent_args(&self, metrics: SocketAddr) -> Vec<String> {

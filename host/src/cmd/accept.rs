@@ -8,13 +8,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::agent::{AgentContext, disconnect_and_close, serve_connection};
 use crate::metrics::RefusalReason;
-use crate::net::{Accepted, AllowList, Listeners, Peer, TlsServer, Transport};
+use crate::net::{Accepted, AllowList, Listeners, MovableTcp, Peer, TlsServer, Transport};
 use crate::spop::Status;
 
 /// Refused addresses logged once each, up to this many.
@@ -107,9 +107,10 @@ pub async fn serve(
                 let tls = tls.clone();
                 let refusals = refusals.clone();
                 let timeout = settings.handshake_timeout;
-                tracker.spawn(serve_tls(
-                    stream, address, tls, timeout, refusals, ctx, shutdown, permit,
-                ));
+                tracker.spawn(async move {
+                    serve_tls(stream, address, tls, timeout, refusals, ctx, shutdown).await;
+                    drop(permit);
+                });
             }
             (TcpOrTls::Tcp(stream, _), None) => {
                 tracker.spawn(async move {
@@ -157,12 +158,12 @@ async fn refuse_busy(stream: TcpOrTls) {
     }
 }
 
-/// The TLS handshake runs on the data plane (it is CPU work the single
-/// control thread must not do), and the connection stays there: a TLS
-/// session cannot move between runtimes. A peer that fails it (plain TCP,
-/// no client certificate, one from another CA) is closed without a guest
-/// ever being called.
-#[allow(clippy::too_many_arguments)]
+/// The TLS handshake runs here, on the control plane, as the HELLO and
+/// health checks that follow it do, so no guest can delay them; the session
+/// then moves to the data plane with its socket (`MovableTcp`), exactly as
+/// a plain connection does. A peer that fails it (plain TCP, no client
+/// certificate, one from another CA) is closed without a guest ever being
+/// called.
 async fn serve_tls(
     stream: tokio::net::TcpStream,
     address: SocketAddr,
@@ -171,55 +172,33 @@ async fn serve_tls(
     refusals: Arc<RefusalLog>,
     ctx: Arc<AgentContext>,
     shutdown: CancellationToken,
-    permit: OwnedSemaphorePermit,
 ) {
-    let socket = match stream.into_std() {
-        Ok(socket) => socket,
-        Err(err) => {
-            tracing::warn!(peer = %address, "could not move the connection to the data plane: {err}");
+    let refused = |why: String, explained: Option<String>| {
+        ctx.metrics.connection_refused(RefusalReason::Tls);
+        if !refusals.first_time(address.ip(), RefusalReason::Tls) {
             return;
         }
-    };
-    let data_plane = ctx.data_plane.clone();
-    let task = data_plane.spawn(async move {
-        let stream = match tokio::net::TcpStream::from_std(socket) {
-            Ok(stream) => stream,
-            Err(err) => {
-                tracing::warn!(peer = %address, "could not register the connection: {err}");
-                return;
+        // A certificate the operator must fix is a warning (HAProxy marks
+        // the agent DOWN and says nothing of why); the rest is noise.
+        match explained {
+            Some(what_to_do) => {
+                tracing::warn!(peer = %address, "TLS handshake refused: {what_to_do} ({why})")
             }
-        };
-        let acceptor = tls.acceptor();
-        let refused = |why: String, explained: Option<String>| {
-            ctx.metrics.connection_refused(RefusalReason::Tls);
-            if !refusals.first_time(address.ip(), RefusalReason::Tls) {
-                return;
-            }
-            // A certificate the operator must fix is a warning (HAProxy marks
-            // the agent DOWN and says nothing of why); the rest is noise.
-            match explained {
-                Some(what_to_do) => {
-                    tracing::warn!(peer = %address, "TLS handshake refused: {what_to_do} ({why})")
-                }
-                None => tracing::debug!(peer = %address, "TLS handshake refused: {why}"),
-            }
-        };
-        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-            Ok(Ok(session)) => {
-                serve_connection(
-                    Transport::Tls(Box::new(session)),
-                    Peer::Tcp(address),
-                    ctx.clone(),
-                    shutdown,
-                )
-                .await
-            }
-            Ok(Err(err)) => refused(err.to_string(), crate::net::explain_tls_refusal(&err)),
-            Err(_) => refused(format!("no handshake within {timeout:?}"), None),
+            None => tracing::debug!(peer = %address, "TLS handshake refused: {why}"),
         }
-    });
-    if let Err(join) = task.await {
-        tracing::error!(peer = %address, "TLS connection task failed: {join}");
+    };
+    let acceptor = tls.acceptor();
+    match tokio::time::timeout(timeout, acceptor.accept(MovableTcp::new(stream))).await {
+        Ok(Ok(session)) => {
+            serve_connection(
+                Transport::Tls(Box::new(session)),
+                Peer::Tcp(address),
+                ctx.clone(),
+                shutdown,
+            )
+            .await
+        }
+        Ok(Err(err)) => refused(err.to_string(), crate::net::explain_tls_refusal(&err)),
+        Err(_) => refused(format!("no handshake within {timeout:?}"), None),
     }
-    drop(permit);
 }

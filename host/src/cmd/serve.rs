@@ -117,7 +117,7 @@ async fn serve_async(
     };
     let (handler, statuses, _guests) = build_handler(&args, config, &runtime).await?;
     if let Some(statuses) = statuses {
-        metrics.watch_guests(statuses);
+        metrics.watch_guests(&statuses);
     }
 
     if let Some(address) = metrics_address {

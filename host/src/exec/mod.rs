@@ -217,13 +217,16 @@ impl GuestExecutor {
             None => (None, None),
         };
         *self.rejected.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        self.metrics.module_serving(&module.identity, true);
+        let identity = module.identity.clone();
         self.serving.store(Arc::new(Serving::new(
             &self.name,
             Proven { module, version },
             probation,
             last_good,
         )));
+        // After the swap: `/status` never shows the new reload beside the
+        // old module.
+        self.metrics.module_serving(&identity, true);
     }
 
     /// Takes over from `previous`, the executor this one replaces (a changed

@@ -104,6 +104,9 @@ pub struct Quarantine {
     /// Milliseconds since `clock_origin` until which the guest is
     /// quarantined; 0 when it is not.
     until_ms: AtomicU64,
+    /// The same end on the wall clock (milliseconds since the Unix epoch),
+    /// fixed when the quarantine starts, for `/status`.
+    until_unix_ms: AtomicU64,
     window: Mutex<Window>,
 }
 
@@ -130,6 +133,7 @@ impl Quarantine {
             policy,
             clock_origin: Instant::now(),
             until_ms: AtomicU64::new(0),
+            until_unix_ms: AtomicU64::new(0),
         }
     }
 
@@ -138,11 +142,15 @@ impl Quarantine {
         (at.saturating_duration_since(self.clock_origin).as_millis() as u64).max(1)
     }
 
-    /// When the quarantine under way ends, if one is.
+    /// When the quarantine under way ends, if one is: the same instant on
+    /// every call, whatever the wall clock does meanwhile.
     pub fn until(&self) -> Option<SystemTime> {
         let until = self.until_ms.load(Ordering::Relaxed);
-        let now = self.millis(Instant::now());
-        (until > now).then(|| SystemTime::now() + Duration::from_millis(until - now))
+        if until <= self.millis(Instant::now()) {
+            return None;
+        }
+        let unix_ms = self.until_unix_ms.load(Ordering::Relaxed);
+        Some(SystemTime::UNIX_EPOCH + Duration::from_millis(unix_ms))
     }
 
     /// Whether the guest is quarantined now. `Err(())` when the quarantine
@@ -212,6 +220,11 @@ impl Quarantine {
             calls,
         };
         let until = now.checked_add(window.backoff).unwrap_or(now);
+        let until_wall = SystemTime::now() + window.backoff;
+        let unix_ms = until_wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.until_unix_ms.store(unix_ms, Ordering::Relaxed);
         self.until_ms.store(self.millis(until), Ordering::Relaxed);
         Some(change)
     }

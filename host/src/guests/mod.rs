@@ -246,6 +246,13 @@ impl ConfigReloader {
                 .any(|old| Arc::ptr_eq(&old.executor, &guest.executor));
             if !kept {
                 guest.executor.announce_serving();
+                if self
+                    .guests
+                    .iter()
+                    .any(|old| old.spec.name == guest.spec.name)
+                {
+                    guest.executor.metrics().restarted(reason);
+                }
             }
         }
         for gone in self

@@ -7,7 +7,7 @@ mod tables;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::SystemTime;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -134,8 +134,9 @@ pub struct Metrics {
     tables: tables::TableSeries,
     ip_tables: Mutex<Option<IpTables>>,
     started_at: SystemTime,
-    /// The guests serving now, for `/status`.
-    guests_now: Mutex<Option<Arc<dyn StatusSource>>>,
+    /// The guests serving now, for `/status`. Weak: the router holds these
+    /// metrics.
+    guests_now: Mutex<Option<Weak<dyn StatusSource>>>,
 }
 
 /// The shared key-value store's series, set from [`KvStore::stats`] at each
@@ -372,17 +373,22 @@ impl Metrics {
     }
 
     /// Reports `guests` in `/status` from now on.
-    pub fn watch_guests(&self, guests: Arc<dyn StatusSource>) {
-        *self.guests_now.lock().unwrap_or_else(|p| p.into_inner()) = Some(guests);
+    pub fn watch_guests(&self, guests: &Arc<dyn StatusSource>) {
+        *self.guests_now.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::downgrade(guests));
     }
 
-    /// What `GET /status` answers.
-    pub fn status_report(&self) -> status::StatusReport {
+    fn guest_statuses(&self) -> Vec<status::GuestStatus> {
         let source = self
             .guests_now
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
+            .as_ref()
+            .and_then(Weak::upgrade);
+        source.map_or_else(Vec::new, |source| source.guest_statuses())
+    }
+
+    /// What `GET /status` answers.
+    pub fn status_report(&self) -> status::StatusReport {
         status::StatusReport {
             agent: status::AgentStatus {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -391,7 +397,7 @@ impl Metrics {
                     .duration_since(self.started_at)
                     .map_or(0, |d| d.as_secs()),
             },
-            guests: source.map_or_else(Vec::new, |source| source.guest_statuses()),
+            guests: self.guest_statuses(),
         }
     }
 
@@ -471,6 +477,14 @@ impl Metrics {
         }
         if let Some(tables) = &*self.ip_tables.lock().unwrap_or_else(|p| p.into_inner()) {
             self.tables.update(tables);
+        }
+        // A quarantine ends on the clock, not at the next message: a guest
+        // that gets none would stay at 1 until one came.
+        for guest in self.guest_statuses() {
+            self.guests
+                .quarantined
+                .get_or_create(&GuestLabels { guest: guest.name })
+                .set(i64::from(guest.quarantined_until.is_some()));
         }
         let mut out = String::new();
         // Writing into a String cannot fail.
@@ -735,6 +749,14 @@ impl GuestMetrics {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.name);
         self.quarantined.set(0);
+    }
+
+    /// A configuration reload restarted this guest (its table changed): a
+    /// reload that succeeded, after which no rollback stands.
+    pub fn restarted(&self, trigger: &'static str) {
+        self.reload_started(trigger);
+        self.reload_ended("ok", None);
+        self.edit_history(|history| history.rolled_back = None);
     }
 
     /// A reload found the module, configuration and data unchanged.

@@ -59,6 +59,9 @@ pub enum GuestState {
     Quarantined,
     /// The last new version failed its probation; the one before serves.
     RolledBack,
+    /// A state this `spoa-host status` does not know (a newer agent's).
+    #[serde(other)]
+    Unknown,
 }
 
 impl GuestState {
@@ -68,6 +71,7 @@ impl GuestState {
             GuestState::Probation => "probation",
             GuestState::Quarantined => "quarantined",
             GuestState::RolledBack => "rolled_back",
+            GuestState::Unknown => "unknown",
         }
     }
 }

@@ -14,4 +14,4 @@ pub use listen::{Accepted, Listeners, UnixSettings};
 pub use tls::{TlsFiles, TlsServer};
 pub use tls_check::{TlsReport, check_tls_files};
 pub use tls_refusal::explain as explain_tls_refusal;
-pub use transport::{Detached, Peer, Transport};
+pub use transport::{Detached, MovableTcp, Peer, Transport};

@@ -28,25 +28,27 @@ impl std::fmt::Display for Peer {
 pub enum Transport {
     Tcp(TcpStream),
     Unix(UnixStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<MovableTcp>>),
 }
 
 /// A stream taken off one runtime's reactor, to be registered with another.
 pub enum Detached {
     Tcp(std::net::TcpStream),
     Unix(std::os::unix::net::UnixStream),
-    /// TLS connections live on the data plane from their handshake on: a
-    /// TLS session cannot be taken apart and put back together.
-    Tls(Box<TlsStream<TcpStream>>),
+    /// The session whole (its buffers and keys), its socket detached.
+    Tls(Box<TlsStream<MovableTcp>>),
 }
 
 impl Transport {
-    /// Takes the stream off the current runtime's reactor (TLS streams stay).
+    /// Takes the stream off the current runtime's reactor.
     pub fn detach(self) -> io::Result<Detached> {
         Ok(match self {
             Transport::Tcp(stream) => Detached::Tcp(stream.into_std()?),
             Transport::Unix(stream) => Detached::Unix(stream.into_std()?),
-            Transport::Tls(stream) => Detached::Tls(stream),
+            Transport::Tls(mut session) => {
+                session.get_mut().0.detach()?;
+                Detached::Tls(session)
+            }
         })
     }
 }
@@ -57,8 +59,95 @@ impl Detached {
         Ok(match self {
             Detached::Tcp(stream) => Transport::Tcp(TcpStream::from_std(stream)?),
             Detached::Unix(stream) => Transport::Unix(UnixStream::from_std(stream)?),
-            Detached::Tls(stream) => Transport::Tls(stream),
+            Detached::Tls(mut session) => {
+                session.get_mut().0.attach()?;
+                Transport::Tls(session)
+            }
         })
+    }
+}
+
+/// The socket under a TLS session. tokio-rustls cannot rebuild a session
+/// from its parts, so the socket is what moves: it is taken off one
+/// runtime's reactor and registered with another while the session around
+/// it stays whole. That lets a TLS connection be handshaken and greeted on
+/// the control plane, where no guest can delay it, and served on the data
+/// plane, exactly as a plain one is.
+pub struct MovableTcp {
+    attached: Option<TcpStream>,
+    detached: Option<std::net::TcpStream>,
+}
+
+impl MovableTcp {
+    pub fn new(stream: TcpStream) -> MovableTcp {
+        MovableTcp {
+            attached: Some(stream),
+            detached: None,
+        }
+    }
+
+    fn detach(&mut self) -> io::Result<()> {
+        if let Some(stream) = self.attached.take() {
+            self.detached = Some(stream.into_std()?);
+        }
+        Ok(())
+    }
+
+    fn attach(&mut self) -> io::Result<()> {
+        if let Some(stream) = self.detached.take() {
+            self.attached = Some(TcpStream::from_std(stream)?);
+        }
+        Ok(())
+    }
+
+    fn stream(&mut self) -> io::Result<Pin<&mut TcpStream>> {
+        match &mut self.attached {
+            Some(stream) => Ok(Pin::new(stream)),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "TLS socket used while moving between runtimes",
+            )),
+        }
+    }
+}
+
+impl AsyncRead for MovableTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut().stream() {
+            Ok(stream) => stream.poll_read(cx, buf),
+            Err(err) => Poll::Ready(Err(err)),
+        }
+    }
+}
+
+impl AsyncWrite for MovableTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut().stream() {
+            Ok(stream) => stream.poll_write(cx, buf),
+            Err(err) => Poll::Ready(Err(err)),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().stream() {
+            Ok(stream) => stream.poll_flush(cx),
+            Err(err) => Poll::Ready(Err(err)),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().stream() {
+            Ok(stream) => stream.poll_shutdown(cx),
+            Err(err) => Poll::Ready(Err(err)),
+        }
     }
 }
 

@@ -75,7 +75,7 @@ pub enum Command {
 pub struct StatusArgs {
     /// The agent's --metrics-address [default: the `metrics-address` of
     /// --config, else 127.0.0.1:9345].
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", conflicts_with = "config")]
     pub metrics_address: Option<std::net::SocketAddr>,
     /// The agent's configuration file, for its `metrics-address`.
     #[arg(long, value_name = "FILE")]

@@ -243,6 +243,16 @@ impl AgentConfig {
         };
         kv.spec(&crate::settings::cli::KvArgs::default())
             .map_err(|err| invalid(format!("kv: {err}")))?;
+        // Pasted into haproxy.cfg by `haproxy-config`: one line's words.
+        let haproxy_words = file.haproxy.servers.iter().chain(&file.haproxy.check);
+        if let Some(bad) = haproxy_words
+            .into_iter()
+            .find(|w| w.chars().any(char::is_control))
+        {
+            return Err(invalid(format!(
+                "[haproxy]: {bad:?} holds a control character (a line break?)"
+            )));
+        }
         Ok(AgentConfig {
             kv,
             path: path.to_path_buf(),

@@ -8,6 +8,7 @@ pub mod agent;
 pub mod haproxy;
 pub mod http;
 pub mod lists;
+pub mod pki;
 pub mod redis;
 pub mod spop_client;
 

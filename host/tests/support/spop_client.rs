@@ -19,8 +19,9 @@ pub enum RecvError {
     Decode(String),
 }
 
-pub struct SpopClient {
-    stream: TcpStream,
+/// Over TCP by default; [`SpopClient::over`] takes any stream (TLS).
+pub struct SpopClient<S = TcpStream> {
+    stream: S,
     buf: BytesMut,
     codec: SpopCodec,
 }
@@ -47,6 +48,16 @@ impl SpopClient {
 
     pub fn stream(&mut self) -> &mut TcpStream {
         &mut self.stream
+    }
+}
+
+impl<S: Read + Write> SpopClient<S> {
+    pub fn over(stream: S) -> SpopClient<S> {
+        SpopClient {
+            stream,
+            buf: BytesMut::new(),
+            codec: SpopCodec::new(16 * 1024 * 1024),
+        }
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
