@@ -23,8 +23,9 @@
 //! - [`cmd`]: the commands (serve, check, call, haproxy-config, status): the
 //!   top.
 //!
-//! [`watch`] (file and SIGHUP triggers) and [`realtime`] (thread priority)
-//! are leaves any layer may use.
+//! [`planes`] (the two runtimes as types), [`watch`] (file and SIGHUP
+//! triggers) and [`realtime`] (thread priority) are leaves any layer may
+//! use.
 
 pub mod agent;
 pub mod cmd;
@@ -35,6 +36,7 @@ pub mod metrics;
 #[cfg(feature = "native-iprep")]
 pub mod native;
 pub mod net;
+pub mod planes;
 pub mod realtime;
 pub mod sandbox;
 pub mod settings;

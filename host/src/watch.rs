@@ -9,6 +9,8 @@ use anyhow::{Context, Result};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::planes::ControlPlane;
+
 /// Quiet period after a file event before reloading: editors and deploy tools
 /// write in several steps.
 const SETTLE: Duration = Duration::from_millis(50);
@@ -23,10 +25,10 @@ pub struct Triggers {
 }
 
 impl Triggers {
-    /// SIGHUP triggers, until `shutdown`.
-    pub fn new(shutdown: &CancellationToken) -> Result<Triggers> {
+    /// SIGHUP triggers, until `shutdown`, listened for on the control plane.
+    pub fn new(control: &ControlPlane, shutdown: &CancellationToken) -> Result<Triggers> {
         let (tx, rx) = mpsc::channel(16);
-        spawn_sighup(tx.clone(), shutdown.clone())?;
+        spawn_sighup(control, tx.clone(), shutdown.clone())?;
         Ok(Triggers {
             tx,
             rx,
@@ -67,10 +69,17 @@ impl Triggers {
     }
 }
 
-fn spawn_sighup(tx: mpsc::Sender<&'static str>, shutdown: CancellationToken) -> Result<()> {
+fn spawn_sighup(
+    control: &ControlPlane,
+    tx: mpsc::Sender<&'static str>,
+    shutdown: CancellationToken,
+) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    tokio::spawn(async move {
+    let mut hangup = {
+        let _on_control = control.enter();
+        signal(SignalKind::hangup()).context("installing the SIGHUP handler")?
+    };
+    control.spawn(async move {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,

@@ -25,6 +25,7 @@ use super::handler::Handler;
 use super::hello::{Negotiated, agent_hello, negotiate};
 use crate::metrics::Metrics;
 use crate::net::{Peer, Transport};
+use crate::planes::DataPlane;
 use crate::spop::codec::encode_frame;
 use crate::spop::{DecodeError, Disconnect, Frame, FrameType, KvList, SpopCodec, Status};
 
@@ -44,7 +45,7 @@ pub struct ConnectionSettings {
 pub struct AgentContext {
     pub handler: Arc<dyn Handler>,
     /// The runtime established connections (and their guest calls) run on.
-    pub data_plane: tokio::runtime::Handle,
+    pub data_plane: DataPlane,
     pub metrics: Arc<Metrics>,
     pub settings: ConnectionSettings,
 }
@@ -419,7 +420,7 @@ impl Connection {
                 self.state.waiting_parts |= parts;
                 in_flight.push(SpawnedBatch {
                     parts,
-                    task: tokio::spawn(answer),
+                    task: self.state.ctx.data_plane.spawn(answer),
                 });
             }
             self.state.batches = batches;

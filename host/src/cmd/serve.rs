@@ -10,12 +10,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{AgentContext, ConnectionSettings, Handler};
 use crate::cmd::accept::{ServerSettings, serve};
-use crate::exec::start_data_plane;
 use crate::guests::{ConfigReloader, Guest, GuestServices, start_router, start_single};
 use crate::kv::KvStore;
 use crate::metrics::Metrics;
 use crate::metrics::status::StatusSource;
 use crate::net::{AllowList, Listeners, TlsFiles, TlsServer, UnixSettings};
+use crate::planes::{ControlPlane, DataPlane, Planes, start_data_plane};
 use crate::settings::cli::{DEFAULT_ADDRESS, DEFAULT_PORT, KvArgs, ServeArgs};
 use crate::settings::file::{AgentConfig, single_guest};
 
@@ -51,12 +51,11 @@ pub fn serve_blocking(args: ServeArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the control plane")?;
-    let result = control.block_on(serve_async(
-        args,
-        config,
-        data_plane.handle().clone(),
-        workers,
-    ));
+    let planes = Planes {
+        control: ControlPlane::from_handle(control.handle().clone()),
+        data: DataPlane::from_handle(data_plane.handle().clone()),
+    };
+    let result = control.block_on(serve_async(args, config, planes, workers));
     drop(control);
     data_plane.shutdown_timeout(DATA_PLANE_STOP);
     result
@@ -65,7 +64,7 @@ pub fn serve_blocking(args: ServeArgs) -> Result<()> {
 async fn serve_async(
     args: ServeArgs,
     config: Option<AgentConfig>,
-    data_plane: tokio::runtime::Handle,
+    planes: Planes,
     data_plane_threads: usize,
 ) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
@@ -91,13 +90,14 @@ async fn serve_async(
     // Table reloads are watched from the control plane and built on its
     // blocking threads; a Redis feed polls from there too.
     let ip_tables = crate::tables::IpTables::watching(
-        tokio::runtime::Handle::current(),
+        planes.control.clone(),
         shutdown.clone(),
         kv_spec.redis_url(),
     );
     // On the data plane: a Redis connection is driven where the guest calls
     // that use it run, never on the control plane.
-    let kv = data_plane
+    let kv = planes
+        .data
         .spawn(async move { KvStore::open(&kv_spec) })
         .await
         .context("opening the key-value store")?
@@ -108,7 +108,7 @@ async fn serve_async(
     let runtime = GuestServices {
         ip_tables,
         kv,
-        data_plane: data_plane.clone(),
+        planes: planes.clone(),
         metrics: metrics.clone(),
         watch: !args.no_watch,
         shutdown: shutdown.clone(),
@@ -121,7 +121,8 @@ async fn serve_async(
     }
 
     if let Some(address) = metrics_address {
-        crate::metrics::http::spawn(address, metrics.clone(), shutdown.clone()).await?;
+        crate::metrics::http::spawn(&planes.control, address, metrics.clone(), shutdown.clone())
+            .await?;
     }
 
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -132,7 +133,7 @@ async fn serve_async(
                 client_ca: args.tls_client_ca.clone(),
             })?);
             tls.clone()
-                .spawn_reloads(!args.no_watch, shutdown.clone())?;
+                .spawn_reloads(&planes.control, !args.no_watch, shutdown.clone())?;
             Some(tls)
         }
         _ => None,
@@ -162,7 +163,7 @@ async fn serve_async(
 
     let ctx = Arc::new(AgentContext {
         handler,
-        data_plane,
+        data_plane: planes.data.clone(),
         metrics,
         settings: ConnectionSettings {
             max_frame_size,
@@ -170,7 +171,7 @@ async fn serve_async(
             idle_timeout: (!args.idle_timeout.is_zero()).then_some(args.idle_timeout),
         },
     });
-    spawn_signal_handler(shutdown.clone())?;
+    spawn_signal_handler(&planes.control, shutdown.clone())?;
     serve(
         listeners,
         ctx,
@@ -255,11 +256,12 @@ fn warn_if_exposed(address: SocketAddr, client_certificates: bool, allow_list: b
 }
 
 /// First SIGTERM/SIGINT: graceful shutdown. A second one: exit at once.
-fn spawn_signal_handler(shutdown: CancellationToken) -> Result<()> {
+fn spawn_signal_handler(control: &ControlPlane, shutdown: CancellationToken) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
+    let _on_control = control.enter();
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::spawn(async move {
+    control.spawn(async move {
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         tracing::info!("shutting down: answering received messages, then closing connections");
         shutdown.cancel();

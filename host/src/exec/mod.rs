@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use tokio::runtime::{Handle, Runtime};
 use tokio::sync::Semaphore;
 
 pub use policy::{FailurePolicy, QuarantinePolicy, RollbackPolicy};
@@ -34,6 +33,7 @@ use policy::{Probation, Quarantine, QuarantineChange, Verdict};
 
 use crate::agent::{Answers, BatchFuture, FailureKind, Handler, HandlerFailure};
 use crate::metrics::GuestMetrics;
+use crate::planes::DataPlane;
 use crate::sandbox::{GuestFailure, LoadedModule};
 use crate::spop;
 
@@ -57,16 +57,6 @@ fn should_time_this_call() -> bool {
             false
         }
     })
-}
-
-/// Starts the data plane. Drop it outside any runtime.
-pub fn start_data_plane(threads: usize) -> Result<Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .thread_name("spoa-data")
-        .enable_all()
-        .build()
-        .context("starting the data plane")
 }
 
 /// What identifies a version for reloads: the module's hash and the
@@ -133,7 +123,7 @@ pub struct ExecutorLimits {
 /// Runs one guest's calls; implements the agent's [`Handler`].
 pub struct GuestExecutor {
     name: Arc<str>,
-    runtime: Handle,
+    data_plane: DataPlane,
     serving: ArcSwap<Serving>,
     permits: Arc<Semaphore>,
     queue_limit: usize,
@@ -148,7 +138,7 @@ pub struct GuestExecutor {
 impl GuestExecutor {
     pub fn new(
         name: &str,
-        runtime: Handle,
+        data_plane: DataPlane,
         module: Arc<LoadedModule>,
         version: ModuleVersion,
         limits: ExecutorLimits,
@@ -163,7 +153,7 @@ impl GuestExecutor {
                 None,
             )),
             name: name.into(),
-            runtime,
+            data_plane,
             permits: Arc::new(Semaphore::new(limits.concurrency.max(1) as usize)),
             queue_limit: limits.queue as usize,
             waiting: AtomicUsize::new(0),
@@ -265,7 +255,7 @@ impl GuestExecutor {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.runtime.spawn(work)
+        self.data_plane.spawn(work)
     }
 
     /// Runs `work` on the data plane (loads and their smoke calls run guest
@@ -275,7 +265,7 @@ impl GuestExecutor {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.runtime
+        self.data_plane
             .spawn(work)
             .await
             .context("guest runtime task failed")

@@ -17,6 +17,7 @@ use crate::guests::module_reload::{Loaded, Reloader, load, log_loaded};
 use crate::guests::router::{GuestSet, Router};
 use crate::kv::KvStore;
 use crate::metrics::Metrics;
+use crate::planes::Planes;
 use crate::sandbox::Sandbox;
 use crate::settings::cli::SandboxArgs;
 use crate::settings::file::{AgentConfig, GuestSpec};
@@ -42,7 +43,7 @@ impl Drop for StopOnDrop {
 /// What starting guests needs.
 #[derive(Clone)]
 pub struct GuestServices {
-    pub data_plane: tokio::runtime::Handle,
+    pub planes: Planes,
     pub metrics: Arc<Metrics>,
     /// Watch module, configuration and data files (SIGHUP works regardless).
     pub watch: bool,
@@ -79,7 +80,8 @@ impl GuestServices {
         let loaded = {
             let (sandbox, path, grants) =
                 (sandbox.clone(), spec.module.clone(), spec.grants.clone());
-            self.data_plane
+            self.planes
+                .data
                 .spawn(async move { load(&sandbox, None, &path, &grants).await })
                 .await
                 .context("loading the module")?
@@ -96,7 +98,7 @@ impl GuestServices {
         log_loaded(&spec.name, &module, "start", started.elapsed());
         let executor = Arc::new(GuestExecutor::new(
             &spec.name,
-            self.data_plane.clone(),
+            self.planes.data.clone(),
             module,
             version,
             spec.limits,
@@ -110,7 +112,7 @@ impl GuestServices {
             spec.grants.clone(),
             executor.clone(),
         ));
-        reloader.spawn_triggers(self.watch, stop.clone())?;
+        reloader.spawn_triggers(&self.planes.control, self.watch, stop.clone())?;
         Ok(Guest {
             spec,
             executor,
@@ -195,11 +197,11 @@ pub struct ConfigReloader {
 impl ConfigReloader {
     pub fn spawn(mut self) -> Result<()> {
         let shutdown = self.runtime.shutdown.clone();
-        let mut triggers = Triggers::new(&shutdown)?;
+        let mut triggers = Triggers::new(&self.runtime.planes.control, &shutdown)?;
         if self.runtime.watch {
             triggers.watch_file(&self.config.path, "configuration file changed")?;
         }
-        let data_plane = self.runtime.data_plane.clone();
+        let data_plane = self.runtime.planes.data.clone();
         data_plane.spawn(async move {
             while let Some(reason) = triggers.next(&shutdown).await {
                 self.reload(reason).await;

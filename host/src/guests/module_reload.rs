@@ -1,18 +1,19 @@
 //! Hot reload: a changed module file, configuration file or data directory,
-//! or SIGHUP → read the grants, validate the module on the data plane →
-//! swap it in atomically. Anything that fails validation is rejected and the
-//! current version keeps serving.
+//! or SIGHUP → read and hash the files once, on a blocking thread → unless
+//! they are the version serving (or the one rolled back), validate the
+//! module on the data plane → swap it in atomically. Anything that fails
+//! validation is rejected and the current version keeps serving.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::exec::{GuestExecutor, ModuleVersion};
-use crate::sandbox::{GrantSources, LoadError, LoadedModule, Sandbox};
+use crate::planes::ControlPlane;
+use crate::sandbox::{GrantSources, GuestSettings, LoadError, LoadedModule, Sandbox, sha256_hex};
 use crate::watch::Triggers;
 
 /// Reloads one guest's module.
@@ -54,6 +55,39 @@ pub struct Loaded {
     pub version: ModuleVersion,
 }
 
+/// A guest's files as read once: the module's bytes and hash, the grants,
+/// and the version they make.
+pub struct Files {
+    bytes: Vec<u8>,
+    settings: GuestSettings,
+    pub version: ModuleVersion,
+}
+
+/// Reads the module and the grants and hashes them, on a blocking thread:
+/// a Python or JavaScript module is 12-40 MB, and the data directory can hold
+/// thousands of files, work that must not hold a thread serving messages.
+pub async fn read_files(path: &Path, grants: &GrantSources) -> Result<Files, LoadError> {
+    let (path, grants) = (path.to_path_buf(), grants.clone());
+    tokio::task::spawn_blocking(move || {
+        let bytes = std::fs::read(&path).map_err(|source| LoadError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let settings = grants.read().map_err(LoadError::Config)?;
+        let version = ModuleVersion {
+            module_sha256: sha256_hex(&bytes),
+            grants: settings.fingerprint(),
+        };
+        Ok(Files {
+            bytes,
+            settings,
+            version,
+        })
+    })
+    .await
+    .map_err(|join| LoadError::Compile(anyhow::anyhow!("reading the files failed: {join}")))?
+}
+
 /// Loads the module at `path` with the grants read now, on the data plane
 /// (`executor_or_here`) or on the caller's.
 pub async fn load(
@@ -62,24 +96,41 @@ pub async fn load(
     path: &Path,
     grants: &GrantSources,
 ) -> Result<Loaded, LoadError> {
-    let (sandbox, path, grants) = (sandbox.clone(), path.to_path_buf(), grants.clone());
+    let files = read_files(path, grants).await?;
+    load_files(sandbox, executor_or_here, path, grants, files).await
+}
+
+/// Loads what [`read_files`] read: the version is exactly the bytes and
+/// grants compiled, even if the files change meanwhile (a change that lands
+/// during the load differs from it and reloads again).
+async fn load_files(
+    sandbox: &Sandbox,
+    executor_or_here: Option<&GuestExecutor>,
+    path: &Path,
+    grants: &GrantSources,
+    files: Files,
+) -> Result<Loaded, LoadError> {
+    let (sandbox, path, table_grants) = (
+        sandbox.clone(),
+        path.to_path_buf(),
+        grants.ip_tables.clone(),
+    );
     let work = async move {
-        let mut settings = grants.read().map_err(LoadError::Config)?;
+        let Files {
+            bytes,
+            mut settings,
+            version,
+        } = files;
         // Tables are built on blocking threads, once per agent: a guest
         // reload reuses the tables already loaded.
         settings.ip_tables = sandbox
             .ip_tables()
-            .resolve(&grants.ip_tables)
+            .resolve(&table_grants)
             .await
             .map_err(LoadError::Config)?;
-        // The grants as they are before the load: a change that lands during
-        // the load differs from them and reloads again.
-        let grants = settings.fingerprint();
-        let module = sandbox.load_file(&path, settings).await?;
-        let version = ModuleVersion {
-            module_sha256: module.identity.sha256.clone(),
-            grants,
-        };
+        let module = sandbox
+            .load_hashed(&path, bytes, version.module_sha256.clone(), settings)
+            .await?;
         Ok(Loaded { module, version })
     };
     match executor_or_here {
@@ -103,16 +154,6 @@ impl Reloader {
         }
     }
 
-    /// The version the files describe now, without compiling anything.
-    fn current_files(&self) -> Option<ModuleVersion> {
-        let bytes = std::fs::read(&self.path).ok()?;
-        let settings = self.grants.read().ok()?;
-        Some(ModuleVersion {
-            module_sha256: hex::encode(Sha256::digest(&bytes)),
-            grants: settings.fingerprint(),
-        })
-    }
-
     /// Validates the files and swaps the new version in, unless nothing
     /// changed since the version serving now, or they are the version rolled
     /// back last.
@@ -120,33 +161,36 @@ impl Reloader {
         let guest = self.executor.name();
         let metrics = self.executor.metrics();
         metrics.reload_started(reason);
-        if let Some(files) = self.current_files() {
-            if files == self.executor.active_version() {
-                tracing::info!(
-                    guest,
-                    reason,
-                    "module, configuration and data unchanged; not swapping"
-                );
-                metrics.reload_unchanged();
-                return ReloadResult::Unchanged;
-            }
-            if self.executor.rejected().as_ref() == Some(&files) {
-                tracing::warn!(
-                    guest,
-                    reason,
-                    path = %self.path.display(),
-                    "these files were rolled back; not loading them again until they change"
-                );
-                metrics.reload_skipped_rejected();
-                return ReloadResult::RejectedBefore;
-            }
+        let files = match read_files(&self.path, &self.grants).await {
+            Ok(files) => files,
+            Err(err) => return self.rejected(&err, reason),
+        };
+        if files.version == self.executor.active_version() {
+            tracing::info!(
+                guest,
+                reason,
+                "module, configuration and data unchanged; not swapping"
+            );
+            metrics.reload_unchanged();
+            return ReloadResult::Unchanged;
+        }
+        if self.executor.rejected().as_ref() == Some(&files.version) {
+            tracing::warn!(
+                guest,
+                reason,
+                path = %self.path.display(),
+                "these files were rolled back; not loading them again until they change"
+            );
+            metrics.reload_skipped_rejected();
+            return ReloadResult::RejectedBefore;
         }
         let started = Instant::now();
-        match load(
+        match load_files(
             &self.sandbox,
             Some(&self.executor),
             &self.path,
             &self.grants,
+            files,
         )
         .await
         {
@@ -155,23 +199,30 @@ impl Reloader {
                 self.executor.replace(module, version);
                 ReloadResult::Swapped
             }
-            Err(err) => {
-                metrics.reload_failed(err.cause());
-                tracing::error!(
-                    guest,
-                    path = %self.path.display(),
-                    reason,
-                    cause = err.cause().name(),
-                    "reload rejected, current version keeps serving: {err}"
-                );
-                ReloadResult::Rejected
-            }
+            Err(err) => self.rejected(&err, reason),
         }
     }
 
+    fn rejected(&self, err: &LoadError, reason: &'static str) -> ReloadResult {
+        self.executor.metrics().reload_failed(err.cause());
+        tracing::error!(
+            guest = self.executor.name(),
+            path = %self.path.display(),
+            reason,
+            cause = err.cause().name(),
+            "reload rejected, current version keeps serving: {err}"
+        );
+        ReloadResult::Rejected
+    }
+
     /// Starts the SIGHUP and (unless `watch` is false) file-change triggers.
-    pub fn spawn_triggers(self: Arc<Self>, watch: bool, shutdown: CancellationToken) -> Result<()> {
-        let mut triggers = Triggers::new(&shutdown)?;
+    pub fn spawn_triggers(
+        self: Arc<Self>,
+        control: &ControlPlane,
+        watch: bool,
+        shutdown: CancellationToken,
+    ) -> Result<()> {
+        let mut triggers = Triggers::new(control, &shutdown)?;
         if watch {
             triggers.watch_file(&self.path, "module changed")?;
             if let Some(file) = &self.grants.config_file {

@@ -15,19 +15,27 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::planes::ControlPlane;
 
 const MAX_REQUEST: usize = 8192;
 
+/// Serves both pages on the control plane: a scrape or a status request is
+/// answered even while every guest is busy.
 pub async fn spawn(
+    control: &ControlPlane,
     address: SocketAddr,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let listener = TcpListener::bind(address)
-        .await
-        .with_context(|| format!("binding the metrics address {address}"))?;
-    tracing::info!(%address, "metrics at http://{address}/metrics");
-    tokio::spawn(async move {
+    let listener = {
+        let _on_control = control.enter();
+        TcpListener::bind(address)
+    }
+    .await
+    .with_context(|| format!("binding the metrics address {address}"))?;
+    tracing::info!(%address, "metrics at http://{address}/metrics, status at /status");
+    let plane = control.clone();
+    control.spawn(async move {
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -35,7 +43,7 @@ pub async fn spawn(
             };
             if let Ok((stream, _)) = accepted {
                 let metrics = metrics.clone();
-                tokio::spawn(async move {
+                plane.spawn(async move {
                     let _ = tokio::time::timeout(Duration::from_secs(5), respond(stream, &metrics))
                         .await;
                 });

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::planes::ControlPlane;
 use crate::watch::Triggers;
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
@@ -61,8 +62,13 @@ impl TlsServer {
     }
 
     /// Reloads when a file changes (unless `watch` is false) and on SIGHUP.
-    pub fn spawn_reloads(self: Arc<Self>, watch: bool, shutdown: CancellationToken) -> Result<()> {
-        let mut triggers = Triggers::new(&shutdown)?;
+    pub fn spawn_reloads(
+        self: Arc<Self>,
+        control: &ControlPlane,
+        watch: bool,
+        shutdown: CancellationToken,
+    ) -> Result<()> {
+        let mut triggers = Triggers::new(control, &shutdown)?;
         if watch {
             let files = [
                 Some(&self.files.cert),
@@ -73,7 +79,7 @@ impl TlsServer {
                 triggers.watch_file(file, "TLS file changed")?;
             }
         }
-        tokio::spawn(async move {
+        control.spawn(async move {
             while triggers.next(&shutdown).await.is_some() {
                 self.reload();
             }

@@ -23,6 +23,7 @@ pub use grants::{GrantSources, parse_pair};
 pub use instance::GuestFailure;
 pub use module::{
     BatchAnswered, GuestSettings, LoadError, LoadFailureCause, LoadedModule, ModuleIdentity,
+    sha256_hex,
 };
 pub use state::GuestConfig;
 pub use wasi::DATA_MOUNT;

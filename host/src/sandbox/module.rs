@@ -450,6 +450,11 @@ impl Drop for InstanceLease<'_> {
     }
 }
 
+/// The hex SHA-256 of a module: what identifies its version.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// Core modules start `\0asm` + version 1; components use a different layer.
 const CORE_MODULE_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
 
@@ -471,17 +476,30 @@ impl Sandbox {
         self.load_bytes(path, bytes, settings).await
     }
 
-    /// Compiles and validates `bytes` (binary component, or component text).
+    /// Compiles and validates `bytes` (binary component, or component text),
+    /// hashing them on the caller's thread (the commands; the agent hashes
+    /// on a blocking thread and calls [`Sandbox::load_hashed`]).
     pub async fn load_bytes(
         &self,
         path: &Path,
         bytes: Vec<u8>,
         settings: GuestSettings,
     ) -> Result<Arc<LoadedModule>, LoadError> {
+        let sha256 = sha256_hex(&bytes);
+        self.load_hashed(path, bytes, sha256, settings).await
+    }
+
+    /// Compiles and validates `bytes`, whose hex SHA-256 is `sha256`.
+    pub async fn load_hashed(
+        &self,
+        path: &Path,
+        bytes: Vec<u8>,
+        sha256: String,
+        settings: GuestSettings,
+    ) -> Result<Arc<LoadedModule>, LoadError> {
         if bytes.starts_with(&CORE_MODULE_HEADER) {
             return Err(LoadError::CoreModule);
         }
-        let sha256 = hex::encode(Sha256::digest(&bytes));
         let size = bytes.len();
         let this = self.clone();
         let digest = sha256.clone();

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::list;
 use super::mmdb::MmdbTable;
 use super::{Table, TableGrants, TableSource};
+use crate::planes::ControlPlane;
 use crate::watch::Triggers;
 
 /// Why a table version was not loaded.
@@ -184,7 +185,7 @@ pub(super) fn read_file(path: &Path) -> Result<Loaded, (TableFailure, String)> {
 /// Where reloads run, and the Redis server of `redis-set:` sources.
 #[derive(Clone)]
 struct Watching {
-    control_plane: tokio::runtime::Handle,
+    control_plane: ControlPlane,
     shutdown: CancellationToken,
 }
 
@@ -233,7 +234,7 @@ impl IpTables {
     /// (Redis) from `control_plane` until `shutdown`, and reloaded on its
     /// blocking threads: never on the data plane.
     pub fn watching(
-        control_plane: tokio::runtime::Handle,
+        control_plane: ControlPlane,
         shutdown: CancellationToken,
         redis_url: Option<String>,
     ) -> IpTables {
@@ -324,9 +325,10 @@ impl IpTables {
         let shutdown = watching.shutdown.clone();
         match live.source().clone() {
             TableSource::File(path) => {
+                let control = watching.control_plane.clone();
                 watching
                     .control_plane
-                    .spawn(follow_file(live, path, shutdown));
+                    .spawn(follow_file(control, live, path, shutdown));
             }
             TableSource::RedisSet(key) => {
                 let Some(url) = self.inner.redis_url.clone() else {
@@ -397,8 +399,13 @@ pub(super) fn accept(
     }
 }
 
-async fn follow_file(live: Arc<LiveTable>, path: PathBuf, shutdown: CancellationToken) {
-    let mut triggers = match Triggers::new(&shutdown).and_then(|mut triggers| {
+async fn follow_file(
+    control: ControlPlane,
+    live: Arc<LiveTable>,
+    path: PathBuf,
+    shutdown: CancellationToken,
+) {
+    let mut triggers = match Triggers::new(&control, &shutdown).and_then(|mut triggers| {
         triggers.watch_file(&path, "file changed")?;
         Ok(triggers)
     }) {

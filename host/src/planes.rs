@@ -1,0 +1,94 @@
+//! The agent's two runtimes, as types: where a task runs shows in the
+//! signature that starts it.
+//!
+//! - The **control plane** (one thread, real-time priority when granted)
+//!   accepts connections, runs TLS handshakes, HELLOs and health checks,
+//!   serves `/metrics` and `/status`, handles signals and watches files. It
+//!   never runs guest code, so a guest can never delay it.
+//! - The **data plane** (`--workers` threads) serves established
+//!   connections and runs the guests' calls, loads and smoke calls.
+//!
+//! Nothing here knows what runs on them; every layer may use this leaf.
+
+use std::future::Future;
+
+use anyhow::{Context, Result};
+use tokio::runtime::{Handle, Runtime};
+use tokio::task::JoinHandle;
+
+/// The runtime that must stay responsive.
+#[derive(Clone, Debug)]
+pub struct ControlPlane(Handle);
+
+/// The runtime that runs guests.
+#[derive(Clone, Debug)]
+pub struct DataPlane(Handle);
+
+/// Both, as the serving command starts them.
+#[derive(Clone, Debug)]
+pub struct Planes {
+    pub control: ControlPlane,
+    pub data: DataPlane,
+}
+
+impl ControlPlane {
+    /// `handle` is the control plane's (the caller knows: it built it, or
+    /// runs a test or a command where no guest runs).
+    pub fn from_handle(handle: Handle) -> ControlPlane {
+        ControlPlane(handle)
+    }
+
+    pub fn spawn<F>(&self, work: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.0.spawn(work)
+    }
+
+    /// Makes the control plane the current runtime until the guard drops:
+    /// what registers with a runtime's drivers (signals) registers there.
+    pub fn enter(&self) -> tokio::runtime::EnterGuard<'_> {
+        self.0.enter()
+    }
+
+    /// Runs blocking work (file reads, parsing) on the control plane's
+    /// blocking threads.
+    pub fn spawn_blocking<F, R>(&self, work: F) -> JoinHandle<R>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        self.0.spawn_blocking(work)
+    }
+}
+
+impl DataPlane {
+    /// `handle` is the data plane's.
+    pub fn from_handle(handle: Handle) -> DataPlane {
+        DataPlane(handle)
+    }
+
+    pub fn spawn<F>(&self, work: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.0.spawn(work)
+    }
+
+    pub fn handle(&self) -> &Handle {
+        &self.0
+    }
+}
+
+/// Starts the data plane with `threads` workers. Drop it outside any
+/// runtime.
+pub fn start_data_plane(threads: usize) -> Result<Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name("spoa-data")
+        .enable_all()
+        .build()
+        .context("starting the data plane")
+}
