@@ -94,14 +94,9 @@ fn two_guests_score_the_same_request_and_reload_one_at_a_time_without_a_lost_sco
         &AGENT_CONFIG.replace("SERVERS", &format!("servers = [\"{}\"]", agent.addr())),
     );
     let haproxy_side = dir.join("haproxy-side.toml");
-    let generate = |section: &str| haproxy::generated_config(&binary, &haproxy_side, section);
-    let spoe = generate("spoe");
-    let config = format!(
-        "{}{FRONTEND}\n{}",
-        haproxy::HTTP_PROXY_HEAD,
-        generate("backend")
-    );
-    let proxy = haproxy::start_files(&binary, &[("haproxy.cfg", config), ("spoe.conf", spoe)]);
+    let proxy = haproxy::start_generated(&binary, FRONTEND, |section| {
+        haproxy::generated_config(&binary, &haproxy_side, section)
+    });
 
     let browser = [(
         "User-Agent",

@@ -110,17 +110,9 @@ fn two_agents_share_a_rate_limit_through_redis_and_survive_its_loss() {
         &dir.join("haproxy-side.toml"),
         &agent_config.replace("SERVERS", &servers),
     );
-    let generate =
-        |section: &str| haproxy::generated_config(&binary, &dir.join("haproxy-side.toml"), section);
-    let config = format!(
-        "{}{FRONTEND}\n{}",
-        haproxy::HTTP_PROXY_HEAD,
-        generate("backend")
-    );
-    let proxy = haproxy::start_files(
-        &binary,
-        &[("haproxy.cfg", config), ("spoe.conf", generate("spoe"))],
-    );
+    let proxy = haproxy::start_generated(&binary, FRONTEND, |section| {
+        haproxy::generated_config(&binary, &dir.join("haproxy-side.toml"), section)
+    });
     let logs = || {
         format!(
             "haproxy:\n{}\nagent A:\n{}\nagent B:\n{}",

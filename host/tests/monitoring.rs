@@ -6,14 +6,13 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
-use support::agent::Agent;
+use support::agent::{IPREP_TABLE, start_config};
 use support::http::scrape_metrics;
-use support::{free_port, hostile_guest, workspace_root};
+use support::{hostile_guest, workspace_root};
 
 fn monitoring(file: &str) -> PathBuf {
     workspace_root().join("examples/monitoring").join(file)
@@ -143,24 +142,7 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 fn every_metric_the_dashboard_and_the_alerts_use_is_exported_under_that_name() {
     let dir = tempfile::tempdir().expect("temp dir");
     support::install(&hostile_guest('A'), &dir.path().join("iprep.wasm"));
-    let config = dir.path().join("agent.toml");
-    support::write_atomically(
-        &config,
-        r#"
-[[guest]]
-name = "iprep"
-module = "iprep.wasm"
-messages = ["check-client-ip"]
-smoke-args = ["ip=ipv4:127.0.0.1"]
-"#,
-    );
-    let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let _agent = Agent::start_with(&[
-        "--config".into(),
-        config.display().to_string(),
-        "--metrics-address".into(),
-        metrics.to_string(),
-    ]);
+    let (_agent, metrics) = start_config(dir.path(), IPREP_TABLE, &[]);
     let scraped = scrape_metrics(metrics);
     let exported: BTreeSet<String> = scraped
         .lines()

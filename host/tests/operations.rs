@@ -145,17 +145,12 @@ fn the_example_files_are_what_haproxy_config_generates() {
     let agent_config = workspace_root().join("examples/spoa-host.toml");
     for (version, dir) in [("2.6", "haproxy-2.6"), ("3", "haproxy-3.x")] {
         let generate = |section: &str| {
-            let output = support::agent::run_host(&[
-                "haproxy-config",
-                "--config",
-                &agent_config.display().to_string(),
-                "--haproxy",
+            haproxy::haproxy_config(
+                &support::agent::host_binary(),
+                &agent_config,
                 version,
-                "--section",
                 section,
-            ]);
-            assert!(output.status.success(), "{output:?}");
-            String::from_utf8(output.stdout).expect("utf-8")
+            )
         };
         let examples = workspace_root().join("examples").join(dir);
         let spoe = std::fs::read_to_string(examples.join("spoe-iprep.conf")).expect("spoe");

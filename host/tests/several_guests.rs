@@ -284,26 +284,11 @@ fn a_guest_looping_to_its_deadline_does_not_delay_another_guests_messages() {
     );
 }
 
-const QUARANTINE: &str = r#"
-[[guest]]
-name = "flaky"
-module = "hostile.wasm"
-messages = ["trap", "check-client-ip"]
-smoke-message = "check-client-ip"
-smoke-args = ["ip=ipv4:127.0.0.1"]
-[guest.on-failure]
-error-var = "error"
-quarantine-failures = 5
-quarantine-ratio = 0.5
-quarantine-window = "10s"
-quarantine-backoff = "700ms"
-"#;
-
 #[test]
 fn a_guest_that_keeps_failing_is_quarantined_then_tried_again() {
     let setup = Setup::new();
     setup.install(&hostile_guest('A'), "hostile.wasm");
-    let (agent, metrics) = setup.start(QUARANTINE, &[]);
+    let (agent, metrics) = setup.start(&support::agent::quarantine_table("700ms"), &[]);
     let mut client = SpopClient::connect(agent.addr());
     client.hello("pipelining");
     let mut frame_id = 0;

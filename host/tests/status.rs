@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use support::agent::{Agent, run_host};
+use support::agent::{IPREP_TABLE, quarantine_table, run_host, start_config};
 use support::spop_client::{SpopClient, check_client_ip, message, notify_frame, score_of};
 use support::{eventually, free_port, hostile_guest};
 
@@ -39,38 +39,24 @@ fn sha256_of(path: &Path) -> String {
     hex::encode(Sha256::digest(std::fs::read(path).expect("module")))
 }
 
-fn start(dir: &Path, config: &str) -> (Agent, SocketAddr) {
-    let path = dir.join("agent.toml");
-    support::write_atomically(&path, config);
-    let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let agent = Agent::start_with(&[
-        "--config".into(),
-        path.display().to_string(),
-        "--metrics-address".into(),
-        metrics.to_string(),
-    ]);
-    (agent, metrics)
-}
-
 fn install(dir: &Path, source: &Path, name: &str) -> PathBuf {
     let target = dir.join(name);
     support::install(source, &target);
     target
 }
 
-const TWO_GUESTS: &str = r#"
-[[guest]]
-name = "iprep"
-module = "iprep.wasm"
-messages = ["check-client-ip"]
-smoke-args = ["ip=ipv4:127.0.0.1"]
-
+/// [`IPREP_TABLE`] and a second guest.
+fn two_guests() -> String {
+    format!(
+        r#"{IPREP_TABLE}
 [[guest]]
 name = "counter"
 module = "counter.wasm"
 messages = ["count"]
 smoke-message = "which"
-"#;
+"#
+    )
+}
 
 #[test]
 fn status_follows_a_guest_through_probation_rollback_and_a_refused_reload() {
@@ -78,7 +64,7 @@ fn status_follows_a_guest_through_probation_rollback_and_a_refused_reload() {
     let iprep = install(dir.path(), &hostile_guest('A'), "iprep.wasm");
     let counter = install(dir.path(), &hostile_guest('A'), "counter.wasm");
     let version_a = sha256_of(&iprep);
-    let (agent, metrics) = start(dir.path(), TWO_GUESTS);
+    let (agent, metrics) = start_config(dir.path(), &two_guests(), &[]);
 
     let report = status(metrics);
     assert_eq!(
@@ -227,7 +213,7 @@ fn status_follows_a_guest_through_probation_rollback_and_a_refused_reload() {
     let version_b = sha256_of(&install(dir.path(), &hostile_guest('B'), "iprep-b.wasm"));
     support::write_atomically(
         &dir.path().join("agent.toml"),
-        &TWO_GUESTS.replace("module = \"iprep.wasm\"", "module = \"iprep-b.wasm\""),
+        &two_guests().replace("module = \"iprep.wasm\"", "module = \"iprep-b.wasm\""),
     );
     assert!(
         eventually(Duration::from_secs(10), || guest(&status(metrics), "iprep")
@@ -248,26 +234,11 @@ fn status_follows_a_guest_through_probation_rollback_and_a_refused_reload() {
     );
 }
 
-const QUARANTINE: &str = r#"
-[[guest]]
-name = "flaky"
-module = "hostile.wasm"
-messages = ["trap", "check-client-ip"]
-smoke-message = "check-client-ip"
-smoke-args = ["ip=ipv4:127.0.0.1"]
-[guest.on-failure]
-error-var = "error"
-quarantine-failures = 5
-quarantine-ratio = 0.5
-quarantine-window = "10s"
-quarantine-backoff = "30s"
-"#;
-
 #[test]
 fn status_says_until_when_a_guest_is_quarantined() {
     let dir = tempfile::tempdir().expect("temp dir");
     install(dir.path(), &hostile_guest('A'), "hostile.wasm");
-    let (agent, metrics) = start(dir.path(), QUARANTINE);
+    let (agent, metrics) = start_config(dir.path(), &quarantine_table("30s"), &[]);
     let mut client = SpopClient::connect(agent.addr());
     client.hello("pipelining");
     for frame_id in 1..=5 {

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, InstancePre};
 
@@ -61,20 +60,6 @@ pub struct GuestSettings {
     /// resolve to (filled in when the module is loaded).
     pub ip_table_grants: TableGrants,
     pub ip_tables: GrantedTables,
-}
-
-impl GuestSettings {
-    /// The smoke call the IP-reputation example expects: `check-client-ip`
-    /// with `ip` = 127.0.0.1.
-    pub fn default_smoke_message() -> spop::Message {
-        spop::Message {
-            name: Bytes::from_static(b"check-client-ip"),
-            args: vec![spop::Arg {
-                name: Bytes::from_static(b"ip"),
-                value: spop::TypedData::Ipv4(std::net::Ipv4Addr::LOCALHOST),
-            }],
-        }
-    }
 }
 
 /// The step at which a module was refused; failed reloads are counted by it.
@@ -450,6 +435,17 @@ impl Drop for InstanceLease<'_> {
     }
 }
 
+/// A component compiled and linked, ready to instantiate.
+struct Prepared {
+    instance_pre: InstancePre<GuestState>,
+    indices: HandlerIndices,
+    blocking_indices: Option<blocking::HandlerIndices>,
+    host_can_wait: bool,
+    init: Option<wasmtime::component::ComponentExportIndex>,
+    batch: Option<wasmtime::component::ComponentExportIndex>,
+    from_cache: bool,
+}
+
 /// The hex SHA-256 of a module: what identifies its version.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -503,32 +499,21 @@ impl Sandbox {
         let size = bytes.len();
         let this = self.clone();
         let digest = sha256.clone();
-        let (component, from_cache) =
-            tokio::task::spawn_blocking(move || this.compile(&bytes, &digest))
-                .await
-                .map_err(|join| {
-                    LoadError::Compile(anyhow::anyhow!("compile task failed: {join}"))
-                })??;
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|err| LoadError::Imports(err.into()))?;
-        let indices =
-            HandlerIndices::new(&instance_pre).map_err(|err| LoadError::World(err.into()))?;
-        let host_can_wait = component
-            .component_type()
-            .imports(&self.engine)
-            .any(|(name, _)| super::bindings::import_can_wait(name));
-        let init = find_init(&component);
-        let batch = component.get_export_index(None, "handle-messages");
-        let blocking_indices = if host_can_wait {
-            None
-        } else {
-            Some(
-                blocking::HandlerIndices::new(&instance_pre)
-                    .map_err(|err| LoadError::World(err.into()))?,
-            )
-        };
+        // Compiling (or reading the cache) and linking take milliseconds to
+        // seconds for a large guest: a blocking thread's work, not that of
+        // a thread serving messages. Only the smoke call, guest code, runs
+        // on the caller's runtime.
+        let Prepared {
+            instance_pre,
+            indices,
+            blocking_indices,
+            host_can_wait,
+            init,
+            batch,
+            from_cache,
+        } = tokio::task::spawn_blocking(move || this.prepare(&bytes, &digest))
+            .await
+            .map_err(|join| LoadError::Compile(anyhow::anyhow!("compile task failed: {join}")))??;
 
         let identity = ModuleIdentity {
             path: path.to_path_buf(),
@@ -560,6 +545,38 @@ impl Sandbox {
 
     /// The compiled component, from the cache when it holds this exact
     /// module compiled with these engine settings.
+    /// Compiles `bytes` and links the component against the host's imports.
+    fn prepare(&self, bytes: &[u8], sha256: &str) -> Result<Prepared, LoadError> {
+        let (component, from_cache) = self.compile(bytes, sha256)?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|err| LoadError::Imports(err.into()))?;
+        let indices =
+            HandlerIndices::new(&instance_pre).map_err(|err| LoadError::World(err.into()))?;
+        let host_can_wait = component
+            .component_type()
+            .imports(&self.engine)
+            .any(|(name, _)| super::bindings::import_can_wait(name));
+        let blocking_indices = if host_can_wait {
+            None
+        } else {
+            Some(
+                blocking::HandlerIndices::new(&instance_pre)
+                    .map_err(|err| LoadError::World(err.into()))?,
+            )
+        };
+        Ok(Prepared {
+            init: find_init(&component),
+            batch: component.get_export_index(None, "handle-messages"),
+            instance_pre,
+            indices,
+            blocking_indices,
+            host_can_wait,
+            from_cache,
+        })
+    }
+
     fn compile(&self, bytes: &[u8], sha256: &str) -> Result<(Component, bool), LoadError> {
         let cache = self
             .config

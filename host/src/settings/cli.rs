@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::sandbox::{GrantSources, GuestSettings, InstanceMode, SandboxConfig};
+use crate::sandbox::{GrantSources, InstanceMode, SandboxConfig};
 use crate::spop::{self, DEFAULT_MAX_FRAME_SIZE, MIN_FRAME_SIZE};
 
 /// The listen port when neither the command line nor the file sets one.
@@ -523,13 +523,15 @@ impl SandboxArgs {
         }
     }
 
+    /// What a guest's files grant it, from these flags (`--module`, and the
+    /// defaults of every `[[guest]]`).
     pub fn grants(&self) -> GrantSources {
         let smoke_message = match &self.smoke_message {
             Some(name) => spop::Message {
                 name: bytes::Bytes::copy_from_slice(name.as_bytes()),
                 args: self.smoke_args.clone(),
             },
-            None => GuestSettings::default_smoke_message(),
+            None => default_smoke_message(),
         };
         GrantSources {
             config_pairs: self.guest_config.clone(),
@@ -541,6 +543,19 @@ impl SandboxArgs {
             // Each pair was validated by `parse_grant`.
             ip_tables: crate::tables::TableGrants::from_pairs(&self.ip_tables).unwrap_or_default(),
         }
+    }
+}
+
+/// `--module`'s smoke call without `--smoke-message`: what the IP-reputation
+/// example answers, `check-client-ip` with `ip` = 127.0.0.1 (the sandbox
+/// calls whatever it is given).
+fn default_smoke_message() -> spop::Message {
+    spop::Message {
+        name: bytes::Bytes::from_static(b"check-client-ip"),
+        args: vec![spop::Arg {
+            name: bytes::Bytes::from_static(b"ip"),
+            value: spop::TypedData::Ipv4(std::net::Ipv4Addr::LOCALHOST),
+        }],
     }
 }
 

@@ -15,6 +15,53 @@ pub fn host_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_spoa-host"))
 }
 
+/// One guest `iprep` serving `check-client-ip` from `iprep.wasm` (the
+/// hostile guest, whose smoke call wants an address), for `--config` files.
+pub const IPREP_TABLE: &str = r#"
+[[guest]]
+name = "iprep"
+module = "iprep.wasm"
+messages = ["check-client-ip"]
+smoke-args = ["ip=ipv4:127.0.0.1"]
+"#;
+
+/// A guest `flaky` (the hostile guest as `hostile.wasm`) quarantined after 5
+/// faults in half its calls within 10 s, for `backoff`.
+pub fn quarantine_table(backoff: &str) -> String {
+    format!(
+        r#"
+[[guest]]
+name = "flaky"
+module = "hostile.wasm"
+messages = ["trap", "check-client-ip"]
+smoke-message = "check-client-ip"
+smoke-args = ["ip=ipv4:127.0.0.1"]
+[guest.on-failure]
+error-var = "error"
+quarantine-failures = 5
+quarantine-ratio = 0.5
+quarantine-window = "10s"
+quarantine-backoff = "{backoff}"
+"#
+    )
+}
+
+/// Writes `config` to `DIR/agent.toml` and starts `spoa-host --config` on
+/// it with a metrics address (returned) and `extra` arguments.
+pub fn start_config(dir: &Path, config: &str, extra: &[&str]) -> (Agent, SocketAddr) {
+    let path = dir.join("agent.toml");
+    super::write_atomically(&path, config);
+    let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut args = vec![
+        "--config".to_string(),
+        path.display().to_string(),
+        "--metrics-address".to_string(),
+        metrics.to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    (Agent::start_with(&args), metrics)
+}
+
 /// The log line the agent writes once its listener is bound.
 const LISTENING: &str = "spoa-host listening";
 

@@ -69,25 +69,56 @@ pub fn haproxy_version(binary: &PathBuf) -> (u32, u32) {
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
-/// `spoa-host haproxy-config --config CONFIG --section SECTION` for the
-/// installed HAProxy's version.
-pub fn generated_config(binary: &PathBuf, config: &std::path::Path, section: &str) -> String {
-    let version = if haproxy_version(binary) >= (3, 1) {
+/// `haproxy-config --haproxy` for the installed HAProxy's version.
+pub fn config_version(binary: &PathBuf) -> &'static str {
+    if haproxy_version(binary) >= (3, 1) {
         "3"
     } else {
         "2.6"
-    };
-    let output = super::agent::run_host(&[
-        "haproxy-config",
-        "--config",
-        &config.display().to_string(),
-        "--haproxy",
-        version,
-        "--section",
-        section,
-    ]);
-    assert!(output.status.success(), "{output:?}");
+    }
+}
+
+/// `HOST haproxy-config --config CONFIG --haproxy VERSION --section SECTION`.
+pub fn haproxy_config(
+    host: &std::path::Path,
+    config: &std::path::Path,
+    version: &str,
+    section: &str,
+) -> String {
+    let output = Command::new(host)
+        .args(["haproxy-config", "--config"])
+        .arg(config)
+        .args(["--haproxy", version, "--section", section])
+        .output()
+        .expect("running spoa-host haproxy-config");
+    assert!(output.status.success(), "haproxy-config: {output:?}");
     String::from_utf8(output.stdout).expect("utf-8")
+}
+
+/// `spoa-host haproxy-config --config CONFIG --section SECTION` for the
+/// installed HAProxy's version.
+pub fn generated_config(binary: &PathBuf, config: &std::path::Path, section: &str) -> String {
+    haproxy_config(
+        &super::agent::host_binary(),
+        config,
+        config_version(binary),
+        section,
+    )
+}
+
+/// Starts HAProxy with `frontend` (after [`HTTP_PROXY_HEAD`]) and the SPOE
+/// file and backend `generate(section)` prints (the frontend finds the SPOE
+/// file at `${CONF_DIR}/spoe.conf`).
+pub fn start_generated(
+    binary: &PathBuf,
+    frontend: &str,
+    generate: impl Fn(&str) -> String,
+) -> Haproxy {
+    let config = format!("{HTTP_PROXY_HEAD}{frontend}\n{}", generate("backend"));
+    start_files(
+        binary,
+        &[("haproxy.cfg", config), ("spoe.conf", generate("spoe"))],
+    )
 }
 
 /// The examples directory matching the installed HAProxy.
