@@ -39,3 +39,11 @@ fi
 if command -v redis-server >/dev/null 2>&1; then
     redis-server --version
 fi
+# HAProxy 3.x for the second end-to-end pass (scripts/test-haproxy3.sh):
+# built once into target/haproxy3 from Debian's source package, unless
+# HAPROXY3_BIN names one. A failure here fails that pass, loudly.
+if haproxy3=$("$(dirname "$0")/haproxy3.sh"); then
+    "$haproxy3" -v 2>&1 | sed -n 1p
+else
+    echo "test-deps: HAProxy 3.x could not be built (see above); the 3.x end-to-end tests will fail" >&2
+fi
