@@ -77,6 +77,16 @@ impl DataPlane {
         self.0.spawn(work)
     }
 
+    /// Runs `work` there and waits for it (loads and their smoke calls run
+    /// guest code, which never runs on the control plane).
+    pub async fn run<F>(&self, work: F) -> Result<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.0.spawn(work).await.context("data-plane task failed")
+    }
+
     pub fn handle(&self) -> &Handle {
         &self.0
     }

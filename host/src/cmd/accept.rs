@@ -70,28 +70,28 @@ pub async fn serve(
                 continue;
             }
         };
-        let (stream, peer) = match accepted {
+        let peer = match &accepted {
             Accepted::Tcp(stream, address) => {
                 if !settings.allow.allows(address.ip()) {
                     ctx.metrics.connection_refused(RefusalReason::AllowList);
                     if refusals.first_time(address.ip(), RefusalReason::AllowList) {
                         tracing::debug!(peer = %address, "connection refused: source not in --allow-from");
                     }
-                    drop(stream);
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
-                (TcpOrTls::Tcp(stream, address), Peer::Tcp(address))
+                Peer::Tcp(*address)
             }
-            Accepted::Unix(stream) => (TcpOrTls::Unix(stream), Peer::Unix),
+            Accepted::Unix(_) => Peer::Unix,
         };
+        let stream = accepted;
         let permit = match permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
                 ctx.metrics
                     .connection_refused(RefusalReason::MaxConnections);
                 tracing::warn!(%peer, max = settings.max_connections, "connection refused: --max-connections reached");
-                if settings.tls.is_some() && matches!(stream, TcpOrTls::Tcp(..)) {
+                if settings.tls.is_some() && matches!(stream, Accepted::Tcp(..)) {
                     // A TLS peer could not read a plaintext DISCONNECT.
                     drop(stream);
                 } else {
@@ -103,7 +103,7 @@ pub async fn serve(
         };
         let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
         match (stream, &settings.tls) {
-            (TcpOrTls::Tcp(stream, address), Some(tls)) => {
+            (Accepted::Tcp(stream, address), Some(tls)) => {
                 let tls = tls.clone();
                 let refusals = refusals.clone();
                 let timeout = settings.handshake_timeout;
@@ -112,13 +112,13 @@ pub async fn serve(
                     drop(permit);
                 });
             }
-            (TcpOrTls::Tcp(stream, _), None) => {
+            (Accepted::Tcp(stream, _), None) => {
                 tracker.spawn(async move {
                     serve_connection(Transport::Tcp(stream), peer, ctx, shutdown).await;
                     drop(permit);
                 });
             }
-            (TcpOrTls::Unix(stream), _) => {
+            (Accepted::Unix(stream), _) => {
                 tracker.spawn(async move {
                     serve_connection(Transport::Unix(stream), peer, ctx, shutdown).await;
                     drop(permit);
@@ -140,19 +140,14 @@ pub async fn serve(
     }
 }
 
-enum TcpOrTls {
-    Tcp(tokio::net::TcpStream, SocketAddr),
-    Unix(tokio::net::UnixStream),
-}
-
-async fn refuse_busy(stream: TcpOrTls) {
+async fn refuse_busy(stream: Accepted) {
     let message = "too many connections";
     let status = Status::ResourceAllocation;
     match stream {
-        TcpOrTls::Tcp(mut stream, _) => {
+        Accepted::Tcp(mut stream, _) => {
             disconnect_and_close(&mut stream, bytes::BytesMut::new(), status, message).await
         }
-        TcpOrTls::Unix(mut stream) => {
+        Accepted::Unix(mut stream) => {
             disconnect_and_close(&mut stream, bytes::BytesMut::new(), status, message).await
         }
     }

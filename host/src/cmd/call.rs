@@ -213,6 +213,7 @@ pub fn run(args: &CallArgs) -> anyhow::Result<bool> {
     runtime.block_on(async {
         let kv_spec = args
             .kv
+            .settings()
             .spec(&Default::default())
             .map_err(anyhow::Error::msg)?;
         let kv = crate::kv::KvStore::open(&kv_spec).map_err(anyhow::Error::msg)?;

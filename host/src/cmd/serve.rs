@@ -16,8 +16,9 @@ use crate::metrics::Metrics;
 use crate::metrics::status::StatusSource;
 use crate::net::{AllowList, Listeners, TlsFiles, TlsServer, UnixSettings};
 use crate::planes::{ControlPlane, DataPlane, Planes, start_data_plane};
-use crate::settings::cli::{DEFAULT_ADDRESS, DEFAULT_PORT, KvArgs, ServeArgs};
+use crate::settings::cli::{DEFAULT_ADDRESS, DEFAULT_PORT, ServeArgs};
 use crate::settings::file::{AgentConfig, single_guest};
+use crate::settings::kv::KvSettings;
 
 /// How long stopping waits for data-plane tasks still running (the drain
 /// itself is bounded by --shutdown-timeout before this).
@@ -85,7 +86,8 @@ async fn serve_async(
         args.max_frame_size_or_default(config.as_ref().and_then(|c| c.max_frame_size));
     let kv_spec = args
         .kv
-        .spec(config.as_ref().map_or(&KvArgs::default(), |c| &c.kv))
+        .settings()
+        .spec(config.as_ref().map_or(&KvSettings::default(), |c| &c.kv))
         .map_err(anyhow::Error::msg)?;
     // Table reloads are watched from the control plane and built on its
     // blocking threads; a Redis feed polls from there too.

@@ -18,12 +18,10 @@ mod policy;
 mod status;
 
 use std::cell::Cell;
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tokio::sync::Semaphore;
@@ -33,7 +31,6 @@ use policy::{Probation, Quarantine, QuarantineChange, Verdict};
 
 use crate::agent::{Answers, BatchFuture, FailureKind, Handler, HandlerFailure};
 use crate::metrics::GuestMetrics;
-use crate::planes::DataPlane;
 use crate::sandbox::{GuestFailure, LoadedModule};
 use crate::spop;
 
@@ -123,7 +120,6 @@ pub struct ExecutorLimits {
 /// Runs one guest's calls; implements the agent's [`Handler`].
 pub struct GuestExecutor {
     name: Arc<str>,
-    data_plane: DataPlane,
     serving: ArcSwap<Serving>,
     permits: Arc<Semaphore>,
     queue_limit: usize,
@@ -138,7 +134,6 @@ pub struct GuestExecutor {
 impl GuestExecutor {
     pub fn new(
         name: &str,
-        data_plane: DataPlane,
         module: Arc<LoadedModule>,
         version: ModuleVersion,
         limits: ExecutorLimits,
@@ -153,7 +148,6 @@ impl GuestExecutor {
                 None,
             )),
             name: name.into(),
-            data_plane,
             permits: Arc::new(Semaphore::new(limits.concurrency.max(1) as usize)),
             queue_limit: limits.queue as usize,
             waiting: AtomicUsize::new(0),
@@ -247,28 +241,6 @@ impl GuestExecutor {
     pub fn announce_serving(&self) {
         self.metrics.module_serving(&self.active().identity, false);
         self.metrics.quarantine_ended();
-    }
-
-    /// Starts a task on the data plane.
-    pub fn spawn<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.data_plane.spawn(work)
-    }
-
-    /// Runs `work` on the data plane (loads and their smoke calls run guest
-    /// code too, and must not run on the control plane).
-    pub async fn run<F>(&self, work: F) -> Result<F::Output>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.data_plane
-            .spawn(work)
-            .await
-            .context("guest runtime task failed")
     }
 
     /// Answers every message of a batch the guest is not called for.

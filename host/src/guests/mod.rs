@@ -98,7 +98,6 @@ impl GuestServices {
         log_loaded(&spec.name, &module, "start", started.elapsed());
         let executor = Arc::new(GuestExecutor::new(
             &spec.name,
-            self.planes.data.clone(),
             module,
             version,
             spec.limits,
@@ -111,6 +110,7 @@ impl GuestServices {
             spec.module.clone(),
             spec.grants.clone(),
             executor.clone(),
+            self.planes.data.clone(),
         ));
         reloader.spawn_triggers(&self.planes.control, self.watch, stop.clone())?;
         Ok(Guest {

@@ -12,7 +12,7 @@ use anyhow::Result;
 use tokio_util::sync::CancellationToken;
 
 use crate::exec::{GuestExecutor, ModuleVersion};
-use crate::planes::ControlPlane;
+use crate::planes::{ControlPlane, DataPlane};
 use crate::sandbox::{GrantSources, GuestSettings, LoadError, LoadedModule, Sandbox, sha256_hex};
 use crate::watch::Triggers;
 
@@ -22,6 +22,8 @@ pub struct Reloader {
     path: PathBuf,
     grants: GrantSources,
     executor: Arc<GuestExecutor>,
+    /// Where loads and their smoke calls run.
+    data_plane: DataPlane,
 }
 
 /// What a reload attempt did.
@@ -89,15 +91,15 @@ pub async fn read_files(path: &Path, grants: &GrantSources) -> Result<Files, Loa
 }
 
 /// Loads the module at `path` with the grants read now, on the data plane
-/// (`executor_or_here`) or on the caller's.
+/// (`on`) or on the caller's runtime.
 pub async fn load(
     sandbox: &Sandbox,
-    executor_or_here: Option<&GuestExecutor>,
+    on: Option<&DataPlane>,
     path: &Path,
     grants: &GrantSources,
 ) -> Result<Loaded, LoadError> {
     let files = read_files(path, grants).await?;
-    load_files(sandbox, executor_or_here, path, grants, files).await
+    load_files(sandbox, on, path, grants, files).await
 }
 
 /// Loads what [`read_files`] read: the version is exactly the bytes and
@@ -105,7 +107,7 @@ pub async fn load(
 /// during the load differs from it and reloads again).
 async fn load_files(
     sandbox: &Sandbox,
-    executor_or_here: Option<&GuestExecutor>,
+    on: Option<&DataPlane>,
     path: &Path,
     grants: &GrantSources,
     files: Files,
@@ -133,8 +135,8 @@ async fn load_files(
             .await?;
         Ok(Loaded { module, version })
     };
-    match executor_or_here {
-        Some(executor) => executor.run(work).await.map_err(LoadError::Compile)?,
+    match on {
+        Some(data_plane) => data_plane.run(work).await.map_err(LoadError::Compile)?,
         None => work.await,
     }
 }
@@ -145,12 +147,14 @@ impl Reloader {
         path: PathBuf,
         grants: GrantSources,
         executor: Arc<GuestExecutor>,
+        data_plane: DataPlane,
     ) -> Reloader {
         Reloader {
             sandbox,
             path,
             grants,
             executor,
+            data_plane,
         }
     }
 
@@ -187,7 +191,7 @@ impl Reloader {
         let started = Instant::now();
         match load_files(
             &self.sandbox,
-            Some(&self.executor),
+            Some(&self.data_plane),
             &self.path,
             &self.grants,
             files,
@@ -234,8 +238,8 @@ impl Reloader {
         }
         // The loop runs on the data plane: loads and smoke calls run guest
         // code, which never runs on the control plane.
-        let executor = self.executor.clone();
-        executor.spawn(async move {
+        let data_plane = self.data_plane.clone();
+        data_plane.spawn(async move {
             while let Some(reason) = triggers.next(&shutdown).await {
                 self.reload(reason).await;
             }

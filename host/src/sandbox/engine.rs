@@ -20,7 +20,7 @@ use crate::tables::IpTables;
 const INSTANCES_FOR_LOADING: u32 = 4;
 
 /// How guest instances are kept between messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InstanceMode {
     /// Instances are pooled and reused for every message until one traps or
     /// the module is replaced. Linear memory and globals survive between

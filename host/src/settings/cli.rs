@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::sandbox::{GrantSources, InstanceMode, SandboxConfig};
+use crate::settings::kv::KvSettings;
 use crate::spop::{self, DEFAULT_MAX_FRAME_SIZE, MIN_FRAME_SIZE};
 
 /// The listen port when neither the command line nor the file sets one.
@@ -342,46 +343,14 @@ pub struct KvArgs {
     pub kv_prefix: Option<String>,
 }
 
-/// The in-process store's default size.
-pub const DEFAULT_KV_MEMORY: usize = 64 << 20;
-/// The default prefix of Redis keys.
-pub const DEFAULT_KV_PREFIX: &str = "spoa:";
-
 impl KvArgs {
-    /// The backend these flags name, the file's settings filling what the
-    /// flags leave out.
-    pub fn spec(&self, file: &KvArgs) -> Result<crate::kv::KvBackendSpec, String> {
-        use crate::kv::KvBackendSpec;
-        let kv = self
-            .kv
-            .as_deref()
-            .or(file.kv.as_deref())
-            .unwrap_or("memory");
-        let limit_bytes = self
-            .kv_memory
-            .or(file.kv_memory)
-            .unwrap_or(DEFAULT_KV_MEMORY);
-        let prefix = self
-            .kv_prefix
-            .as_deref()
-            .or(file.kv_prefix.as_deref())
-            .unwrap_or(DEFAULT_KV_PREFIX);
-        if kv == "memory" {
-            return Ok(KvBackendSpec::Memory { limit_bytes });
+    /// What the flags set (the rest is left to the file, then the defaults).
+    pub fn settings(&self) -> KvSettings {
+        KvSettings {
+            kv: self.kv.clone(),
+            kv_memory: self.kv_memory,
+            kv_prefix: self.kv_prefix.clone(),
         }
-        if kv.starts_with("redis://")
-            || kv.starts_with("rediss://")
-            || kv.starts_with("redis+unix://")
-        {
-            crate::kv::redis::validate_prefix(prefix)?;
-            return Ok(KvBackendSpec::Redis {
-                url: kv.to_owned(),
-                prefix: prefix.to_owned(),
-            });
-        }
-        Err(format!(
-            "--kv `{kv}`: expected `memory` or a redis://HOST:PORT address"
-        ))
     }
 }
 

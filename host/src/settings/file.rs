@@ -16,6 +16,7 @@ use serde::Deserialize;
 use crate::exec::{ExecutorLimits, FailurePolicy, QuarantinePolicy, RollbackPolicy};
 use crate::sandbox::{GrantSources, InstanceMode, SandboxConfig};
 use crate::settings::cli::{SandboxArgs, parse_duration, parse_size, parse_typed_arg};
+use crate::settings::kv::KvSettings;
 use crate::spop;
 
 /// Why a configuration file was refused.
@@ -176,7 +177,7 @@ pub struct AgentConfig {
     pub max_frame_size: Option<u32>,
     pub metrics_address: Option<SocketAddr>,
     /// The shared store's settings (the command line's flags win).
-    pub kv: crate::settings::cli::KvArgs,
+    pub kv: KvSettings,
     pub haproxy: HaproxyTable,
     pub guests: Vec<GuestSpec>,
 }
@@ -231,7 +232,7 @@ impl AgentConfig {
             guests.push(spec);
         }
         check_unique(&guests).map_err(invalid)?;
-        let kv = crate::settings::cli::KvArgs {
+        let kv = KvSettings {
             kv: file.kv,
             kv_memory: file
                 .kv_memory
@@ -241,7 +242,7 @@ impl AgentConfig {
                 .map_err(|err| invalid(format!("kv-memory: {err}")))?,
             kv_prefix: file.kv_prefix,
         };
-        kv.spec(&crate::settings::cli::KvArgs::default())
+        kv.spec(&KvSettings::default())
             .map_err(|err| invalid(format!("kv: {err}")))?;
         // Pasted into haproxy.cfg by `haproxy-config`: one line's words.
         let haproxy_words = file.haproxy.servers.iter().chain(&file.haproxy.check);
@@ -671,7 +672,7 @@ mod tests {
                     [[guest]]\nname = \"b\"\nmodule = \"b.wasm\"\nmessages = [\"n\"]";
         let config = parse(text).expect("valid");
         assert_eq!(
-            config.kv.spec(&crate::settings::cli::KvArgs::default()),
+            config.kv.spec(&KvSettings::default()),
             Ok(crate::kv::KvBackendSpec::Redis {
                 url: "redis://127.0.0.1:6379".into(),
                 prefix: "spoa:".into()
@@ -687,7 +688,7 @@ mod tests {
             crate::kv::BucketGrants::default()
         );
         // The command line wins over the file.
-        let flags = crate::settings::cli::KvArgs {
+        let flags = KvSettings {
             kv: Some("memory".into()),
             ..Default::default()
         };
