@@ -1,6 +1,9 @@
-//! Where guest calls run: the data plane, a runtime apart from the control
-//! plane that accepts connections, answers HELLOs and health checks, serves
-//! `/metrics` and handles signals.
+//! One guest's executor: where its calls run (the data plane, apart from the
+//! control plane that accepts connections, runs TLS handshakes, answers
+//! HELLOs and health checks, serves `/metrics` and handles signals), the
+//! version serving it and the swap to the next one, and its failure policy
+//! (quarantine, probation, rollback). Must not know files, sockets or SPOP
+//! framing: it takes modules and batches of messages.
 //!
 //! An established connection lives on the data plane and calls the guest
 //! right there, holding a permit (at most `max_concurrent_calls` batches are

@@ -2,6 +2,11 @@
 //! starts the guests that are new or changed, keeps the others as they are
 //! (their instances untouched), and swaps the routing table at once. A file
 //! that fails validation, or a guest that fails to load, changes nothing.
+//!
+//! Owns when a guest's version changes (module files, `--config`); the swap
+//! itself and what a failing version costs belong to `exec`. Must not know
+//! SPOP frames, sockets or wasmtime types: it hands the sandbox files and
+//! the executor modules.
 
 pub mod module_reload;
 pub mod router;
@@ -123,7 +128,7 @@ impl GuestServices {
     /// Starts every guest of `specs`, reusing those of `running` whose
     /// definition is unchanged but for the messages they answer and how
     /// HAProxy sends them (routing only). A changed guest takes over from its
-    /// predecessor of the same name (see [`GuestExecutor::succeed`]).
+    /// predecessor of the same name (see [`GuestExecutor::take_over_from`]).
     async fn start_all(
         &self,
         specs: &[GuestSpec],

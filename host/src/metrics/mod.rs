@@ -1,5 +1,9 @@
-//! Prometheus metrics. Every series the hot path touches is resolved to a
-//! plain atomic handle once, at start-up, so counting costs one atomic add.
+//! Prometheus metrics, and the status report (`/status`). Every series the
+//! hot path touches is resolved to a plain atomic handle once, at start-up,
+//! so counting costs one atomic add.
+//!
+//! Must not know the agent's, the executors' or the guests' types: they
+//! count through these handles and report through [`status::StatusSource`].
 
 pub mod http;
 pub mod status;
