@@ -84,6 +84,55 @@ pub(crate) struct GuestInstance {
     batch: Option<BatchFunc>,
 }
 
+/// What a call does at an epoch tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AtTick {
+    /// A direct call that has not yet run a whole tick goes on.
+    Continue,
+    /// A direct call that ran a whole tick is cut, to run again on a fiber
+    /// with its whole budget (before the deadline is checked: the slow pace
+    /// may have charged this tick more than the budget had left).
+    CutForFiber,
+    /// Its budget of ticks is used up.
+    Interrupt,
+    /// A fiber call gives up its thread for a turn (holding, or waiting
+    /// for, one of the guest's long-call slots past its first tick).
+    YieldOrWaitForSlot,
+}
+
+/// Counts one tick of a call and decides what it does. Ticks are counted
+/// while the call runs: time the thread spent on other calls, or
+/// descheduled by the kernel, is not charged to it, so a busy machine does
+/// not fail healthy guests. The first tick may come right after the call
+/// started and counts one; later ones count the ticks they lasted
+/// (`ticks_of_last_tick`: more than one at the ticker's slow pace).
+fn at_tick(
+    ticks_seen: &mut u64,
+    ticks_used: &mut u64,
+    deadline_ticks: u64,
+    direct_call: bool,
+    ticks_of_last_tick: impl FnOnce() -> u64,
+) -> AtTick {
+    *ticks_seen += 1;
+    *ticks_used += match *ticks_seen {
+        1 => 1,
+        _ => ticks_of_last_tick(),
+    };
+    // A second tick means it ran for a whole tick.
+    let ran_a_whole_tick = *ticks_seen >= 2;
+    if direct_call {
+        return if ran_a_whole_tick {
+            AtTick::CutForFiber
+        } else {
+            AtTick::Continue
+        };
+    }
+    if *ticks_used >= deadline_ticks {
+        return AtTick::Interrupt;
+    }
+    AtTick::YieldOrWaitForSlot
+}
+
 impl GuestInstance {
     /// Instantiates `module`. Start code is held to the call deadline too.
     /// A smoke instance gets an empty store of its own before its `init`
@@ -129,60 +178,53 @@ impl GuestInstance {
         let pace = sandbox.pace.clone();
         store.epoch_deadline_callback(move |mut ctx| {
             let state = ctx.data_mut();
-            // Ticks are counted while the call runs: time the thread spent
-            // on other calls, or descheduled by the kernel, is not charged
-            // to this one, so a busy machine does not fail healthy guests.
-            // The first tick may come right after the call started, and
-            // counts one; later ones count the ticks they lasted.
-            state.ticks_seen += 1;
-            state.ticks_used += match state.ticks_seen {
-                1 => 1,
-                _ => pace.ticks_of_last_tick(),
-            };
-            // A second tick means it ran for a whole tick.
-            let ran_a_whole_tick = state.ticks_seen >= 2;
-            if state.direct_call {
-                // Cut before the deadline is checked: the call is run again
-                // on a fiber with its whole budget, even when the slow pace
-                // charged this tick more than the budget had left.
-                if ran_a_whole_tick {
+            let decision = at_tick(
+                &mut state.ticks_seen,
+                &mut state.ticks_used,
+                state.deadline_ticks,
+                state.direct_call,
+                || pace.ticks_of_last_tick(),
+            );
+            match decision {
+                AtTick::Continue => Ok(UpdateDeadline::Continue(1)),
+                AtTick::Interrupt => Err(Trap::Interrupt.into()),
+                AtTick::CutForFiber => {
                     pace.long_call_running();
                     slow_seen.store(true, std::sync::atomic::Ordering::Relaxed);
                     state.cut_for_fiber = true;
-                    return Err(Trap::Interrupt.into());
+                    Err(Trap::Interrupt.into())
                 }
-                return Ok(UpdateDeadline::Continue(1));
-            }
-            if state.ticks_used >= state.deadline_ticks {
-                return Err(Trap::Interrupt.into());
-            }
-            // A fiber call is a slow guest's (WASI, an interpreter): its
-            // first tick already asks for the fast pace, so it yields every
-            // tick from its second one on.
-            pace.long_call_running();
-            let holds_slot = state
-                .long_call_slot
-                .lock()
-                .map(|slot| slot.is_some())
-                .unwrap_or(true);
-            if !ran_a_whole_tick || holds_slot {
-                return Ok(UpdateDeadline::YieldCustom(
-                    1,
-                    Box::pin(tokio::task::yield_now()),
-                ));
-            }
-            let slot = state.long_call_slot.clone();
-            let long_calls = long_calls.clone();
-            Ok(UpdateDeadline::YieldCustom(
-                1,
-                Box::pin(async move {
-                    if let Some(permit) = long_calls.acquire().await
-                        && let Ok(mut slot) = slot.lock()
-                    {
-                        *slot = Some(permit);
+                AtTick::YieldOrWaitForSlot => {
+                    // A fiber call is a slow guest's (WASI, an
+                    // interpreter): its first tick already asks for the fast
+                    // pace, so it yields every tick from its second one on.
+                    pace.long_call_running();
+                    let ran_a_whole_tick = state.ticks_seen >= 2;
+                    let holds_slot = state
+                        .long_call_slot
+                        .lock()
+                        .map(|slot| slot.is_some())
+                        .unwrap_or(true);
+                    if !ran_a_whole_tick || holds_slot {
+                        return Ok(UpdateDeadline::YieldCustom(
+                            1,
+                            Box::pin(tokio::task::yield_now()),
+                        ));
                     }
-                }),
-            ))
+                    let slot = state.long_call_slot.clone();
+                    let long_calls = long_calls.clone();
+                    Ok(UpdateDeadline::YieldCustom(
+                        1,
+                        Box::pin(async move {
+                            if let Some(permit) = long_calls.acquire().await
+                                && let Ok(mut slot) = slot.lock()
+                            {
+                                *slot = Some(permit);
+                            }
+                        }),
+                    ))
+                }
+            }
         });
         store.set_epoch_deadline(1);
         let instance = match module.instance_pre.instantiate_async(&mut store).await {
@@ -457,5 +499,60 @@ fn classify(store: &Store<GuestState>, err: wasmtime::Error) -> GuestFailure {
         Some(Trap::Interrupt) => GuestFailure::Timeout,
         Some(trap) => GuestFailure::Trap(trap.to_string()),
         None => GuestFailure::Trap(truncated(&format!("{err:#}"), MAX_REASON_BYTES).to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tick_tests {
+    use super::{AtTick, at_tick};
+
+    /// Runs ticks until the decision is not to go on; returns the decisions.
+    fn ticks(deadline: u64, direct: bool, pace: u64) -> Vec<AtTick> {
+        let (mut seen, mut used) = (0, 0);
+        let mut decisions = Vec::new();
+        loop {
+            let decision = at_tick(&mut seen, &mut used, deadline, direct, || pace);
+            decisions.push(decision);
+            if decision != AtTick::Continue && decision != AtTick::YieldOrWaitForSlot {
+                return decisions;
+            }
+            assert!(decisions.len() < 100, "never stopped");
+        }
+    }
+
+    #[test]
+    fn a_direct_call_is_cut_at_its_second_tick_whatever_its_budget() {
+        for deadline in [1, 2, 20] {
+            assert_eq!(
+                ticks(deadline, true, 4),
+                [AtTick::Continue, AtTick::CutForFiber]
+            );
+        }
+    }
+
+    #[test]
+    fn a_fiber_call_yields_at_each_tick_until_its_budget_is_used() {
+        // 20 ticks at the fast pace: the first counts one, each later one.
+        let decisions = ticks(20, false, 1);
+        assert_eq!(decisions.len(), 20);
+        assert!(
+            decisions[..19]
+                .iter()
+                .all(|d| *d == AtTick::YieldOrWaitForSlot)
+        );
+        assert_eq!(decisions[19], AtTick::Interrupt);
+    }
+
+    #[test]
+    fn a_slow_tick_charges_the_ticks_it_lasted() {
+        // At the slow pace (4 ticks each), a 20-tick budget lasts 1 + 4 × 5.
+        let decisions = ticks(20, false, 4);
+        assert_eq!(decisions.len(), 6, "{decisions:?}");
+        assert_eq!(decisions.last(), Some(&AtTick::Interrupt));
+    }
+
+    #[test]
+    fn a_budget_of_one_tick_ends_at_the_first() {
+        assert_eq!(ticks(1, false, 1), [AtTick::Interrupt]);
     }
 }
