@@ -16,9 +16,9 @@ use crate::metrics::Metrics;
 use crate::metrics::status::StatusSource;
 use crate::net::{AllowList, Listeners, TlsFiles, TlsServer, UnixSettings};
 use crate::planes::{ControlPlane, DataPlane, Planes, start_data_plane};
-use crate::settings::cli::{DEFAULT_ADDRESS, DEFAULT_PORT, ServeArgs};
+use crate::settings::cli::ServeArgs;
 use crate::settings::file::{AgentConfig, single_guest};
-use crate::settings::kv::KvSettings;
+use crate::settings::serve::ServeSettings;
 
 /// How long stopping waits for data-plane tasks still running (the drain
 /// itself is bounded by --shutdown-timeout before this).
@@ -37,12 +37,8 @@ pub fn serve_blocking(args: ServeArgs) -> Result<()> {
         )?),
         None => None,
     };
-    let workers = args
-        .workers
-        .or(config.as_ref().and_then(|c| c.workers))
-        .map(usize::from)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let data_plane = start_data_plane(workers)?;
+    let settings = ServeSettings::resolve(&args, config.as_ref()).map_err(anyhow::Error::msg)?;
+    let data_plane = start_data_plane(settings.workers)?;
     let priority = args.control_priority;
     priority.apply_to_this_thread();
     let control = tokio::runtime::Builder::new_multi_thread()
@@ -56,7 +52,7 @@ pub fn serve_blocking(args: ServeArgs) -> Result<()> {
         control: ControlPlane::from_handle(control.handle().clone()),
         data: DataPlane::from_handle(data_plane.handle().clone()),
     };
-    let result = control.block_on(serve_async(args, config, planes, workers));
+    let result = control.block_on(serve_async(args, settings, config, planes));
     drop(control);
     data_plane.shutdown_timeout(DATA_PLANE_STOP);
     result
@@ -64,31 +60,19 @@ pub fn serve_blocking(args: ServeArgs) -> Result<()> {
 
 async fn serve_async(
     args: ServeArgs,
+    settings: ServeSettings,
     config: Option<AgentConfig>,
     planes: Planes,
-    data_plane_threads: usize,
 ) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
-    let metrics_address = args
-        .metrics_address
-        .or(config.as_ref().and_then(|c| c.metrics_address));
-    let address = args.address.or(config.as_ref().and_then(|c| c.address));
-    let port = args.port.or(config.as_ref().and_then(|c| c.port));
-    // With --unix alone, no TCP listener.
-    let listen = (args.unix.is_none() || address.is_some() || port.is_some()).then(|| {
-        SocketAddr::new(
-            address.unwrap_or(DEFAULT_ADDRESS),
-            port.unwrap_or(DEFAULT_PORT),
-        )
-    });
-    let max_frame_size =
-        args.max_frame_size_or_default(config.as_ref().and_then(|c| c.max_frame_size));
-    let kv_spec = args
-        .kv
-        .settings()
-        .spec(config.as_ref().map_or(&KvSettings::default(), |c| &c.kv))
-        .map_err(anyhow::Error::msg)?;
+    let ServeSettings {
+        listen,
+        metrics_address,
+        max_frame_size,
+        workers: data_plane_threads,
+        kv: kv_spec,
+    } = settings;
     // Table reloads are watched from the control plane and built on its
     // blocking threads; a Redis feed polls from there too.
     let ip_tables = crate::tables::IpTables::watching(

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::sandbox::{GrantSources, InstanceMode, SandboxConfig};
 use crate::settings::kv::KvSettings;
-use crate::spop::{self, DEFAULT_MAX_FRAME_SIZE, MIN_FRAME_SIZE};
+use crate::spop::{self, MIN_FRAME_SIZE};
 
 /// The listen port when neither the command line nor the file sets one.
 pub const DEFAULT_PORT: u16 = 12345;
@@ -351,14 +351,6 @@ impl KvArgs {
             kv_memory: self.kv_memory,
             kv_prefix: self.kv_prefix.clone(),
         }
-    }
-}
-
-impl ServeArgs {
-    pub fn max_frame_size_or_default(&self, file: Option<u32>) -> u32 {
-        self.max_frame_size
-            .or(file)
-            .unwrap_or(DEFAULT_MAX_FRAME_SIZE)
     }
 }
 

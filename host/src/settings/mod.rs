@@ -6,3 +6,4 @@
 pub mod cli;
 pub mod file;
 pub mod kv;
+pub mod serve;
