@@ -24,29 +24,46 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// `openssl req` with a new P-256 key NAME.key, subject `/CN=NAME`: a
+/// self-signed certificate NAME.pem with `-x509` in `extra`, else a request
+/// NAME.csr.
+fn new_key(dir: &Path, name: &str, extra: &[&str]) {
+    let self_signed = extra.contains(&"-x509");
+    let (key, out, subject) = (
+        format!("{name}.key"),
+        format!("{name}.{}", if self_signed { "pem" } else { "csr" }),
+        format!("/CN={name}"),
+    );
+    let mut args = vec![
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        &out,
+        "-subj",
+        &subject,
+    ];
+    args.extend_from_slice(extra);
+    openssl(dir, &args);
+}
+
 impl Pki {
     pub fn new() -> Pki {
         let dir = tempfile::tempdir().expect("temp dir");
         let d = dir.path();
         for ca in ["ca", "other-ca"] {
-            openssl(
+            new_key(
                 d,
+                ca,
                 &[
-                    "req",
                     "-x509",
-                    "-newkey",
-                    "ec",
-                    "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1",
-                    "-nodes",
-                    "-keyout",
-                    &format!("{ca}.key"),
-                    "-out",
-                    &format!("{ca}.pem"),
                     "-days",
                     "2",
-                    "-subj",
-                    &format!("/CN={ca}"),
                     "-addext",
                     "basicConstraints=critical,CA:TRUE",
                     "-addext",
@@ -72,23 +89,7 @@ impl Pki {
             // `openssl x509 -req` without -extfile: an X.509 v1 certificate.
             ("v1", "ca", ""),
         ] {
-            openssl(
-                d,
-                &[
-                    "req",
-                    "-newkey",
-                    "ec",
-                    "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1",
-                    "-nodes",
-                    "-keyout",
-                    &format!("{name}.key"),
-                    "-out",
-                    &format!("{name}.csr"),
-                    "-subj",
-                    &format!("/CN={name}"),
-                ],
-            );
+            new_key(d, name, &[]);
             let (csr, ca_pem, ca_key, out) = (
                 format!("{name}.csr"),
                 format!("{ca}.pem"),
