@@ -83,6 +83,7 @@ fn main() -> Result<()> {
         runtime.block_on(async {
             let kv_spec = args
                 .kv
+                .settings()
                 .spec(&Default::default())
                 .map_err(anyhow::Error::msg)?;
             let kv = spoa_host::kv::KvStore::open(&kv_spec).map_err(anyhow::Error::msg)?;

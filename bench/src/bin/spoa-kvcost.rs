@@ -77,7 +77,7 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let spec = args.kv.spec(&Default::default()).map_err(anyhow::Error::msg)?;
+        let spec = args.kv.settings().spec(&Default::default()).map_err(anyhow::Error::msg)?;
         let store = KvStore::open(&spec).map_err(anyhow::Error::msg)?;
         println!(
             "spoa-kvcost: {}, {:?} per operation, one tokio thread",
