@@ -47,16 +47,7 @@ impl Setup {
     }
 
     fn start(&self, text: &str, extra: &[&str]) -> (Agent, std::net::SocketAddr) {
-        let config = self.write_config(text);
-        let metrics: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let mut args = vec![
-            "--config".to_string(),
-            config.display().to_string(),
-            "--metrics-address".to_string(),
-            metrics.to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        (Agent::start_with(&args), metrics)
+        support::agent::start_config(self.dir.path(), text, extra)
     }
 }
 
