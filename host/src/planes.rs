@@ -11,18 +11,27 @@
 //! Nothing here knows what runs on them; every layer may use this leaf.
 
 use std::future::Future;
+use std::marker::PhantomData;
 
 use anyhow::{Context, Result};
 use tokio::runtime::{Handle, Runtime};
 use tokio::task::JoinHandle;
 
-/// The runtime that must stay responsive.
-#[derive(Clone, Debug)]
-pub struct ControlPlane(Handle);
+/// One of the two runtimes; `K` says which ([`Control`] or [`Data`]), so
+/// a signature that takes a [`ControlPlane`] cannot be handed the other.
+#[derive(Debug)]
+pub struct Plane<K>(Handle, PhantomData<K>);
 
-/// The runtime that runs guests.
-#[derive(Clone, Debug)]
-pub struct DataPlane(Handle);
+/// Marks the runtime that must stay responsive.
+#[derive(Debug)]
+pub enum Control {}
+
+/// Marks the runtime that runs guests.
+#[derive(Debug)]
+pub enum Data {}
+
+pub type ControlPlane = Plane<Control>;
+pub type DataPlane = Plane<Data>;
 
 /// Both, as the serving command starts them.
 #[derive(Clone, Debug)]
@@ -31,11 +40,18 @@ pub struct Planes {
     pub data: DataPlane,
 }
 
-impl ControlPlane {
-    /// `handle` is the control plane's (the caller knows: it built it, or
+// Not derived: a derive would ask the marker `K` to be `Clone`.
+impl<K> Clone for Plane<K> {
+    fn clone(&self) -> Self {
+        Plane(self.0.clone(), PhantomData)
+    }
+}
+
+impl<K> Plane<K> {
+    /// `handle` is this plane's runtime (the caller knows: it built it, or
     /// runs a test or a command where no guest runs).
-    pub fn from_handle(handle: Handle) -> ControlPlane {
-        ControlPlane(handle)
+    pub fn from_handle(handle: Handle) -> Plane<K> {
+        Plane(handle, PhantomData)
     }
 
     pub fn spawn<F>(&self, work: F) -> JoinHandle<F::Output>
@@ -45,7 +61,9 @@ impl ControlPlane {
     {
         self.0.spawn(work)
     }
+}
 
+impl ControlPlane {
     /// Makes the control plane the current runtime until the guard drops:
     /// what registers with a runtime's drivers (signals) registers there.
     pub fn enter(&self) -> tokio::runtime::EnterGuard<'_> {
@@ -64,19 +82,6 @@ impl ControlPlane {
 }
 
 impl DataPlane {
-    /// `handle` is the data plane's.
-    pub fn from_handle(handle: Handle) -> DataPlane {
-        DataPlane(handle)
-    }
-
-    pub fn spawn<F>(&self, work: F) -> JoinHandle<F::Output>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.0.spawn(work)
-    }
-
     /// Runs `work` there and waits for it (loads and their smoke calls run
     /// guest code, which never runs on the control plane).
     pub async fn run<F>(&self, work: F) -> Result<F::Output>

@@ -20,40 +20,55 @@ const SETTLE: Duration = Duration::from_millis(50);
 pub struct Triggers {
     tx: mpsc::Sender<&'static str>,
     rx: mpsc::Receiver<&'static str>,
+    /// Off (`--no-watch`): files and trees are not watched, SIGHUP still is.
+    watch: bool,
+    shutdown: CancellationToken,
     /// Kept alive as long as the triggers are.
     watchers: Vec<notify::RecommendedWatcher>,
 }
 
 impl Triggers {
-    /// SIGHUP triggers, until `shutdown`, listened for on the control plane.
-    pub fn new(control: &ControlPlane, shutdown: &CancellationToken) -> Result<Triggers> {
+    /// SIGHUP triggers, until `shutdown`, listened for on the control plane;
+    /// with `watch`, the files and trees given to `watch_file` and
+    /// `watch_tree` too.
+    pub fn new(
+        control: &ControlPlane,
+        shutdown: &CancellationToken,
+        watch: bool,
+    ) -> Result<Triggers> {
         let (tx, rx) = mpsc::channel(16);
         spawn_sighup(control, tx.clone(), shutdown.clone())?;
         Ok(Triggers {
             tx,
             rx,
+            watch,
+            shutdown: shutdown.clone(),
             watchers: Vec::new(),
         })
     }
 
     pub fn watch_file(&mut self, path: &Path, reason: &'static str) -> Result<()> {
-        self.watchers
-            .push(watch_file(path, reason, self.tx.clone())?);
+        if self.watch {
+            self.watchers
+                .push(watch_file(path, reason, self.tx.clone())?);
+        }
         Ok(())
     }
 
     pub fn watch_tree(&mut self, dir: &Path, reason: &'static str) -> Result<()> {
-        self.watchers
-            .push(watch_tree(dir, reason, self.tx.clone())?);
+        if self.watch {
+            self.watchers
+                .push(watch_tree(dir, reason, self.tx.clone())?);
+        }
         Ok(())
     }
 
     /// The next reason to reload, once the events of a write have stopped
     /// for a whole settle period (a file written in place in many steps
     /// gives events until its last byte); `None` at shutdown.
-    pub async fn next(&mut self, shutdown: &CancellationToken) -> Option<&'static str> {
+    pub async fn next(&mut self) -> Option<&'static str> {
         let reason = tokio::select! {
-            _ = shutdown.cancelled() => return None,
+            _ = self.shutdown.cancelled() => return None,
             reason = self.rx.recv() => reason?,
         };
         loop {

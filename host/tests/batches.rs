@@ -44,8 +44,7 @@ fn burst(
     count: u64,
     build: impl Fn(u64) -> Vec<spoa_host::spop::Message>,
 ) -> Vec<(Ack, Duration)> {
-    let mut client = SpopClient::connect(addr);
-    client.hello("pipelining");
+    let mut client = SpopClient::pipelined(addr);
     client.set_read_timeout(Duration::from_secs(20));
     let mut bytes = Vec::new();
     for frame_id in 1..=count {
@@ -271,8 +270,7 @@ fn a_run_of_short_calls_gives_up_its_thread_every_tick() {
         warm_up(addr);
         let mut other = Session::connect(addr);
         other.notify(vec![message("count", vec![])]);
-        let mut spinner = SpopClient::connect(addr);
-        spinner.hello("pipelining");
+        let mut spinner = SpopClient::pipelined(addr);
         let mut bytes = Vec::new();
         for frame_id in 1..=200 {
             let spin = message("spin", vec![("us", int(300))]);

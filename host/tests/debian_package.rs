@@ -221,17 +221,10 @@ fn assert_free(address: SocketAddr) {
     );
 }
 
-/// The frontend, after `haproxy::HTTP_PROXY_HEAD`: the engine and variable
-/// prefix are those of the installed configuration's `[haproxy]` table.
-const FRONTEND: &str = r#"
-    bind "${HTTP_BIND}"
-    filter spoe engine iprep config "${CONF_DIR}/spoe.conf"
-    http-after-response set-header X-IP-Score "%[var(sess.iprep.ip_score)]" if { var(sess.iprep.ip_score) -m found }
-    default_backend app
-
-backend app
-    http-request return status 200 content-type text/plain string "ok\n"
-"#;
+/// The frontend's rules (see `haproxy::start_generated`): the engine and
+/// variable prefix are those of the installed configuration's `[haproxy]`
+/// table.
+const RULES: &str = r#"    http-after-response set-header X-IP-Score "%[var(sess.iprep.ip_score)]" if { var(sess.iprep.ip_score) -m found }"#;
 
 #[test]
 fn the_installed_package_serves_haproxy_and_is_removed_cleanly() {
@@ -340,7 +333,7 @@ fn the_installed_package_serves_haproxy_and_is_removed_cleanly() {
     );
 
     let version = haproxy::config_version(&binary);
-    let proxy = haproxy::start_generated(&binary, FRONTEND, |section| {
+    let proxy = haproxy::start_generated(&binary, "iprep", RULES, |section| {
         haproxy::haproxy_config(Path::new(BINARY), Path::new(CONFIG), version, section)
     });
     let mut score = None;

@@ -398,7 +398,7 @@ fn example_behind_haproxy(lang: &str) {
     let listed = data_dir(&["127.0.0.0/8"]);
     let agent = start_example(lang, listed.path(), &["--guest-config", &threshold]);
     let proxy = haproxy::start(&binary, &[agent.addr()], THRESHOLD as u32, |c| c);
-    wait_until_scored(lang, &proxy, &agent);
+    proxy.wait_until_scored(&agent);
     for i in 0..5 {
         let response = http::get(proxy.http, &format!("/listed/{i}")).expect("HTTP request");
         assert_eq!(
@@ -420,7 +420,7 @@ fn example_behind_haproxy(lang: &str) {
     let empty = data_dir(&[]);
     let agent = start_example(lang, empty.path(), &["--guest-config", &threshold]);
     let proxy = haproxy::start(&binary, &[agent.addr()], THRESHOLD as u32, |c| c);
-    wait_until_scored(lang, &proxy, &agent);
+    proxy.wait_until_scored(&agent);
     let mut scores = Vec::new();
     for i in 0..8 {
         let response = http::get(proxy.http, &format!("/unlisted/{i}")).expect("HTTP request");
@@ -451,21 +451,6 @@ fn python_example_behind_haproxy() {
 #[test]
 fn js_example_behind_haproxy() {
     example_behind_haproxy("js");
-}
-
-/// Waits for HAProxy's first scored response: the first request may race
-/// HAProxy's first connection to the agent.
-fn wait_until_scored(lang: &str, proxy: &haproxy::Haproxy, agent: &Agent) {
-    assert!(
-        eventually(Duration::from_secs(10), || {
-            http::get(proxy.http, "/")
-                .map(|r| r.header("X-IP-Score").is_some())
-                .unwrap_or(false)
-        }),
-        "{lang}: no scored response; haproxy log:\n{}\nagent log:\n{}",
-        proxy.log_text(),
-        agent.log_text()
-    );
 }
 
 /// Each example with a million-network block list (the host's table: the

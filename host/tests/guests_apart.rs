@@ -132,8 +132,7 @@ fn spinning_guests_do_not_delay_the_network() {
         .collect();
     let checks_p99 = percentile(checks, 99);
 
-    let mut other = SpopClient::connect(agent.addr());
-    other.hello("pipelining");
+    let mut other = SpopClient::pipelined(agent.addr());
     let others: Vec<Duration> = (1..=40)
         .map(|frame_id| {
             let started = Instant::now();
@@ -265,21 +264,15 @@ fn spinning_guests_do_not_delay_tls_health_checks() {
     // One data-plane thread: with the handshake on the data plane, every
     // step of it waits a tick behind the spinning calls (measured: p50 +2.1
     // ms, p95 +4.4 ms); on the control plane it does not (+0.2 ms, -1.5 ms).
-    let agent = Agent::start(
-        &hostile_guest('A'),
-        &[
-            "-n",
-            "1",
-            "--guest-timeout",
-            &deadline,
-            "--tls-cert",
-            &pki.path("server.pem"),
-            "--tls-key",
-            &pki.path("server.key"),
-            "--tls-client-ca",
-            &pki.path("ca.pem"),
-        ],
-    );
+    let mut args = vec![
+        "-n".to_string(),
+        "1".to_string(),
+        "--guest-timeout".to_string(),
+        deadline,
+    ];
+    args.extend(pki.server_args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = Agent::start(&hostile_guest('A'), &args);
     let config = tls_client_config(&pki);
     let addr = agent.addr();
     let quiet = tls_healthchecks(&config, addr);
@@ -319,8 +312,7 @@ fn metrics_port_addr(port: u16) -> SocketAddr {
 #[test]
 fn deadline_is_per_call_not_per_notify() {
     let agent = Agent::start(&hostile_guest('A'), &["--guest-timeout", "50ms"]);
-    let mut client = SpopClient::connect(agent.addr());
-    client.hello("pipelining");
+    let mut client = SpopClient::pipelined(agent.addr());
     let started = Instant::now();
     client.send(&notify_frame(
         1,

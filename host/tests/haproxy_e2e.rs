@@ -5,11 +5,10 @@
 mod support;
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use support::agent::Agent;
 use support::haproxy::{self, haproxy_binary};
-use support::{eventually, http, iprep_guest};
+use support::{http, iprep_guest};
 
 const THRESHOLD: u32 = 30;
 
@@ -21,17 +20,7 @@ fn haproxy_scores_real_requests_and_denies_low_scores() {
     let agent = Agent::start(&iprep_guest(), &[]);
     let proxy = haproxy::start(&binary, &[agent.addr()], THRESHOLD, |c| c);
 
-    // The first request may race HAProxy's first connection to the agent.
-    assert!(
-        eventually(Duration::from_secs(10), || {
-            http::get(proxy.http, "/")
-                .map(|r| r.header("X-IP-Score").is_some())
-                .unwrap_or(false)
-        }),
-        "no scored response; haproxy log:\n{}\nagent log:\n{}",
-        proxy.log_text(),
-        agent.log_text()
-    );
+    proxy.wait_until_scored(&agent);
 
     let mut scores = HashSet::new();
     let (mut allowed, mut denied) = (0, 0);

@@ -40,17 +40,9 @@ config-file = "ua.conf"
 args = ["ua=req.hdr(user-agent)"]
 "#;
 
-/// The frontend, after `haproxy::HTTP_PROXY_HEAD`.
-const FRONTEND: &str = r#"
-    bind "${HTTP_BIND}"
-    filter spoe engine guests config "${CONF_DIR}/spoe.conf"
-    http-after-response set-header X-IP-Score "%[var(sess.spoa.ip_score)]" if { var(sess.spoa.ip_score) -m found }
-    http-after-response set-header X-UA-Score "%[var(txn.spoa.ua_score)]" if { var(txn.spoa.ua_score) -m found }
-    default_backend app
-
-backend app
-    http-request return status 200 content-type text/plain string "ok\n"
-"#;
+/// The frontend's rules (see `haproxy::start_generated`).
+const RULES: &str = r#"    http-after-response set-header X-IP-Score "%[var(sess.spoa.ip_score)]" if { var(sess.spoa.ip_score) -m found }
+    http-after-response set-header X-UA-Score "%[var(txn.spoa.ua_score)]" if { var(txn.spoa.ua_score) -m found }"#;
 
 fn install(dir: &std::path::Path, source: &std::path::Path, name: &str) {
     support::install(source, &dir.join(name));
@@ -94,7 +86,7 @@ fn two_guests_score_the_same_request_and_reload_one_at_a_time_without_a_lost_sco
         &AGENT_CONFIG.replace("SERVERS", &format!("servers = [\"{}\"]", agent.addr())),
     );
     let haproxy_side = dir.join("haproxy-side.toml");
-    let proxy = haproxy::start_generated(&binary, FRONTEND, |section| {
+    let proxy = haproxy::start_generated(&binary, "guests", RULES, |section| {
         haproxy::generated_config(&binary, &haproxy_side, section)
     });
 

@@ -36,19 +36,11 @@ config = { limit = 5, window = "3s", ban = "4s" }
 args = ["ip=src"]
 "#;
 
-/// The frontend, after `haproxy::HTTP_PROXY_HEAD`.
-const FRONTEND: &str = r#"
-    bind "${HTTP_BIND}"
-    filter spoe engine rate config "${CONF_DIR}/spoe.conf"
-    http-request deny deny_status 429 if { var(txn.rl.blocked) -m bool }
+/// The frontend's rules (see `haproxy::start_generated`).
+const RULES: &str = r#"    http-request deny deny_status 429 if { var(txn.rl.blocked) -m bool }
     http-after-response set-header X-IP-Score "%[var(txn.rl.ip_score)]" if { var(txn.rl.ip_score) -m found }
     http-after-response set-header X-Rate-Count "%[var(txn.rl.rate_count)]" if { var(txn.rl.rate_count) -m found }
-    http-after-response set-header X-SPOE-Error "%[var(txn.rl.error)]" if { var(txn.rl.error) -m found }
-    default_backend app
-
-backend app
-    http-request return status 200 content-type text/plain string "ok\n"
-"#;
+    http-after-response set-header X-SPOE-Error "%[var(txn.rl.error)]" if { var(txn.rl.error) -m found }"#;
 
 /// One request's outcome as the test cares about it.
 #[derive(Debug)]
@@ -110,7 +102,7 @@ fn two_agents_share_a_rate_limit_through_redis_and_survive_its_loss() {
         &dir.join("haproxy-side.toml"),
         &agent_config.replace("SERVERS", &servers),
     );
-    let proxy = haproxy::start_generated(&binary, FRONTEND, |section| {
+    let proxy = haproxy::start_generated(&binary, "rate", RULES, |section| {
         haproxy::generated_config(&binary, &dir.join("haproxy-side.toml"), section)
     });
     let logs = || {

@@ -5,8 +5,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::agent::Agent;
@@ -19,14 +17,7 @@ fn metric(addr: SocketAddr, series: &str) -> f64 {
 
 /// Sends `count` requests and checks each carries a score in 0..=100.
 fn assert_scored(proxy: &haproxy::Haproxy, agent: &Agent, count: usize) {
-    assert!(
-        eventually(Duration::from_secs(10), || http::get(proxy.http, "/")
-            .map(|r| r.header("X-IP-Score").is_some())
-            .unwrap_or(false)),
-        "haproxy:\n{}\nagent:\n{}",
-        proxy.log_text(),
-        agent.log_text()
-    );
+    proxy.wait_until_scored(agent);
     for _ in 0..count {
         let response = http::get(proxy.http, "/").expect("request");
         let score: i64 = response
@@ -118,25 +109,13 @@ fn haproxy_reload_under_traffic_loses_no_score_and_leaks_no_connection() {
     assert_scored(&proxy, &agent, 5);
     let messages_before = metric(metrics, "spoa_messages_total");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let outcomes = Arc::new(Mutex::new(Vec::<String>::new()));
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (stop, outcomes, addr) = (stop.clone(), outcomes.clone(), proxy.http);
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let outcome = match http::get(addr, "/") {
-                        Ok(r) => match (r.header("X-IP-Score"), r.header("X-IP-Score-Error")) {
-                            (Some(score), _) => score.to_string(),
-                            (None, error) => format!("missing (error {error:?})"),
-                        },
-                        Err(e) => format!("error: {e}"),
-                    };
-                    outcomes.lock().expect("lock").push(outcome);
-                }
-            })
-        })
-        .collect();
+    let traffic = http::Traffic::start(proxy.http, |response| match response {
+        Ok(r) => match (r.header("X-IP-Score"), r.header("X-IP-Score-Error")) {
+            (Some(score), _) => score.to_string(),
+            (None, error) => format!("missing (error {error:?})"),
+        },
+        Err(e) => format!("error: {e}"),
+    });
     std::thread::sleep(Duration::from_millis(500));
     let mut old = Vec::new();
     for _ in 0..3 {
@@ -144,10 +123,7 @@ fn haproxy_reload_under_traffic_loses_no_score_and_leaks_no_connection() {
         std::thread::sleep(Duration::from_millis(700));
     }
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.join().expect("client");
-    }
+    let outcomes: Vec<String> = traffic.stop().into_iter().map(|(_, o)| o).collect();
     for mut process in old {
         let exited = eventually(Duration::from_secs(10), || {
             matches!(process.try_wait(), Ok(Some(_)))
@@ -157,7 +133,6 @@ fn haproxy_reload_under_traffic_loses_no_score_and_leaks_no_connection() {
         }
         assert!(exited, "old haproxy did not finish");
     }
-    let outcomes = outcomes.lock().expect("lock");
     // A connection reset is HAProxy's listener handover dropping a client
     // connection (no seamless reload in this setup): no HTTP response at all,
     // so no question of a score. Reported, not counted.

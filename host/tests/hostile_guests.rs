@@ -49,8 +49,7 @@ fn every_misbehaviour_costs_exactly_one_message() {
         &hostile_guest('A'),
         &["--guest-timeout", "150ms", "--guest-memory", "16MiB"],
     );
-    let mut client = SpopClient::connect(agent.addr());
-    client.hello("pipelining");
+    let mut client = SpopClient::pipelined(agent.addr());
     let bound = Duration::from_secs(2);
     for (i, name) in [
         "loop", "hog", "trap", "panic", "overflow", "huge", "bad-name", "error",
@@ -88,8 +87,7 @@ fn every_misbehaviour_costs_exactly_one_message() {
 #[test]
 fn endless_loop_is_cut_near_the_deadline() {
     let agent = Agent::start(&hostile_guest('A'), &["--guest-timeout", "10ms"]);
-    let mut client = SpopClient::connect(agent.addr());
-    client.hello("pipelining");
+    let mut client = SpopClient::pipelined(agent.addr());
     let mut took: Vec<Duration> = (0..5)
         .map(|i| assert_costs_one_message(&mut client, "loop", i + 1, Duration::from_secs(1)))
         .collect();
@@ -112,10 +110,8 @@ fn other_connections_are_served_while_a_guest_loops() {
         &hostile_guest('A'),
         &["--guest-timeout", "100ms", "-n", "2"],
     );
-    let mut looping = SpopClient::connect(agent.addr());
-    looping.hello("pipelining");
-    let mut healthy = SpopClient::connect(agent.addr());
-    healthy.hello("pipelining");
+    let mut looping = SpopClient::pipelined(agent.addr());
+    let mut healthy = SpopClient::pipelined(agent.addr());
 
     let mut batch = Vec::new();
     for i in 0..5 {
@@ -152,8 +148,7 @@ fn other_connections_are_served_while_a_guest_loops() {
 #[test]
 fn a_trap_inside_a_notify_spares_its_sibling_messages() {
     let agent = Agent::start(&hostile_guest('A'), &[]);
-    let mut client = SpopClient::connect(agent.addr());
-    client.hello("pipelining");
+    let mut client = SpopClient::pipelined(agent.addr());
     client.send(&notify_frame(
         3,
         9,
@@ -170,8 +165,7 @@ fn a_trap_inside_a_notify_spares_its_sibling_messages() {
 #[test]
 fn pipelined_good_messages_around_bad_ones_are_all_answered() {
     let agent = Agent::start(&hostile_guest('A'), &["--guest-timeout", "20ms"]);
-    let mut client = SpopClient::connect(agent.addr());
-    client.hello("pipelining");
+    let mut client = SpopClient::pipelined(agent.addr());
     let names = [
         "check-client-ip",
         "trap",
@@ -209,8 +203,7 @@ fn error_var_reports_the_failure_kind() {
         &hostile_guest('A'),
         &["--guest-timeout", "20ms", "--error-var", "error"],
     );
-    let mut client = SpopClient::connect(agent.addr());
-    client.hello("pipelining");
+    let mut client = SpopClient::pipelined(agent.addr());
     for (i, (name, kind)) in [
         ("loop", "timeout"),
         ("trap", "trap"),
@@ -246,15 +239,13 @@ fn count_of(client: &mut SpopClient, frame_id: u64) -> u64 {
 #[test]
 fn reuse_mode_keeps_state_and_fresh_mode_does_not() {
     let agent = Agent::start(&hostile_guest('A'), &["-n", "1"]);
-    let mut client = SpopClient::connect(agent.addr());
-    client.hello("pipelining");
+    let mut client = SpopClient::pipelined(agent.addr());
     let first = count_of(&mut client, 1);
     let second = count_of(&mut client, 2);
     assert_eq!(second, first + 1, "one reused instance per worker");
 
     let agent = Agent::start(&hostile_guest('A'), &["-n", "1", "--fresh-instance"]);
-    let mut client = SpopClient::connect(agent.addr());
-    client.hello("pipelining");
+    let mut client = SpopClient::pipelined(agent.addr());
     for i in 0..3 {
         assert_eq!(
             count_of(&mut client, i + 1),
@@ -269,8 +260,7 @@ fn reuse_mode_keeps_state_and_fresh_mode_does_not() {
 #[test]
 fn an_instance_is_replaced_after_its_max_calls() {
     let agent = Agent::start(&hostile_guest('A'), &["-n", "1", "--guest-max-calls", "3"]);
-    let mut client = SpopClient::connect(agent.addr());
-    client.hello("pipelining");
+    let mut client = SpopClient::pipelined(agent.addr());
     let counts: Vec<u64> = (1..=9).map(|i| count_of(&mut client, i)).collect();
     // The first instance made the smoke call: it answers 2 and 3.
     assert_eq!(counts, [2, 3, 1, 2, 3, 1, 2, 3, 1], "{counts:?}");
@@ -279,8 +269,7 @@ fn an_instance_is_replaced_after_its_max_calls() {
 #[test]
 fn guest_logs_reach_the_host_log_tagged_with_the_module() {
     let agent = Agent::start(&hostile_guest('A'), &[]);
-    let mut client = SpopClient::connect(agent.addr());
-    client.hello("pipelining");
+    let mut client = SpopClient::pipelined(agent.addr());
     client.send(&notify_frame(1, 1, vec![message("log", vec![])]));
     client.recv_ack();
     assert!(
@@ -297,8 +286,7 @@ fn guest_logs_reach_the_host_log_tagged_with_the_module() {
 #[test]
 fn a_guest_logging_in_a_loop_cannot_flood_the_host_log() {
     let agent = Agent::start(&hostile_guest('A'), &[]);
-    let mut client = SpopClient::connect(agent.addr());
-    client.hello("pipelining");
+    let mut client = SpopClient::pipelined(agent.addr());
     let flood = |client: &mut SpopClient, frame_id| {
         client.send(&notify_frame(
             1,

@@ -17,9 +17,7 @@ use support::spop_client::{
 
 /// A connected client that finished HELLO (max-frame-size 16380).
 fn ready(agent: &Agent) -> SpopClient {
-    let mut client = SpopClient::connect(agent.addr());
-    client.hello("pipelining");
-    client
+    SpopClient::pipelined(agent.addr())
 }
 
 /// A fresh healthy connection still gets scores.

@@ -31,8 +31,7 @@ fn run_load(
     stop: Arc<AtomicBool>,
     seen: Arc<Mutex<Observed>>,
 ) -> u64 {
-    let mut client = SpopClient::connect(addr);
-    client.hello("pipelining");
+    let mut client = SpopClient::pipelined(addr);
     let mut next = 1u64;
     let mut in_flight = 0u64;
     let mut sent = 0u64;
@@ -246,8 +245,7 @@ fn sighup_reloads_a_module_replaced_without_watching() {
     let module = dir.path().join("handler.wasm");
     std::fs::copy(hostile_guest('A'), &module).expect("copy A");
     let agent = Agent::start(&module, &["--no-watch"]);
-    let mut client = SpopClient::connect(agent.addr());
-    client.hello("pipelining");
+    let mut client = SpopClient::pipelined(agent.addr());
     let which = |client: &mut SpopClient, id| {
         client.send(&notify_frame(1, id, vec![message("which", vec![])]));
         format!("{:?}", client.recv_ack().actions)
@@ -309,33 +307,17 @@ fn swap_through_haproxy_under_traffic() {
         proxy.log_text()
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let scores = Arc::new(Mutex::new(Vec::<String>::new()));
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (stop, scores, addr) = (stop.clone(), scores.clone(), proxy.http);
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let score = match http::get(addr, "/") {
-                        Ok(r) => r.header("X-IP-Score").unwrap_or("missing").to_string(),
-                        Err(e) => format!("error: {e}"),
-                    };
-                    scores.lock().expect("lock").push(score);
-                }
-            })
-        })
-        .collect();
+    let traffic = http::Traffic::start(proxy.http, |response| match response {
+        Ok(r) => r.header("X-IP-Score").unwrap_or("missing").to_string(),
+        Err(e) => format!("error: {e}"),
+    });
     std::thread::sleep(Duration::from_millis(300));
     replace_atomically(&hostile_guest('B'), &module);
     assert!(eventually(Duration::from_secs(3), || {
-        scores.lock().expect("lock").last().map(String::as_str) == Some("58")
+        traffic.last().as_deref() == Some("58")
     }));
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.join().expect("client");
-    }
-    let scores = scores.lock().expect("lock");
+    let scores: Vec<String> = traffic.stop().into_iter().map(|(_, s)| s).collect();
     let bad: Vec<_> = scores.iter().filter(|s| *s != "42" && *s != "58").collect();
     eprintln!(
         "requests through HAProxy during the reload: {}",

@@ -286,19 +286,16 @@ fn agent_with_blocklist(list: &std::path::Path, extra: &[&str]) -> (Agent, Socke
     (Agent::start(&tables_guest(), &args), metrics)
 }
 
-struct Client {
-    session: Session,
-}
+/// A session asking the guest under test.
+struct Client(Session);
 
 impl Client {
     fn connect(addr: SocketAddr) -> Client {
-        Client {
-            session: Session::connect(addr),
-        }
+        Client(Session::connect(addr))
     }
 
     fn ask(&mut self, msg: Message) -> BTreeMap<String, TypedData> {
-        vars(&self.session.notify(vec![msg]))
+        vars(&self.0.notify(vec![msg]))
     }
 
     fn label(&mut self, ip: &str) -> Option<String> {
@@ -358,8 +355,7 @@ fn a_table_reloads_under_load_losing_nothing_and_a_bad_file_keeps_the_last_versi
         .map(|_| {
             let (stop, answered) = (stop.clone(), answered.clone());
             std::thread::spawn(move || {
-                let mut spop = SpopClient::connect(addr);
-                spop.hello("pipelining");
+                let mut spop = SpopClient::pipelined(addr);
                 let (mut sent, mut acked) = (0u64, 0u64);
                 let mut waiting = std::collections::HashSet::new();
                 let ip: IpAddr = "192.0.2.1".parse().unwrap();

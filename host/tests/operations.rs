@@ -4,8 +4,6 @@
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::agent::Agent;
@@ -36,8 +34,7 @@ fn metrics_endpoint_exposes_moving_series() {
     );
     assert!(before.contains("guest_hostile_a.wasm"));
 
-    let mut client = SpopClient::connect(agent.addr());
-    client.hello("pipelining");
+    let mut client = SpopClient::pipelined(agent.addr());
     for i in 0..40 {
         client.send(&notify_frame(
             1,
@@ -181,41 +178,21 @@ fn failover_between_two_agents() {
     };
     let (first, second, proxy) = two_agents_behind_haproxy(&binary);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    // (when, outcome): "score", "error:<reason>" or "http:<failure>".
-    let outcomes = Arc::new(Mutex::new(Vec::<(Instant, String)>::new()));
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (stop, outcomes, addr) = (stop.clone(), outcomes.clone(), proxy.http);
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let outcome = match http::get(addr, "/") {
-                        Ok(r) if r.header("X-IP-Score").is_some() => "score".to_string(),
-                        Ok(r) => format!(
-                            "error:{} status {}",
-                            r.header("X-IP-Score-Error").unwrap_or("none"),
-                            r.status
-                        ),
-                        Err(e) => format!("http:{e}"),
-                    };
-                    outcomes
-                        .lock()
-                        .expect("lock")
-                        .push((Instant::now(), outcome));
-                }
-            })
-        })
-        .collect();
+    // Outcomes: "score", "error:<reason>" or "http:<failure>".
+    let traffic = http::Traffic::start(proxy.http, |response| match response {
+        Ok(r) if r.header("X-IP-Score").is_some() => "score".to_string(),
+        Ok(r) => format!(
+            "error:{} status {}",
+            r.header("X-IP-Score-Error").unwrap_or("none"),
+            r.status
+        ),
+        Err(e) => format!("http:{e}"),
+    });
     std::thread::sleep(Duration::from_millis(500));
     let killed_at = Instant::now();
     drop(first); // SIGKILL: an abrupt crash, no DISCONNECT.
     std::thread::sleep(Duration::from_secs(3));
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.join().expect("client");
-    }
-
-    let outcomes = outcomes.lock().expect("lock");
+    let outcomes = traffic.stop();
     let after_kill: Vec<_> = outcomes.iter().filter(|(at, _)| *at >= killed_at).collect();
     let failed: Vec<_> = after_kill.iter().filter(|(_, o)| o != "score").collect();
     let settled: Vec<_> = after_kill
@@ -332,10 +309,6 @@ fn two_agents_behind_haproxy(binary: &std::path::PathBuf) -> (Agent, Agent, hapr
             .replace("12345", "12346");
         config.replace(AGENT1, &format!("{AGENT1}\n{agent2}"))
     });
-    assert!(eventually(Duration::from_secs(10), || {
-        http::get(proxy.http, "/")
-            .map(|r| r.header("X-IP-Score").is_some())
-            .unwrap_or(false)
-    }));
+    assert!(eventually(Duration::from_secs(10), || proxy.scores()));
     (first, second, proxy)
 }

@@ -18,8 +18,7 @@ use support::{eventually, hostile_guest, http};
 /// Keeps 16 `check-client-ip` NOTIFYs in flight on one connection until
 /// `stop`; returns each one's round trip.
 fn timed_load(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> Vec<Duration> {
-    let mut client = SpopClient::connect(addr);
-    client.hello("pipelining");
+    let mut client = SpopClient::pipelined(addr);
     let mut sent = std::collections::HashMap::new();
     let mut next = 1u64;
     let mut send = |client: &mut SpopClient, sent: &mut std::collections::HashMap<u64, Instant>| {

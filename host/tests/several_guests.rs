@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use spoa_host::spop::{Ack, Action, TypedData, VarScope};
 use support::agent::{Agent, run_host};
-use support::http::{metric_value, scrape_metrics};
+use support::http::{assert_metrics, metric_value, scrape_metrics};
 use support::spop_client::{
     SpopClient, check_client_ip, encoded, message, notify_frame, score_of, string,
 };
@@ -94,8 +94,7 @@ fn each_message_goes_to_the_guest_that_declares_it_and_the_ack_keeps_their_order
     setup.install(&hostile_guest('A'), "iprep.wasm");
     setup.install(&artifact("guest_uascore.wasm"), "ua.wasm");
     let (agent, metrics) = setup.start(ROUTING, &["--debug"]);
-    let mut client = SpopClient::connect(agent.addr());
-    client.hello("pipelining");
+    let mut client = SpopClient::pipelined(agent.addr());
     let browser = message(
         "check-user-agent",
         vec![("ua", string("Mozilla/5.0 Firefox"))],
@@ -130,14 +129,13 @@ fn each_message_goes_to_the_guest_that_declares_it_and_the_ack_keeps_their_order
         "each guest answered its messages, in the NOTIFY's order"
     );
     let text = scrape_metrics(metrics);
-    assert_eq!(metric_value(&text, "spoa_unrouted_messages_total"), 2.0);
-    assert_eq!(
-        metric_value(&text, "spoa_guest_calls_total{guest=\"iprep\"}"),
-        1.0
-    );
-    assert_eq!(
-        metric_value(&text, "spoa_guest_calls_total{guest=\"ua\"}"),
-        2.0
+    assert_metrics(
+        &text,
+        &[
+            ("spoa_unrouted_messages_total", 2.0),
+            ("spoa_guest_calls_total{guest=\"iprep\"}", 1.0),
+            ("spoa_guest_calls_total{guest=\"ua\"}", 2.0),
+        ],
     );
     assert!(
         text.contains("spoa_module_info{guest=\"ua\",path="),
@@ -155,16 +153,11 @@ fn each_message_goes_to_the_guest_that_declares_it_and_the_ack_keeps_their_order
 fn a_message_declared_twice_is_refused_at_start() {
     let setup = Setup::new();
     let config = setup.write_config(
-        r#"
-        [[guest]]
-        name = "a"
-        module = "a.wasm"
-        messages = ["check-client-ip"]
-        [[guest]]
-        name = "b"
-        module = "b.wasm"
-        messages = ["check-client-ip"]
-        "#,
+        // The array of tables written inline, as a generator may write it.
+        r#"guest = [
+            { name = "a", module = "a.wasm", messages = ["check-client-ip"] },
+            { name = "b", module = "b.wasm", messages = ["check-client-ip"] },
+        ]"#,
     );
     let output = run_host(&["--config", &config.display().to_string()]);
     assert!(!output.status.success());
@@ -212,8 +205,7 @@ fn a_guest_looping_to_its_deadline_does_not_delay_another_guests_messages() {
         ),
         &[],
     );
-    let mut client = SpopClient::connect(agent.addr());
-    client.hello("pipelining");
+    let mut client = SpopClient::pipelined(agent.addr());
     client.set_read_timeout(Duration::from_secs(5));
     // SPOA_TEST_NOSPIN=1 measures the same traffic with a guest that answers
     // at once (the baseline).
@@ -280,8 +272,7 @@ fn a_guest_that_keeps_failing_is_quarantined_then_tried_again() {
     let setup = Setup::new();
     setup.install(&hostile_guest('A'), "hostile.wasm");
     let (agent, metrics) = setup.start(&support::agent::quarantine_table("700ms"), &[]);
-    let mut client = SpopClient::connect(agent.addr());
-    client.hello("pipelining");
+    let mut client = SpopClient::pipelined(agent.addr());
     let mut frame_id = 0;
     let mut ask = |client: &mut SpopClient, msg| {
         frame_id += 1;
@@ -297,13 +288,12 @@ fn a_guest_that_keeps_failing_is_quarantined_then_tried_again() {
     let ack = ask(&mut client, check_client_ip(Ipv4Addr::LOCALHOST));
     assert_eq!(error_var(&ack).as_deref(), Some("quarantined"), "{ack:?}");
     let text = scrape_metrics(metrics);
-    assert_eq!(
-        metric_value(&text, "spoa_guest_quarantines_total{guest=\"flaky\"}"),
-        1.0
-    );
-    assert_eq!(
-        metric_value(&text, "spoa_guest_quarantined{guest=\"flaky\"}"),
-        1.0
+    assert_metrics(
+        &text,
+        &[
+            ("spoa_guest_quarantines_total{guest=\"flaky\"}", 1.0),
+            ("spoa_guest_quarantined{guest=\"flaky\"}", 1.0),
+        ],
     );
     assert_eq!(
         metric_value(
@@ -382,8 +372,7 @@ fn a_new_version_that_fails_every_call_is_rolled_back_and_not_loaded_again() {
     setup.install(&hostile_guest('A'), "iprep.wasm");
     setup.install(&hostile_guest('A'), "counter.wasm");
     let (agent, metrics) = setup.start(ROLLBACK, &[]);
-    let mut client = SpopClient::connect(agent.addr());
-    client.hello("pipelining");
+    let mut client = SpopClient::pipelined(agent.addr());
     let mut frame_id = 0;
     // The smoke call was the instance's first.
     assert_eq!(count(&mut client, &mut frame_id), Some(2));
@@ -470,13 +459,12 @@ fn configuration_reload_adds_guests_keeps_the_others_and_refuses_duplicates() {
     let one = r#"
         [[guest]]
         name = "counter"
-        module = "counter.wasm"
-        messages = ["count"]
         smoke-message = "which"
+        messages = ["count"]
+        module = "counter.wasm"
     "#;
     let (agent, metrics) = setup.start(one, &[]);
-    let mut client = SpopClient::connect(agent.addr());
-    client.hello("pipelining");
+    let mut client = SpopClient::pipelined(agent.addr());
     let mut frame_id = 0;
     // The smoke call was the instance's first.
     assert_eq!(count(&mut client, &mut frame_id), Some(2));

@@ -59,20 +59,17 @@ fn rates(ack: &Ack) -> Vec<Rate> {
     out
 }
 
-struct Client {
-    session: Session,
-}
+/// A session asking the guest under test.
+struct Client(Session);
 
 impl Client {
     fn connect(addr: SocketAddr) -> Client {
-        Client {
-            session: Session::connect(addr),
-        }
+        Client(Session::connect(addr))
     }
 
     fn ask_many(&mut self, ips: &[Ipv4Addr]) -> Vec<Rate> {
         let messages = ips.iter().map(|&ip| check_client_ip(ip)).collect();
-        let ack = self.session.notify(messages);
+        let ack = self.0.notify(messages);
         let answers = rates(&ack);
         assert_eq!(answers.len(), ips.len(), "{ack:?}");
         answers
@@ -93,6 +90,13 @@ fn start(module: &Path, metrics: SocketAddr, extra: &[&str]) -> Agent {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Agent::start(module, &args)
 }
+
+/// What the guest answers when it cannot count: a neutral score.
+const FALLBACK: Rate = Rate {
+    score: Some(50),
+    count: None,
+    blocked: false,
+};
 
 const IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 
@@ -195,22 +199,13 @@ fn the_in_process_store_stays_within_its_limit_by_evicting_the_least_recently_us
 
 #[test]
 fn a_guest_opens_only_the_buckets_it_is_granted() {
-    let metrics = metrics_address();
     let denied = start(
         &ratelimit_guest(),
-        metrics,
+        metrics_address(),
         &["--guest-config", "bucket=private"],
     );
     let answer = Client::connect(denied.addr()).ask(IP);
-    assert_eq!(
-        answer,
-        Rate {
-            score: Some(50),
-            count: None,
-            blocked: false
-        },
-        "not granted: the guest's fallback"
-    );
+    assert_eq!(answer, FALLBACK, "not granted: the guest's fallback");
     let granted = start(
         &ratelimit_guest(),
         metrics_address(),
@@ -256,15 +251,7 @@ fn two_agents_share_state_through_redis_and_keep_serving_while_it_is_down() {
         for _ in 0..3 {
             let started = Instant::now();
             let answer = client.ask(IP);
-            assert_eq!(
-                answer,
-                Rate {
-                    score: Some(50),
-                    count: None,
-                    blocked: false
-                },
-                "Redis down: the guest's fallback score"
-            );
+            assert_eq!(answer, FALLBACK, "Redis down: the guest's fallback score");
             assert!(started.elapsed() < Duration::from_secs(1));
         }
     }
@@ -344,8 +331,7 @@ fn a_store_that_hangs_costs_the_calls_in_flight_their_deadline_then_fails_fast()
         });
         for _ in 0..10 {
             let started = Instant::now();
-            let mut probe = SpopClient::connect(addr);
-            probe.hello("pipelining");
+            let _probe = SpopClient::pipelined(addr);
             assert!(
                 started.elapsed() < Duration::from_millis(500),
                 "{:?}",

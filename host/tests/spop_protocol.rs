@@ -70,8 +70,7 @@ fn health_check_is_answered_then_closed() {
 #[test]
 fn seed_notify_capture_gets_a_score_with_the_same_ids() {
     let agent = Agent::start(&iprep_guest(), &[]);
-    let mut client = SpopClient::connect(agent.addr());
-    client.hello("pipelining");
+    let mut client = SpopClient::pipelined(agent.addr());
     let capture: Vec<u8> = "00 00 00 1e 03 00 00 00 01 14 01 0f 63 68 65 63 6b 2d 63 6c 69 65 6e 74 2d 69 70 01 00 06 7f 00 00 01"
         .split_whitespace()
         .map(|b| u8::from_str_radix(b, 16).expect("hex"))
@@ -86,8 +85,7 @@ fn seed_notify_capture_gets_a_score_with_the_same_ids() {
 #[test]
 fn sixty_four_pipelined_notifies_each_get_their_ack() {
     let agent = Agent::start(&iprep_guest(), &[]);
-    let mut client = SpopClient::connect(agent.addr());
-    client.hello("pipelining");
+    let mut client = SpopClient::pipelined(agent.addr());
     // All 64 frames in one write, as a busy HAProxy would batch them.
     let mut batch = Vec::new();
     for i in 0..64u64 {
@@ -124,8 +122,7 @@ fn sixty_four_pipelined_notifies_each_get_their_ack() {
 #[test]
 fn all_messages_of_one_notify_share_one_ack_and_others_get_nothing() {
     let agent = Agent::start(&iprep_guest(), &[]);
-    let mut client = SpopClient::connect(agent.addr());
-    client.hello("pipelining");
+    let mut client = SpopClient::pipelined(agent.addr());
     client.send(&notify_frame(
         300,
         7,
@@ -158,8 +155,7 @@ fn all_messages_of_one_notify_share_one_ack_and_others_get_nothing() {
 #[test]
 fn haproxy_disconnect_is_answered_with_status_0() {
     let agent = Agent::start(&iprep_guest(), &[]);
-    let mut client = SpopClient::connect(agent.addr());
-    client.hello("pipelining");
+    let mut client = SpopClient::pipelined(agent.addr());
     client.send(&Frame::HaproxyDisconnect(
         spoa_host::spop::KvList::disconnect(spoa_host::spop::Status::Normal, "bye"),
     ));

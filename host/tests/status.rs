@@ -91,8 +91,7 @@ fn status_follows_a_guest_through_probation_rollback_and_a_refused_reload() {
         assert!(guest["probation"].is_null(), "{guest:#}");
     }
 
-    let mut client = SpopClient::connect(agent.addr());
-    client.hello("pipelining");
+    let mut client = SpopClient::pipelined(agent.addr());
     let mut frame_id = 0;
     let mut ask = |client: &mut SpopClient, ip| {
         frame_id += 1;
@@ -239,8 +238,7 @@ fn status_says_until_when_a_guest_is_quarantined() {
     let dir = tempfile::tempdir().expect("temp dir");
     install(dir.path(), &hostile_guest('A'), "hostile.wasm");
     let (agent, metrics) = start_config(dir.path(), &quarantine_table("30s"), &[]);
-    let mut client = SpopClient::connect(agent.addr());
-    client.hello("pipelining");
+    let mut client = SpopClient::pipelined(agent.addr());
     for frame_id in 1..=5 {
         client.send(&notify_frame(1, frame_id, vec![message("trap", vec![])]));
         client.recv_ack();

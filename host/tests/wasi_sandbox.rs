@@ -72,8 +72,7 @@ impl Probe {
         let mut args = sandbox.to_vec();
         args.extend(["--metrics-address", &metrics_arg]);
         let agent = Agent::start(module, &args);
-        let mut client = SpopClient::connect(agent.addr());
-        client.hello("pipelining");
+        let client = SpopClient::pipelined(agent.addr());
         Probe {
             agent,
             metrics,
@@ -117,6 +116,17 @@ impl Probe {
         };
         eprintln!("{name} ({took:?}): {outcome:?}");
         self.assert_still_served(name);
+        outcome
+    }
+
+    /// Asks `name` and checks the guest was refused; returns the outcome.
+    fn assert_refused(&mut self, name: &str) -> String {
+        let outcome = self.outcome(name, vec![]);
+        assert!(
+            refused(&outcome),
+            "{name}: {outcome}\nagent log:\n{}",
+            self.log()
+        );
         outcome
     }
 
@@ -174,18 +184,9 @@ fn the_wasi_surface_refuses_everything_but_reading_data() {
     let mut probe = Probe::start(&sandbox_guest(), data.path());
 
     // The host's files: no directory but /data exists for the guest.
-    let outcome = probe.outcome("open-passwd", vec![]);
-    assert!(
-        refused(&outcome) && !outcome.contains("root:"),
-        "open-passwd: {outcome}\nagent log:\n{}",
-        probe.log()
-    );
-    let outcome = probe.outcome("list-root", vec![]);
-    assert!(
-        refused(&outcome),
-        "list-root: {outcome}\nagent log:\n{}",
-        probe.log()
-    );
+    let outcome = probe.assert_refused("open-passwd");
+    assert!(!outcome.contains("root:"), "{outcome}");
+    probe.assert_refused("list-root");
 
     // The shared key-value store, from Python: granted `default` works
     // (expiry, counters), an ungranted bucket is `access-denied`.
@@ -274,12 +275,7 @@ fn the_wasi_surface_refuses_everything_but_reading_data() {
         probe.log()
     );
 
-    let outcome = probe.outcome("resolve", vec![]);
-    assert!(
-        refused(&outcome),
-        "resolve: {outcome}\nagent log:\n{}",
-        probe.log()
-    );
+    probe.assert_refused("resolve");
 
     // So far the guest answered every probe itself: no call failed.
     assert_eq!(

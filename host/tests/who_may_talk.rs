@@ -27,22 +27,11 @@ impl Pki {
     }
 
     fn agent_args(&self, metrics: SocketAddr) -> Vec<String> {
-        [
-            "--module",
-            &iprep_guest().display().to_string(),
-            "--tls-cert",
-            &self.path("server.pem"),
-            "--tls-key",
-            &self.path("server.key"),
-            "--tls-client-ca",
-            &self.path("ca.pem"),
-            "--metrics-address",
-            &metrics.to_string(),
-            "--debug",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        let mut args = vec!["--module".to_string(), iprep_guest().display().to_string()];
+        args.extend(self.0.server_args());
+        args.extend(["--metrics-address".to_string(), metrics.to_string()]);
+        args.push("--debug".to_string());
+        args
     }
 }
 
@@ -77,11 +66,29 @@ fn start_haproxy(binary: &Path, agent: &str, options: &str) -> haproxy::Haproxy 
     })
 }
 
-fn scored(proxy: &haproxy::Haproxy) -> bool {
-    http::get(proxy.http, "/")
-        .map(|r| r.header("X-IP-Score").is_some())
-        .unwrap_or(false)
+/// How many of `count` requests (`{path}0`, `{path}1`, …) came back scored.
+fn scored_of(proxy: &haproxy::Haproxy, count: usize, path: &str) -> usize {
+    (0..count)
+        .filter(|i| {
+            http::get(proxy.http, &format!("{path}{i}"))
+                .expect("request")
+                .header("X-IP-Score")
+                .is_some()
+        })
+        .count()
 }
+
+fn assert_marked_down(proxy: &haproxy::Haproxy) {
+    assert!(
+        eventually(Duration::from_secs(10), || proxy
+            .log_text()
+            .contains("is DOWN")),
+        "the health check never marked the agent down:\n{}",
+        proxy.log_text()
+    );
+}
+
+const REFUSED_TLS: &str = "spoa_connections_refused_total{reason=\"tls\"}";
 
 #[test]
 fn haproxy_scores_over_mutual_tls() {
@@ -91,24 +98,15 @@ fn haproxy_scores_over_mutual_tls() {
     let pki = Pki::new();
     let (agent, metrics, proxy) = pki.agent_behind_haproxy(&binary, Some("client-bundle.pem"));
     assert!(
-        eventually(Duration::from_secs(10), || scored(&proxy)),
+        eventually(Duration::from_secs(10), || proxy.scores()),
         "no score over mutual TLS; haproxy log:\n{}\nagent log:\n{}",
         proxy.log_text(),
         agent.log_text()
     );
-    for i in 0..20 {
-        let response = http::get(proxy.http, &format!("/{i}")).expect("request");
-        assert!(
-            response.header("X-IP-Score").is_some(),
-            "request {i} unscored"
-        );
-    }
+    assert_eq!(scored_of(&proxy, 20, "/"), 20);
     let text = scrape_metrics(metrics);
     assert!(metric_value(&text, "spoa_messages_total") >= 20.0);
-    assert_eq!(
-        metric_value(&text, "spoa_connections_refused_total{reason=\"tls\"}"),
-        0.0
-    );
+    assert_eq!(metric_value(&text, REFUSED_TLS), 0.0);
 }
 
 #[test]
@@ -118,22 +116,14 @@ fn a_client_certificate_from_another_ca_is_refused_and_haproxy_marks_the_agent_d
     };
     let pki = Pki::new();
     let (agent, metrics, proxy) = pki.agent_behind_haproxy(&binary, Some("stranger-bundle.pem"));
-    assert!(
-        eventually(Duration::from_secs(10), || proxy
-            .log_text()
-            .contains("is DOWN")),
-        "the health check never marked the agent down:\n{}",
-        proxy.log_text()
+    assert_marked_down(&proxy);
+    assert_eq!(
+        scored_of(&proxy, 5, "/"),
+        0,
+        "scored without a valid certificate"
     );
-    for i in 0..5 {
-        let response = http::get(proxy.http, &format!("/{i}")).expect("request");
-        assert!(
-            response.header("X-IP-Score").is_none(),
-            "scored without a valid certificate"
-        );
-    }
     let text = scrape_metrics(metrics);
-    assert!(metric_value(&text, "spoa_connections_refused_total{reason=\"tls\"}") >= 1.0);
+    assert!(metric_value(&text, REFUSED_TLS) >= 1.0);
     assert_eq!(
         metric_value(&text, "spoa_messages_total"),
         0.0,
@@ -203,7 +193,7 @@ fn plain_spop_on_a_tls_port_is_refused_without_calling_a_guest() {
     );
     assert!(eventually(Duration::from_secs(5), || metric_value(
         &scrape_metrics(metrics),
-        "spoa_connections_refused_total{reason=\"tls\"}"
+        REFUSED_TLS
     ) >= 1.0));
 }
 
@@ -225,15 +215,8 @@ fn a_source_outside_the_allow_list_is_refused_before_a_byte_is_read() {
         ],
     );
     let proxy = start_haproxy(&binary, &agent.addr().to_string(), "");
-    assert!(
-        eventually(Duration::from_secs(10), || proxy
-            .log_text()
-            .contains("is DOWN")),
-        "{}",
-        proxy.log_text()
-    );
-    let response = http::get(proxy.http, "/").expect("request");
-    assert!(response.header("X-IP-Score").is_none());
+    assert_marked_down(&proxy);
+    assert_eq!(scored_of(&proxy, 1, "/"), 0);
     let text = scrape_metrics(metrics);
     assert!(
         metric_value(
@@ -251,7 +234,7 @@ fn a_source_outside_the_allow_list_is_refused_before_a_byte_is_read() {
     let allowed = Agent::start(&iprep_guest(), &["--allow-from", "127.0.0.0/8"]);
     let proxy = start_haproxy(&binary, &allowed.addr().to_string(), "");
     assert!(
-        eventually(Duration::from_secs(10), || scored(&proxy)),
+        eventually(Duration::from_secs(10), || proxy.scores()),
         "{}",
         proxy.log_text()
     );
@@ -285,7 +268,7 @@ fn haproxy_scores_over_a_unix_socket_and_a_stale_socket_file_is_replaced() {
     assert_eq!(mode, 0o660);
     let proxy = start_haproxy(&binary, &format!("unix@{}", socket.display()), "");
     assert!(
-        eventually(Duration::from_secs(10), || scored(&proxy)),
+        eventually(Duration::from_secs(10), || proxy.scores()),
         "no score over the Unix socket; haproxy log:\n{}\nagent log:\n{}",
         proxy.log_text(),
         agent.log_text()
@@ -308,15 +291,9 @@ fn a_peer_without_a_client_certificate_is_refused() {
     };
     let pki = Pki::new();
     let (_agent, metrics, proxy) = pki.agent_behind_haproxy(&binary, None);
-    assert!(
-        eventually(Duration::from_secs(10), || proxy
-            .log_text()
-            .contains("is DOWN")),
-        "{}",
-        proxy.log_text()
-    );
+    assert_marked_down(&proxy);
     let text = scrape_metrics(metrics);
-    assert!(metric_value(&text, "spoa_connections_refused_total{reason=\"tls\"}") >= 1.0);
+    assert!(metric_value(&text, REFUSED_TLS) >= 1.0);
     assert_eq!(metric_value(&text, "spoa_messages_total"), 0.0);
 }
 
@@ -346,7 +323,7 @@ fn certificates_are_reloaded_when_they_change_and_sessions_in_progress_go_on() {
     };
     let pki = Pki::new();
     let (agent, _metrics, proxy) = pki.agent_behind_haproxy(&binary, Some("client-bundle.pem"));
-    assert!(eventually(Duration::from_secs(10), || scored(&proxy)));
+    assert!(eventually(Duration::from_secs(10), || proxy.scores()));
     assert!(served_subject(&pki, agent.addr()).contains("server"));
 
     // Renew: the new chain and key replace the files (as a deploy tool or
@@ -366,13 +343,11 @@ fn certificates_are_reloaded_when_they_change_and_sessions_in_progress_go_on() {
     );
     assert!(agent.log_text().contains("TLS certificate reloaded"));
     // HAProxy's sessions opened before go on scoring.
-    for i in 0..10 {
-        let response = http::get(proxy.http, &format!("/after/{i}")).expect("request");
-        assert!(
-            response.header("X-IP-Score").is_some(),
-            "unscored after the reload"
-        );
-    }
+    assert_eq!(
+        scored_of(&proxy, 10, "/after/"),
+        10,
+        "unscored after the reload"
+    );
 }
 
 /// Starts spoa-host with `args` (no `-a`), returns its log up to "listening".

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use bytes::Bytes;
 use clap::Parser;
-use spoa_host::sandbox::Sandbox;
 use spoa_host::settings::cli::SandboxArgs;
 use spoa_host::spop::{Action, Arg, Message, TypedData};
 
@@ -81,14 +80,7 @@ fn main() -> Result<()> {
         let mut sandbox_args = args.sandbox.clone();
         sandbox_args.fresh_instance = fresh;
         runtime.block_on(async {
-            let kv_spec = args
-                .kv
-                .settings()
-                .spec(&Default::default())
-                .map_err(anyhow::Error::msg)?;
-            let kv = spoa_host::kv::KvStore::open(&kv_spec).map_err(anyhow::Error::msg)?;
-            let sandbox = Sandbox::new(sandbox_args.to_config(), kv)?
-                .with_ip_tables(spoa_host::tables::IpTables::new(kv_spec.redis_url()));
+            let sandbox = spoa_host::cmd::call::standalone_sandbox(&args.kv, &sandbox_args)?;
             let load_started = Instant::now();
             let module = spoa_host::guests::module_reload::load(
                 &sandbox,

@@ -4,13 +4,16 @@
 # features. Runs from any directory; does nothing when the component is newer
 # than its inputs (FORCE=1 rebuilds). The toolchain is pinned by
 # package-lock.json and installed into node_modules/ by `npm ci`.
+# APP_DIR=DIR OUT=FILE build another guest (DIR/app.js, DIR/wit/world.wit)
+# with this toolchain, as the test fixtures do.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../../.." && pwd)"
 wit="$root/wit"
-out="$root/target/examples/iprep_js.wasm"
-stage="$root/target/examples/iprep_js.wit"
+app="${APP_DIR:-$here}"
+out="${OUT:-$root/target/examples/iprep_js.wasm}"
+stage="${out%.wasm}.wit"
 
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     echo "build.sh: node and npm not found. Install Node.js 20 or newer with npm" >&2
@@ -31,7 +34,7 @@ fi
 
 # Skip when the component is newer than every input.
 if [ -z "${FORCE:-}" ] && [ -f "$out" ] && [ "$out" -nt node_modules/.package-lock.json ] &&
-    [ -z "$(find "$here" "$wit" -newer "$out" -not -path "$here/node_modules/*" \
+    [ -z "$(find "$app" "$here/build.sh" "$wit" -newer "$out" -not -path "$here/node_modules/*" \
         \( -name '*.js' -o -name '*.wit' -o -name build.sh -o -name package-lock.json \) \
         -print -quit)" ]; then
     echo "build.sh: $out is up to date"
@@ -41,11 +44,12 @@ fi
 # The WIT: this example's world (wit/) with spoa-host's WIT as a dependency.
 rm -rf "$stage"
 mkdir -p "$stage/deps/spoa-agent"
-cp "$here/wit/world.wit" "$stage/"
-[ -d "$here/wit/deps" ] && cp -r "$here/wit/deps/." "$stage/deps/"
+cp "$app/wit/world.wit" "$stage/"
+[ -d "$app/wit/deps" ] && cp -r "$app/wit/deps/." "$stage/deps/"
 cp "$wit/spoa.wit" "$stage/deps/spoa-agent/"
 cp -r "$wit/deps/." "$stage/deps/"
 
-node_modules/.bin/componentize-js --wit "$stage" --world-name guest -o "$out.tmp" app.js
+mkdir -p "$(dirname "$out")"
+node_modules/.bin/componentize-js --wit "$stage" --world-name guest -o "$out.tmp" "$app/app.js"
 mv "$out.tmp" "$out"
 echo "build.sh: wrote $out ($(wc -c <"$out") bytes)"

@@ -204,6 +204,21 @@ fn message(name: &str, args: Vec<spop::Arg>) -> spop::Message {
     }
 }
 
+/// A sandbox for one process outside `serve` (`call`, the benchmarks): the
+/// store and IP tables of the flags, no configuration file.
+pub fn standalone_sandbox(
+    kv: &crate::settings::cli::KvArgs,
+    sandbox: &crate::settings::cli::SandboxArgs,
+) -> anyhow::Result<Sandbox> {
+    let kv_spec = kv
+        .settings()
+        .spec(&Default::default())
+        .map_err(anyhow::Error::msg)?;
+    let store = crate::kv::KvStore::open(&kv_spec).map_err(anyhow::Error::msg)?;
+    Ok(Sandbox::new(sandbox.to_config(), store)?
+        .with_ip_tables(crate::tables::IpTables::new(kv_spec.redis_url())))
+}
+
 /// Runs `spoa-host call`; returns whether everything succeeded (or every
 /// case passed).
 pub fn run(args: &CallArgs) -> anyhow::Result<bool> {
@@ -211,14 +226,7 @@ pub fn run(args: &CallArgs) -> anyhow::Result<bool> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let kv_spec = args
-            .kv
-            .settings()
-            .spec(&Default::default())
-            .map_err(anyhow::Error::msg)?;
-        let kv = crate::kv::KvStore::open(&kv_spec).map_err(anyhow::Error::msg)?;
-        let sandbox = Sandbox::new(args.sandbox.to_config(), kv)?
-            .with_ip_tables(crate::tables::IpTables::new(kv_spec.redis_url()));
+        let sandbox = standalone_sandbox(&args.kv, &args.sandbox)?;
         let module = crate::guests::module_reload::load(
             &sandbox,
             None,

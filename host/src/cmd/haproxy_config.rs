@@ -220,8 +220,7 @@ mod tests {
         module = "a.wasm"
         messages = ["check-client-ip"]
         timeout = "20ms"
-        [guest.spoe.check-client-ip]
-        args = ["ip=src"]
+        spoe = { check-client-ip = { args = ["ip=src"] } }
         [[guest]]
         name = "ua"
         module = "b.wasm"

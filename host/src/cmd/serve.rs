@@ -118,8 +118,8 @@ async fn serve_async(
                 key: key.clone(),
                 client_ca: args.tls_client_ca.clone(),
             })?);
-            tls.clone()
-                .spawn_reloads(&planes.control, !args.no_watch, shutdown.clone())?;
+            let triggers = crate::watch::Triggers::new(&planes.control, &shutdown, !args.no_watch)?;
+            tls.clone().spawn_reloads(&planes.control, triggers)?;
             Some(tls)
         }
         _ => None,

@@ -117,7 +117,7 @@ impl GuestServices {
             executor.clone(),
             self.planes.data.clone(),
         ));
-        reloader.spawn_triggers(&self.planes.control, self.watch, stop.clone())?;
+        reloader.spawn_triggers(Triggers::new(&self.planes.control, &stop, self.watch)?)?;
         Ok(Guest {
             spec,
             executor,
@@ -202,17 +202,24 @@ pub struct ConfigReloader {
 impl ConfigReloader {
     pub fn spawn(mut self) -> Result<()> {
         let shutdown = self.runtime.shutdown.clone();
-        let mut triggers = Triggers::new(&self.runtime.planes.control, &shutdown)?;
-        if self.runtime.watch {
-            triggers.watch_file(&self.config.path, "configuration file changed")?;
-        }
+        let mut triggers =
+            Triggers::new(&self.runtime.planes.control, &shutdown, self.runtime.watch)?;
+        triggers.watch_file(&self.config.path, "configuration file changed")?;
         let data_plane = self.runtime.planes.data.clone();
         data_plane.spawn(async move {
-            while let Some(reason) = triggers.next(&shutdown).await {
+            while let Some(reason) = triggers.next().await {
                 self.reload(reason).await;
             }
         });
         Ok(())
+    }
+
+    fn rejected(&self, reason: &'static str, err: &dyn std::fmt::Display) {
+        self.runtime.metrics.config_reload("failed");
+        tracing::error!(
+            reason,
+            "configuration reload rejected, current guests keep serving: {err}"
+        );
     }
 
     async fn reload(&mut self, reason: &'static str) {
@@ -220,14 +227,7 @@ impl ConfigReloader {
         let config =
             match AgentConfig::load(&path, &self.sandbox_defaults, self.error_var.as_deref()) {
                 Ok(config) => config,
-                Err(err) => {
-                    self.runtime.metrics.config_reload("failed");
-                    tracing::error!(
-                        reason,
-                        "configuration reload rejected, current guests keep serving: {err}"
-                    );
-                    return;
-                }
+                Err(err) => return self.rejected(reason, &err),
             };
         if config.guests == self.config.guests {
             self.runtime.metrics.config_reload("unchanged");
@@ -236,14 +236,7 @@ impl ConfigReloader {
         }
         let guests = match self.runtime.start_all(&config.guests, &self.guests).await {
             Ok(guests) => guests,
-            Err(err) => {
-                self.runtime.metrics.config_reload("failed");
-                tracing::error!(
-                    reason,
-                    "configuration reload rejected, current guests keep serving: {err:#}"
-                );
-                return;
-            }
+            Err(err) => return self.rejected(reason, &format!("{err:#}")),
         };
         self.router.replace(guest_set(&guests));
         for guest in &guests {

@@ -9,10 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use tokio_util::sync::CancellationToken;
 
 use crate::exec::{GuestExecutor, ModuleVersion};
-use crate::planes::{ControlPlane, DataPlane};
+use crate::planes::DataPlane;
 use crate::sandbox::{GrantSources, GuestSettings, LoadError, LoadedModule, Sandbox, sha256_hex};
 use crate::watch::Triggers;
 
@@ -219,28 +218,21 @@ impl Reloader {
         ReloadResult::Rejected
     }
 
-    /// Starts the SIGHUP and (unless `watch` is false) file-change triggers.
-    pub fn spawn_triggers(
-        self: Arc<Self>,
-        control: &ControlPlane,
-        watch: bool,
-        shutdown: CancellationToken,
-    ) -> Result<()> {
-        let mut triggers = Triggers::new(control, &shutdown)?;
-        if watch {
-            triggers.watch_file(&self.path, "module changed")?;
-            if let Some(file) = &self.grants.config_file {
-                triggers.watch_file(file, "configuration changed")?;
-            }
-            if let Some(dir) = &self.grants.data_dir {
-                triggers.watch_tree(dir, "data changed")?;
-            }
+    /// Reloads on `triggers` and on changes to the module, its
+    /// configuration file and its data.
+    pub fn spawn_triggers(self: Arc<Self>, mut triggers: Triggers) -> Result<()> {
+        triggers.watch_file(&self.path, "module changed")?;
+        if let Some(file) = &self.grants.config_file {
+            triggers.watch_file(file, "configuration changed")?;
+        }
+        if let Some(dir) = &self.grants.data_dir {
+            triggers.watch_tree(dir, "data changed")?;
         }
         // The loop runs on the data plane: loads and smoke calls run guest
         // code, which never runs on the control plane.
         let data_plane = self.data_plane.clone();
         data_plane.spawn(async move {
-            while let Some(reason) = triggers.next(&shutdown).await {
+            while let Some(reason) = triggers.next().await {
                 self.reload(reason).await;
             }
         });

@@ -19,7 +19,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::kv::{KvFailureCause, KvStats, KvStore};
 use crate::sandbox::{LoadFailureCause, ModuleIdentity};
@@ -158,59 +158,37 @@ struct KvSeries {
 }
 
 impl KvSeries {
-    fn register(registry: &mut Registry) -> KvSeries {
-        let gauge = |registry: &mut Registry, name: &str, help: &str| {
-            let gauge = Gauge::default();
-            registry.register(name, help, gauge.clone());
-            gauge
-        };
-        let counter = |registry: &mut Registry, name: &str, help: &str| {
-            let counter = Counter::default();
-            registry.register(name, help, counter.clone());
-            counter
-        };
-        let failures = Family::<CauseLabels, Counter>::default();
-        registry.register(
+    fn register(r: &mut Registrar) -> KvSeries {
+        let failures: Family<CauseLabels, Counter> = r.series(
             "kv_failures",
             "Guest key-value calls that failed, by cause: unavailable (store unreachable), timeout (past the call's deadline), invalid (the call was wrong)",
-            failures.clone(),
         );
         KvSeries {
-            entries: gauge(
-                registry,
-                "kv_entries",
-                "Entries in the in-process key-value store",
-            ),
-            bytes: gauge(
-                registry,
+            entries: r.series("kv_entries", "Entries in the in-process key-value store"),
+            bytes: r.series(
                 "kv_bytes",
                 "Bytes held by the in-process key-value store (keys, values, 96 per entry)",
             ),
-            limit_bytes: gauge(
-                registry,
+            limit_bytes: r.series(
                 "kv_limit_bytes",
                 "Most bytes the in-process key-value store holds (--kv-memory)",
             ),
-            evictions: counter(
-                registry,
+            evictions: r.series(
                 "kv_evictions",
                 "Live entries evicted (least recently used) to make room",
             ),
-            expired: counter(registry, "kv_expired", "Expired entries removed"),
-            failures: KvFailureCause::ALL.map(|cause| {
-                failures
-                    .get_or_create(&CauseLabels {
-                        cause: cause.name(),
-                    })
-                    .clone()
-            }),
-            reconnects: counter(
-                registry,
+            expired: r.series("kv_expired", "Expired entries removed"),
+            failures: handles(
+                &failures,
+                KvFailureCause::ALL.map(|cause| CauseLabels {
+                    cause: cause.name(),
+                }),
+            ),
+            reconnects: r.series(
                 "kv_reconnects",
                 "Times the Redis store came back after failing",
             ),
-            up: gauge(
-                registry,
+            up: r.series(
                 "kv_up",
                 "1 while the key-value store answers (Redis: 0 from a call that finds it unreachable until one succeeds)",
             ),
@@ -259,61 +237,48 @@ struct GuestFamilies {
 
 type AtomicI64Compat = std::sync::atomic::AtomicI64;
 
+/// Registers series under the `spoa_` prefix and hands each back to keep.
+struct Registrar<'r>(&'r mut Registry);
+
+impl Registrar<'_> {
+    fn series<M: Metric + Clone + Default>(&mut self, name: &str, help: &str) -> M {
+        self.with(name, help, M::default())
+    }
+
+    fn with<M: Metric + Clone>(&mut self, name: &str, help: &str, metric: M) -> M {
+        self.0.register(name, help, metric.clone());
+        metric
+    }
+}
+
+/// Each label's series of `family`, resolved once.
+fn handles<L, M, const N: usize>(family: &Family<L, M>, labels: [L; N]) -> [M; N]
+where
+    L: Clone + std::hash::Hash + Eq,
+    M: Clone + Default,
+{
+    labels.map(|label| family.get_or_create(&label).clone())
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("spoa");
-        let connections_current = Gauge::default();
-        registry.register(
-            "connections_current",
-            "Connections currently open",
-            connections_current.clone(),
-        );
-        let connections_total = Counter::default();
-        registry.register(
-            "connections",
-            "Connections accepted",
-            connections_total.clone(),
-        );
-        let refused = Family::<ReasonLabels, Counter<u64, AtomicU64>>::default();
-        registry.register(
+        let mut r = Registrar(&mut registry);
+        let connections_current = r.series("connections_current", "Connections currently open");
+        let connections_total = r.series("connections", "Connections accepted");
+        let refused: Family<ReasonLabels, Counter<u64, AtomicU64>> = r.series(
             "connections_refused",
             "Connections refused, by reason: max_connections (status 13), allow_list (closed before a byte is read), tls (failed handshake)",
-            refused.clone(),
         );
-        let connections_refused = RefusalReason::ALL.map(|reason| {
-            refused
-                .get_or_create(&ReasonLabels {
-                    reason: reason.name(),
-                })
-                .clone()
-        });
-
-        let received = Family::<FrameLabels, Counter>::default();
-        registry.register(
-            "frames_received",
-            "Frames received, by type",
-            received.clone(),
-        );
-        let sent = Family::<FrameLabels, Counter>::default();
-        registry.register("frames_sent", "Frames sent, by type", sent.clone());
-        let handles = |family: &Family<FrameLabels, Counter>| {
-            FrameType::ALL.map(|t| {
-                family
-                    .get_or_create(&FrameLabels { r#type: t.name() })
-                    .clone()
-            })
-        };
-
-        let messages = Counter::default();
-        registry.register("messages", "SPOE messages received", messages.clone());
-        let actions = Counter::default();
-        registry.register("actions", "Actions sent in ACKs", actions.clone());
-
-        let disconnects = Family::<StatusLabels, Counter>::default();
-        registry.register(
+        let by_type = FrameType::ALL.map(|t| FrameLabels { r#type: t.name() });
+        let received: Family<FrameLabels, Counter> =
+            r.series("frames_received", "Frames received, by type");
+        let sent: Family<FrameLabels, Counter> = r.series("frames_sent", "Frames sent, by type");
+        let messages = r.series("messages", "SPOE messages received");
+        let actions = r.series("actions", "Actions sent in ACKs");
+        let disconnects: Family<StatusLabels, Counter> = r.series(
             "disconnects",
             "AGENT-DISCONNECT frames sent, by status code",
-            disconnects.clone(),
         );
         let disconnect_handles = Status::ALL
             .iter()
@@ -326,39 +291,36 @@ impl Metrics {
                 )
             })
             .collect();
-
-        let ack_overflows = Counter::default();
-        registry.register(
+        let ack_overflows = r.series(
             "ack_overflows",
             "Messages whose actions did not fit in the ACK and were dropped",
-            ack_overflows.clone(),
         );
-        let unrouted_messages = Counter::default();
-        registry.register(
+        let unrouted_messages = r.series(
             "unrouted_messages",
             "Messages that no guest declares, answered without actions",
-            unrouted_messages.clone(),
         );
-        let config_reloads = Family::<ResultLabels, Counter>::default();
+        let config_reloads: Family<ResultLabels, Counter> =
+            r.series("config_reloads", "Reloads of the --config file, by result");
         for result in ["ok", "unchanged", "failed"] {
             let _ = config_reloads.get_or_create(&ResultLabels { result });
         }
-        registry.register(
-            "config_reloads",
-            "Reloads of the --config file, by result",
-            config_reloads.clone(),
+        let guests = GuestFamilies::register(&mut r);
+        let kv = KvSeries::register(&mut r);
+        let table_series = tables::TableSeries::register(&mut r);
+        let connections_refused = handles(
+            &refused,
+            RefusalReason::ALL.map(|reason| ReasonLabels {
+                reason: reason.name(),
+            }),
         );
-        let guests = GuestFamilies::register(&mut registry);
-        let kv = KvSeries::register(&mut registry);
-        let table_series = tables::TableSeries::register(&mut registry);
 
         Metrics {
             registry,
             connections_current,
             connections_total,
             connections_refused,
-            frames_received: handles(&received),
-            frames_sent: handles(&sent),
+            frames_received: handles(&received, by_type.clone()),
+            frames_sent: handles(&sent, by_type),
             messages,
             actions,
             ack_overflows,
@@ -517,66 +479,42 @@ pub struct NotifyTally {
 }
 
 impl GuestFamilies {
-    fn register(registry: &mut Registry) -> GuestFamilies {
-        let families = GuestFamilies {
-            calls: Family::default(),
-            failures: Family::default(),
-            call_seconds: Family::new_with_constructor(call_seconds_histogram),
-            reloads: Family::default(),
-            reload_failures: Family::default(),
-            module_info: Family::default(),
-            quarantines: Family::default(),
-            quarantined: Family::default(),
-            rollbacks: Family::default(),
+    fn register(r: &mut Registrar) -> GuestFamilies {
+        GuestFamilies {
+            calls: r.series("guest_calls", "Calls of a guest's handle-message"),
+            failures: r.series(
+                "guest_failures",
+                "Messages a guest did not answer, by guest and kind",
+            ),
+            call_seconds: r.with(
+                "guest_call_seconds",
+                "Duration of handle-message calls (one call in 16 is timed)",
+                Family::new_with_constructor(call_seconds_histogram),
+            ),
+            reloads: r.series(
+                "module_reloads",
+                "Module reload attempts, by guest and result",
+            ),
+            reload_failures: r.series(
+                "module_reload_failures",
+                "Rejected module loads and reloads, by guest and the step that refused them",
+            ),
+            module_info: r.series(
+                "module_info",
+                "The module serving each guest (value 1), labelled with its path and hash",
+            ),
+            quarantines: r.series(
+                "guest_quarantines",
+                "Times a guest was quarantined after too many failures",
+            ),
+            quarantined: r.series("guest_quarantined", "1 while a guest is quarantined"),
+            rollbacks: r.series(
+                "guest_rollbacks",
+                "New module versions rolled back to the last good one",
+            ),
             module_labels: Default::default(),
             histories: Default::default(),
-        };
-        registry.register(
-            "guest_calls",
-            "Calls of a guest's handle-message",
-            families.calls.clone(),
-        );
-        registry.register(
-            "guest_failures",
-            "Messages a guest did not answer, by guest and kind",
-            families.failures.clone(),
-        );
-        registry.register(
-            "guest_call_seconds",
-            "Duration of handle-message calls (one call in 16 is timed)",
-            families.call_seconds.clone(),
-        );
-        registry.register(
-            "module_reloads",
-            "Module reload attempts, by guest and result",
-            families.reloads.clone(),
-        );
-        registry.register(
-            "module_reload_failures",
-            "Rejected module loads and reloads, by guest and the step that refused them",
-            families.reload_failures.clone(),
-        );
-        registry.register(
-            "module_info",
-            "The module serving each guest (value 1), labelled with its path and hash",
-            families.module_info.clone(),
-        );
-        registry.register(
-            "guest_quarantines",
-            "Times a guest was quarantined after too many failures",
-            families.quarantines.clone(),
-        );
-        registry.register(
-            "guest_quarantined",
-            "1 while a guest is quarantined",
-            families.quarantined.clone(),
-        );
-        registry.register(
-            "guest_rollbacks",
-            "New module versions rolled back to the last good one",
-            families.rollbacks.clone(),
-        );
-        families
+        }
     }
 }
 

@@ -6,7 +6,6 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::tables::{IpTables, TableFailure};
@@ -33,40 +32,26 @@ pub(super) struct TableSeries {
 }
 
 impl TableSeries {
-    pub(super) fn register(registry: &mut Registry) -> TableSeries {
-        let series = TableSeries {
-            entries: Family::default(),
-            malformed: Family::default(),
-            load_seconds: Family::default(),
-            lookups: Family::default(),
-            loads: Family::default(),
-        };
-        registry.register(
-            "ip_table_entries",
-            "Networks in each IP table's serving version",
-            series.entries.clone(),
-        );
-        registry.register(
-            "ip_table_malformed_lines",
-            "Lines the serving version of each list skipped as malformed",
-            series.malformed.clone(),
-        );
-        registry.register(
-            "ip_table_load_seconds",
-            "How long the last successful load of each IP table took",
-            series.load_seconds.clone(),
-        );
-        registry.register(
-            "ip_table_lookups",
-            "Lookups guests made in each IP table",
-            series.lookups.clone(),
-        );
-        registry.register(
-            "ip_table_loads",
-            "Loads of each IP table, by result: ok, or the cause that kept the last version serving (read, format, malformed, unavailable)",
-            series.loads.clone(),
-        );
-        series
+    pub(super) fn register(r: &mut super::Registrar) -> TableSeries {
+        TableSeries {
+            entries: r.series(
+                "ip_table_entries",
+                "Networks in each IP table's serving version",
+            ),
+            malformed: r.series(
+                "ip_table_malformed_lines",
+                "Lines the serving version of each list skipped as malformed",
+            ),
+            load_seconds: r.series(
+                "ip_table_load_seconds",
+                "How long the last successful load of each IP table took",
+            ),
+            lookups: r.series("ip_table_lookups", "Lookups guests made in each IP table"),
+            loads: r.series(
+                "ip_table_loads",
+                "Loads of each IP table, by result: ok, or the cause that kept the last version serving (read, format, malformed, unavailable)",
+            ),
+        }
     }
 
     pub(super) fn update(&self, tables: &IpTables) {

@@ -14,7 +14,6 @@ use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 
 /// `--tls-cert`, `--tls-key`, `--tls-client-ca`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,26 +60,23 @@ impl TlsServer {
         }
     }
 
-    /// Reloads when a file changes (unless `watch` is false) and on SIGHUP.
+    /// Reloads on `triggers` and when one of the files changes, on the
+    /// control plane.
     pub fn spawn_reloads(
         self: Arc<Self>,
         control: &ControlPlane,
-        watch: bool,
-        shutdown: CancellationToken,
+        mut triggers: Triggers,
     ) -> Result<()> {
-        let mut triggers = Triggers::new(control, &shutdown)?;
-        if watch {
-            let files = [
-                Some(&self.files.cert),
-                Some(&self.files.key),
-                self.files.client_ca.as_ref(),
-            ];
-            for file in files.into_iter().flatten() {
-                triggers.watch_file(file, "TLS file changed")?;
-            }
+        let files = [
+            Some(&self.files.cert),
+            Some(&self.files.key),
+            self.files.client_ca.as_ref(),
+        ];
+        for file in files.into_iter().flatten() {
+            triggers.watch_file(file, "TLS file changed")?;
         }
         control.spawn(async move {
-            while triggers.next(&shutdown).await.is_some() {
+            while triggers.next().await.is_some() {
                 self.reload();
             }
         });

@@ -31,17 +31,23 @@ fn data_to_wit(value: &spop::TypedData) -> wit::TypedData {
         D::Uint32(v) => wit::TypedData::Uint32(*v),
         D::Int64(v) => wit::TypedData::Int64(*v),
         D::Uint64(v) => wit::TypedData::Uint64(*v),
-        D::Ipv4(addr) => {
-            let [a, b, c, d] = addr.octets();
-            wit::TypedData::Ipv4((a, b, c, d))
-        }
-        D::Ipv6(addr) => {
-            let [a, b, c, d, e, f, g, h] = addr.segments();
-            wit::TypedData::Ipv6((a, b, c, d, e, f, g, h))
-        }
+        D::Ipv4(addr) => wit::TypedData::Ipv4(ipv4_to_wit(*addr)),
+        D::Ipv6(addr) => wit::TypedData::Ipv6(ipv6_to_wit(*addr)),
         D::String(bytes) => wit::TypedData::String(bytes.to_vec()),
         D::Binary(bytes) => wit::TypedData::Binary(bytes.to_vec()),
     }
+}
+
+/// An IPv4 address as WIT's tuple of octets.
+pub(super) fn ipv4_to_wit(addr: Ipv4Addr) -> (u8, u8, u8, u8) {
+    let [a, b, c, d] = addr.octets();
+    (a, b, c, d)
+}
+
+/// An IPv6 address as WIT's tuple of 16-bit segments.
+pub(super) fn ipv6_to_wit(addr: Ipv6Addr) -> (u16, u16, u16, u16, u16, u16, u16, u16) {
+    let [a, b, c, d, e, f, g, h] = addr.segments();
+    (a, b, c, d, e, f, g, h)
 }
 
 fn data_from_wit(value: wit::TypedData) -> spop::TypedData {

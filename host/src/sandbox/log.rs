@@ -140,14 +140,7 @@ impl GuestLog {
 
 /// `text` cut to at most `max` bytes on a character boundary.
 pub fn truncated(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut cut = max;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    &text[..cut]
+    &text[..text.floor_char_boundary(max)]
 }
 
 #[cfg(test)]

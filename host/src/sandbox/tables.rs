@@ -62,14 +62,8 @@ fn address(address: wit::IpAddress) -> IpAddr {
 
 fn network(network: IpNet) -> wit::IpNetwork {
     let address = match network.network() {
-        IpAddr::V4(v4) => {
-            let [a, b, c, d] = v4.octets();
-            wit::IpAddress::Ipv4((a, b, c, d))
-        }
-        IpAddr::V6(v6) => {
-            let [a, b, c, d, e, f, g, h] = v6.segments();
-            wit::IpAddress::Ipv6((a, b, c, d, e, f, g, h))
-        }
+        IpAddr::V4(v4) => wit::IpAddress::Ipv4(super::convert::ipv4_to_wit(v4)),
+        IpAddr::V6(v6) => wit::IpAddress::Ipv6(super::convert::ipv6_to_wit(v6)),
     };
     wit::IpNetwork {
         address,

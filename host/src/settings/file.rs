@@ -295,16 +295,39 @@ fn resolve_guest(
     error_var: Option<&str>,
 ) -> Result<GuestSpec, String> {
     check_guest_name(&table.name)?;
+    check_messages(&table)?;
+    let sandbox = resolve_sandbox(&table, defaults)?;
+    let limits = ExecutorLimits {
+        concurrency: sandbox.max_concurrent_calls,
+        queue: table
+            .queue
+            .unwrap_or_else(|| default_queue(sandbox.max_concurrent_calls)),
+    };
+    let grants = resolve_grants(&table, base, defaults)?;
+    let policy = resolve_policy(&table.on_failure, error_var)?;
+    Ok(GuestSpec {
+        name: table.name,
+        module: base.join(table.module),
+        messages: table.messages,
+        sandbox,
+        limits,
+        grants,
+        policy,
+        spoe: table.spoe,
+    })
+}
+
+/// `messages`: SPOE message names, each once; `[guest.spoe.*]` describes
+/// only those.
+fn check_messages(table: &GuestTable) -> Result<(), String> {
     if table.messages.is_empty() {
         return Err("`messages` is empty".into());
     }
+    let mut seen = std::collections::HashSet::new();
     for message in &table.messages {
         if message.is_empty() || message.len() > 255 || message.contains(char::is_whitespace) {
             return Err(format!("`{message}` is not a SPOE message name"));
         }
-    }
-    let mut seen = std::collections::HashSet::new();
-    for message in &table.messages {
         if !seen.insert(message) {
             return Err(format!("message `{message}` is listed twice"));
         }
@@ -324,11 +347,17 @@ fn resolve_guest(
             }
         }
     }
+    Ok(())
+}
+
+/// The flags' sandbox limits, with what the guest's table sets instead.
+fn resolve_sandbox(table: &GuestTable, defaults: &SandboxArgs) -> Result<SandboxConfig, String> {
     let mut sandbox = defaults.to_config();
     sandbox.call_timeout = duration(&table.timeout, sandbox.call_timeout, "timeout")?;
     if sandbox.call_timeout.is_zero() {
         return Err("timeout: must be more than 0".into());
     }
+    sandbox.init_timeout = duration(&table.init_timeout, sandbox.init_timeout, "init-timeout")?;
     if let Some(memory) = &table.memory {
         sandbox.memory_cap = parse_size(memory).map_err(|err| format!("memory: {err}"))?;
     }
@@ -339,19 +368,36 @@ fn resolve_guest(
             other => return Err(format!("instance: `{other}` is not reuse or fresh")),
         };
     }
-    if let Some(concurrency) = table.concurrency {
-        if !(1..=1000).contains(&concurrency) {
-            return Err("concurrency: must be 1 to 1000".into());
-        }
+    let within = |value: Option<u32>, range: std::ops::RangeInclusive<u32>, key: &str| match value {
+        Some(value) if !range.contains(&value) => Err(format!(
+            "{key}: must be {} to {}",
+            range.start(),
+            range.end()
+        )),
+        value => Ok(value),
+    };
+    if let Some(concurrency) = within(table.concurrency, 1..=1000, "concurrency")? {
         sandbox.max_concurrent_calls = concurrency;
     }
-    let limits = ExecutorLimits {
-        concurrency: sandbox.max_concurrent_calls,
-        queue: table
-            .queue
-            .unwrap_or_else(|| default_queue(sandbox.max_concurrent_calls)),
-    };
+    if let Some(batch) = within(table.batch, 1..=4096, "batch")? {
+        sandbox.max_batch = batch;
+    }
+    if let Some(max_calls) = table.max_calls {
+        if max_calls == 0 {
+            return Err("max-calls: must be at least 1".into());
+        }
+        sandbox.max_calls_per_instance = max_calls;
+    }
+    Ok(sandbox)
+}
 
+/// What the guest may see: its configuration, data, buckets and IP tables
+/// (paths relative to the configuration file), and its smoke message.
+fn resolve_grants(
+    table: &GuestTable,
+    base: &Path,
+    defaults: &SandboxArgs,
+) -> Result<GrantSources, String> {
     let first_message = &table.messages[0];
     let smoke_message = spop::Message {
         name: Bytes::copy_from_slice(
@@ -369,16 +415,16 @@ fn resolve_guest(
     };
     let config_pairs = table
         .config
-        .into_iter()
+        .iter()
         .map(|(key, value)| {
             let text = match value {
-                toml::Value::String(text) => text,
+                toml::Value::String(text) => text.clone(),
                 toml::Value::Integer(number) => number.to_string(),
                 toml::Value::Float(number) => number.to_string(),
                 toml::Value::Boolean(flag) => flag.to_string(),
                 _ => return Err(format!("config.{key}: only strings, numbers and booleans")),
             };
-            Ok((key, text))
+            Ok((key.clone(), text))
         })
         .collect::<Result<_, _>>()?;
     let kv_buckets = match &table.kv_buckets {
@@ -398,37 +444,13 @@ fn resolve_guest(
         }
         None => defaults.grants().ip_tables,
     };
-    sandbox.init_timeout = duration(&table.init_timeout, sandbox.init_timeout, "init-timeout")?;
-    if let Some(max_calls) = table.max_calls {
-        if max_calls == 0 {
-            return Err("max-calls: must be at least 1".into());
-        }
-        sandbox.max_calls_per_instance = max_calls;
-    }
-    if let Some(batch) = table.batch {
-        if !(1..=4096).contains(&batch) {
-            return Err("batch: must be 1 to 4096".into());
-        }
-        sandbox.max_batch = batch;
-    }
-    let grants = GrantSources {
+    Ok(GrantSources {
         ip_tables,
         config_pairs,
-        config_file: table.config_file.map(|file| base.join(file)),
-        data_dir: table.data.map(|dir| base.join(dir)),
+        config_file: table.config_file.as_ref().map(|file| base.join(file)),
+        data_dir: table.data.as_ref().map(|dir| base.join(dir)),
         smoke_message,
         kv_buckets,
-    };
-    let policy = resolve_policy(&table.on_failure, error_var)?;
-    Ok(GuestSpec {
-        name: table.name,
-        module: base.join(table.module),
-        messages: table.messages,
-        sandbox,
-        limits,
-        grants,
-        policy,
-        spoe: table.spoe,
     })
 }
 
@@ -616,13 +638,13 @@ mod tests {
     fn one_message_declared_by_two_guests_is_refused() {
         let text = r#"
             [[guest]]
+            messages = ["check-client-ip"]
             name = "a"
             module = "a.wasm"
-            messages = ["check-client-ip"]
             [[guest]]
             name = "b"
-            module = "b.wasm"
             messages = ["other", "check-client-ip"]
+            module = "b.wasm"
         "#;
         let err = parse(text).expect_err("duplicate").to_string();
         assert!(

@@ -324,28 +324,31 @@ mod tests {
 
     #[test]
     fn ack_vectors() {
-        let set_score = Frame::Ack(Ack {
-            stream_id: 300,
-            frame_id: 7,
-            actions: vec![Action::SetVar {
+        let ack = |stream_id, frame_id, actions| {
+            Frame::Ack(Ack {
+                stream_id,
+                frame_id,
+                actions,
+            })
+        };
+        let set_score = ack(
+            300,
+            7,
+            vec![Action::SetVar {
                 scope: VarScope::Sess,
                 name: Bytes::from_static(b"ip_score"),
                 value: TypedData::Int32(50),
             }],
-        });
-        let empty = Frame::Ack(Ack {
-            stream_id: 20,
-            frame_id: 1,
-            actions: vec![],
-        });
-        let unset = Frame::Ack(Ack {
-            stream_id: 1,
-            frame_id: 1,
-            actions: vec![Action::UnsetVar {
+        );
+        let empty = ack(20, 1, vec![]);
+        let unset = ack(
+            1,
+            1,
+            vec![Action::UnsetVar {
                 scope: VarScope::Txn,
                 name: Bytes::from_static(b"flag"),
             }],
-        });
+        );
         for (frame, vector) in [
             (set_score, ACK_SET_SCORE),
             (empty, ACK_EMPTY),

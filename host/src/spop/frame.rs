@@ -517,31 +517,28 @@ mod tests {
     }
 
     fn arb_frame() -> impl Strategy<Value = Frame> {
+        let messages = proptest::collection::vec(arb_message(), 0..4);
+        let actions = proptest::collection::vec(arb_action(), 0..6);
         prop_oneof![
             arb_kv().prop_map(Frame::HaproxyHello),
             arb_kv().prop_map(Frame::HaproxyDisconnect),
             arb_kv().prop_map(Frame::AgentHello),
             arb_kv().prop_map(Frame::AgentDisconnect),
-            (
-                any::<u64>(),
-                any::<u64>(),
-                proptest::collection::vec(arb_message(), 0..4)
-            )
-                .prop_map(|(stream_id, frame_id, messages)| Frame::Notify(Notify {
+            (any::<[u64; 2]>(), messages).prop_map(|([stream_id, frame_id], messages)| {
+                Frame::Notify(Notify {
                     stream_id,
                     frame_id,
-                    messages
-                })),
-            (
-                any::<u64>(),
-                any::<u64>(),
-                proptest::collection::vec(arb_action(), 0..6)
-            )
-                .prop_map(|(stream_id, frame_id, actions)| Frame::Ack(Ack {
+                    messages,
+                })
+            }),
+            (any::<[u64; 2]>(), actions).prop_map(|([stream_id, frame_id], actions)| {
+                let ack = Ack {
                     stream_id,
                     frame_id,
-                    actions
-                })),
+                    actions,
+                };
+                Frame::Ack(ack)
+            }),
         ]
     }
 

@@ -405,7 +405,7 @@ async fn follow_file(
     path: PathBuf,
     shutdown: CancellationToken,
 ) {
-    let mut triggers = match Triggers::new(&control, &shutdown).and_then(|mut triggers| {
+    let mut triggers = match Triggers::new(&control, &shutdown, true).and_then(|mut triggers| {
         triggers.watch_file(&path, "file changed")?;
         Ok(triggers)
     }) {
@@ -415,7 +415,7 @@ async fn follow_file(
             return;
         }
     };
-    while let Some(reason) = triggers.next(&shutdown).await {
+    while let Some(reason) = triggers.next().await {
         let started = Instant::now();
         let file = path.clone();
         let loaded = match tokio::task::spawn_blocking(move || read_file(&file)).await {

@@ -106,14 +106,27 @@ pub fn generated_config(binary: &PathBuf, config: &std::path::Path, section: &st
     )
 }
 
-/// Starts HAProxy with `frontend` (after [`HTTP_PROXY_HEAD`]) and the SPOE
-/// file and backend `generate(section)` prints (the frontend finds the SPOE
-/// file at `${CONF_DIR}/spoe.conf`).
+/// Starts HAProxy with the SPOE file and backend `generate(section)` prints,
+/// and a frontend (after [`HTTP_PROXY_HEAD`]) filtering with SPOE engine
+/// `engine`, then `rules` (its `http-request`/`http-after-response` lines),
+/// answering "ok" from a backend of its own.
 pub fn start_generated(
     binary: &PathBuf,
-    frontend: &str,
+    engine: &str,
+    rules: &str,
     generate: impl Fn(&str) -> String,
 ) -> Haproxy {
+    let frontend = format!(
+        r#"
+    bind "${{HTTP_BIND}}"
+    filter spoe engine {engine} config "${{CONF_DIR}}/spoe.conf"
+{rules}
+    default_backend app
+
+backend app
+    http-request return status 200 content-type text/plain string "ok\n"
+"#
+    );
     let config = format!("{HTTP_PROXY_HEAD}{frontend}\n{}", generate("backend"));
     start_files(
         binary,
@@ -264,6 +277,24 @@ fn launch(
 }
 
 impl Haproxy {
+    /// Whether a `GET /` comes back with an `X-IP-Score` now.
+    pub fn scores(&self) -> bool {
+        super::http::get(self.http, "/")
+            .map(|r| r.header("X-IP-Score").is_some())
+            .unwrap_or(false)
+    }
+
+    /// Waits up to 10 s for a scored response: the first request may race
+    /// HAProxy's first connection to the agent. Fails with both logs.
+    pub fn wait_until_scored(&self, agent: &super::agent::Agent) {
+        assert!(
+            super::eventually(Duration::from_secs(10), || self.scores()),
+            "no scored response; haproxy log:\n{}\nagent log:\n{}",
+            self.log_text(),
+            agent.log_text()
+        );
+    }
+
     pub fn log_text(&self) -> String {
         self.log
             .lock()

@@ -77,3 +77,59 @@ pub fn metric_value(metrics: &str, series: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("series `{series}` missing from:\n{metrics}"))
 }
+
+/// Four clients sending `GET /` to an address in a loop, as steady traffic
+/// while something is reloaded, crashed or replaced; each outcome is what
+/// the test's `classify` makes of the response, with when it came.
+pub struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    outcomes: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>>,
+    clients: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    pub fn start(addr: SocketAddr, classify: fn(std::io::Result<Response>) -> String) -> Traffic {
+        let stop = std::sync::Arc::<std::sync::atomic::AtomicBool>::default();
+        let outcomes = std::sync::Arc::<std::sync::Mutex<Vec<_>>>::default();
+        let clients = (0..4)
+            .map(|_| {
+                let (stop, outcomes) = (stop.clone(), outcomes.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let outcome = classify(get(addr, "/"));
+                        let mut outcomes = outcomes.lock().expect("lock");
+                        outcomes.push((std::time::Instant::now(), outcome));
+                    }
+                })
+            })
+            .collect();
+        Traffic {
+            stop,
+            outcomes,
+            clients,
+        }
+    }
+
+    /// The latest outcome so far.
+    pub fn last(&self) -> Option<String> {
+        let outcomes = self.outcomes.lock().expect("lock");
+        outcomes.last().map(|(_, outcome)| outcome.clone())
+    }
+
+    /// Stops the clients; every outcome, in the order they came.
+    pub fn stop(self) -> Vec<(std::time::Instant, String)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for client in self.clients {
+            client.join().expect("client");
+        }
+        std::mem::take(&mut *self.outcomes.lock().expect("lock"))
+    }
+}
+
+/// Asserts that each series in `expected` has its value on the `/metrics`
+/// page `page`.
+pub fn assert_metrics(page: &str, expected: &[(&str, f64)]) {
+    for &(series, value) in expected {
+        assert_eq!(metric_value(page, series), value, "{series} in:\n{page}");
+    }
+}

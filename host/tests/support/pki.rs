@@ -129,4 +129,17 @@ impl Pki {
     pub fn path(&self, name: &str) -> String {
         self.dir.path().join(name).display().to_string()
     }
+
+    /// The agent's flags for mutual TLS: `server.pem` and its key, client
+    /// certificates signed by `ca.pem`.
+    pub fn server_args(&self) -> Vec<String> {
+        [
+            ("--tls-cert", "server.pem"),
+            ("--tls-key", "server.key"),
+            ("--tls-client-ca", "ca.pem"),
+        ]
+        .into_iter()
+        .flat_map(|(flag, file)| [flag.to_string(), self.path(file)])
+        .collect()
+    }
 }

@@ -40,6 +40,13 @@ impl SpopClient {
         }
     }
 
+    /// Connected and past the HELLO, with pipelining: ready for NOTIFYs.
+    pub fn pipelined(addr: SocketAddr) -> SpopClient {
+        let mut client = SpopClient::connect(addr);
+        client.hello("pipelining");
+        client
+    }
+
     pub fn set_read_timeout(&self, limit: Duration) {
         self.stream
             .set_read_timeout(Some(limit))
@@ -219,10 +226,8 @@ pub struct Session {
 
 impl Session {
     pub fn connect(addr: std::net::SocketAddr) -> Session {
-        let mut spop = SpopClient::connect(addr);
-        spop.hello("pipelining");
         Session {
-            spop,
+            spop: SpopClient::pipelined(addr),
             next_frame: 1,
         }
     }
