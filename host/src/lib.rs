@@ -17,6 +17,8 @@
 //! - [`metrics`]: the Prometheus series, the status report, and the
 //!   `/metrics` and `/status` endpoint.
 //! - [`agent`]: a connection's SPOP life, and the [`agent::Handler`] trait.
+//! - [`record`]: a sampled share of live messages and their answers, to
+//!   rotating JSON-lines files (`--record`).
 //! - [`exec`]: one guest's executor and failure policy (a `Handler`).
 //! - [`settings`]: the command line and the `--config` file, as specs.
 //! - [`guests`]: starting guests, reloading modules and `--config`, routing.
@@ -38,6 +40,7 @@ pub mod native;
 pub mod net;
 pub mod planes;
 pub mod realtime;
+pub mod record;
 pub mod sandbox;
 pub mod settings;
 pub mod spop;

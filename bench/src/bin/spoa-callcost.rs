@@ -80,7 +80,7 @@ fn main() -> Result<()> {
         let mut sandbox_args = args.sandbox.clone();
         sandbox_args.fresh_instance = fresh;
         runtime.block_on(async {
-            let sandbox = spoa_host::cmd::call::standalone_sandbox(&args.kv, &sandbox_args)?;
+            let sandbox = spoa_host::cmd::call::standalone_sandbox(&args.kv, &sandbox_args, None)?;
             let load_started = Instant::now();
             let module = spoa_host::guests::module_reload::load(
                 &sandbox,

@@ -10,7 +10,8 @@
 //! the integer types a number; `ipv4`/`ipv6` the address text; `str` the text
 //! (invalid UTF-8 replaced by U+FFFD); `bin` lowercase hex.
 //!
-//! A cases file is a JSON array of
+//! A cases file is a JSON array (or JSON lines, as a `--record` recording
+//! is) of
 //! `{"name":"…","message":"check-client-ip","args":["ip=ipv4:192.0.2.1"],
 //!   "expect":[…actions…]}` or `…,"expect_failure":"error"}`. In an expected
 //! action, a value without `"value"` matches any value of that type (for
@@ -20,28 +21,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::record::format::{JsonAction, action_to_json};
 use crate::sandbox::{GuestFailure, LoadedModule, Sandbox};
 use crate::settings::cli::{CallArgs, parse_typed_arg};
-use crate::spop::{self, TypedData};
-
-/// A typed value as JSON.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JsonValue {
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<serde_json::Value>,
-}
-
-/// An action as JSON.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JsonAction {
-    pub action: String,
-    pub scope: String,
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<JsonValue>,
-}
+use crate::spop;
 
 #[derive(Debug, Serialize)]
 struct JsonFailure {
@@ -70,6 +53,22 @@ struct Case {
     expect: Option<Vec<JsonAction>>,
     #[serde(default)]
     expect_failure: Option<String>,
+    // What a recording's lines add (see `record::format`): a recording is a
+    // cases file.
+    #[serde(default)]
+    unix_ms: Option<u64>,
+    #[allow(dead_code, reason = "read so that a recording's line parses as a case")]
+    #[serde(default)]
+    time: Option<String>,
+    #[allow(dead_code, reason = "read so that a recording's line parses as a case")]
+    #[serde(default)]
+    guest: Option<String>,
+    #[allow(dead_code, reason = "read so that a recording's line parses as a case")]
+    #[serde(default)]
+    module_sha256: Option<String>,
+    #[allow(dead_code, reason = "read so that a recording's line parses as a case")]
+    #[serde(default)]
+    redacted: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -87,44 +86,6 @@ struct CasesReport {
     cases: usize,
     passed: usize,
     results: Vec<CaseResult>,
-}
-
-pub fn value_to_json(value: &TypedData) -> JsonValue {
-    use serde_json::json;
-    let (kind, value) = match value {
-        TypedData::Null => ("null", None),
-        TypedData::Bool(v) => ("bool", Some(json!(v))),
-        TypedData::Int32(v) => ("int32", Some(json!(v))),
-        TypedData::Uint32(v) => ("uint32", Some(json!(v))),
-        TypedData::Int64(v) => ("int64", Some(json!(v))),
-        TypedData::Uint64(v) => ("uint64", Some(json!(v))),
-        TypedData::Ipv4(v) => ("ipv4", Some(json!(v.to_string()))),
-        TypedData::Ipv6(v) => ("ipv6", Some(json!(v.to_string()))),
-        TypedData::String(v) => ("str", Some(json!(String::from_utf8_lossy(v)))),
-        TypedData::Binary(v) => ("bin", Some(json!(hex::encode(v)))),
-    };
-    JsonValue {
-        kind: kind.to_owned(),
-        value,
-    }
-}
-
-pub fn action_to_json(action: &spop::Action) -> JsonAction {
-    let text = |name: &[u8]| String::from_utf8_lossy(name).into_owned();
-    match action {
-        spop::Action::SetVar { scope, name, value } => JsonAction {
-            action: "set-var".into(),
-            scope: scope.name().into(),
-            name: text(name),
-            value: Some(value_to_json(value)),
-        },
-        spop::Action::UnsetVar { scope, name } => JsonAction {
-            action: "unset-var".into(),
-            scope: scope.name().into(),
-            name: text(name),
-            value: None,
-        },
-    }
 }
 
 fn report(outcome: &Result<Vec<spop::Action>, GuestFailure>) -> CallReport {
@@ -209,13 +170,18 @@ fn message(name: &str, args: Vec<spop::Arg>) -> spop::Message {
 pub fn standalone_sandbox(
     kv: &crate::settings::cli::KvArgs,
     sandbox: &crate::settings::cli::SandboxArgs,
+    deterministic: Option<u64>,
 ) -> anyhow::Result<Sandbox> {
     let kv_spec = kv
         .settings()
         .spec(&Default::default())
         .map_err(anyhow::Error::msg)?;
     let store = crate::kv::KvStore::open(&kv_spec).map_err(anyhow::Error::msg)?;
-    Ok(Sandbox::new(sandbox.to_config(), store)?
+    let config = crate::sandbox::SandboxConfig {
+        deterministic,
+        ..sandbox.to_config()
+    };
+    Ok(Sandbox::new(config, store)?
         .with_ip_tables(crate::tables::IpTables::new(kv_spec.redis_url())))
 }
 
@@ -226,7 +192,7 @@ pub fn run(args: &CallArgs) -> anyhow::Result<bool> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let sandbox = standalone_sandbox(&args.kv, &args.sandbox)?;
+        let sandbox = standalone_sandbox(&args.kv, &args.sandbox, args.deterministic)?;
         let module = crate::guests::module_reload::load(
             &sandbox,
             None,
@@ -240,7 +206,11 @@ pub fn run(args: &CallArgs) -> anyhow::Result<bool> {
             Some(path) => run_cases(&module, path).await,
             None => {
                 let name = args.message.as_deref().unwrap_or_default();
-                let outcome = module.call(&message(name, args.args.clone())).await;
+                let message = message(name, args.args.clone());
+                if let Some(seeded) = module.sandbox.determinism() {
+                    seeded.begin_message(&message, None);
+                }
+                let outcome = module.call(&message).await;
                 println!("{}", serde_json::to_string(&report(&outcome))?);
                 Ok(outcome.is_ok())
             }
@@ -248,12 +218,25 @@ pub fn run(args: &CallArgs) -> anyhow::Result<bool> {
     })
 }
 
+/// A JSON array of cases, or JSON lines of them (a recording).
+fn parse_cases(text: &str) -> anyhow::Result<Vec<Case>> {
+    if text.trim_start().starts_with('[') {
+        return Ok(serde_json::from_str(text)?);
+    }
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(index, line)| {
+            serde_json::from_str(line).map_err(|err| anyhow::anyhow!("line {}: {err}", index + 1))
+        })
+        .collect()
+}
+
 async fn run_cases(module: &LoadedModule, path: &Path) -> anyhow::Result<bool> {
     use anyhow::Context;
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let cases: Vec<Case> =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let cases = parse_cases(&text).with_context(|| format!("parsing {}", path.display()))?;
     let mut results = Vec::with_capacity(cases.len());
     for (index, case) in cases.iter().enumerate() {
         let name = case.name.clone().unwrap_or_else(|| format!("case {index}"));
@@ -263,7 +246,11 @@ async fn run_cases(module: &LoadedModule, path: &Path) -> anyhow::Result<bool> {
             .map(|arg| parse_typed_arg(arg))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|err| anyhow::anyhow!("{name}: {err}"))?;
-        let outcome = module.call(&message(&case.message, args)).await;
+        let message = message(&case.message, args);
+        if let Some(seeded) = module.sandbox.determinism() {
+            seeded.begin_message(&message, case.unix_ms);
+        }
+        let outcome = module.call(&message).await;
         let differences = differences(case, &outcome);
         results.push(CaseResult {
             name,

@@ -72,6 +72,7 @@ async fn serve_async(
         max_frame_size,
         workers: data_plane_threads,
         kv: kv_spec,
+        record,
     } = settings;
     // Table reloads are watched from the control plane and built on its
     // blocking threads; a Redis feed polls from there too.
@@ -91,9 +92,13 @@ async fn serve_async(
     tracing::info!(store = %kv.describe(), "guest key-value store");
     metrics.watch_kv(kv.clone());
     metrics.watch_ip_tables(ip_tables.clone());
+    let recorder = record
+        .map(|spec| crate::record::Recorder::start(&spec, metrics.record_counters()))
+        .transpose()?;
     let runtime = GuestServices {
         ip_tables,
         kv,
+        recorder,
         planes: planes.clone(),
         metrics: metrics.clone(),
         watch: !args.no_watch,

@@ -34,6 +34,7 @@ use policy::{Probation, Quarantine, QuarantineChange, Verdict};
 
 use crate::agent::{Answers, BatchFuture, FailureKind, Handler, HandlerFailure};
 use crate::metrics::GuestMetrics;
+use crate::record::Recorder;
 use crate::sandbox::{GuestFailure, LoadedModule};
 use crate::spop;
 
@@ -132,6 +133,8 @@ pub struct GuestExecutor {
     /// The version rolled back last: not loaded again until the files differ.
     rejected: Mutex<Option<ModuleVersion>>,
     metrics: GuestMetrics,
+    /// Offered every answer (`--record`).
+    recorder: Option<Arc<Recorder>>,
 }
 
 impl GuestExecutor {
@@ -158,7 +161,14 @@ impl GuestExecutor {
             policy,
             rejected: Mutex::new(None),
             metrics,
+            recorder: None,
         }
+    }
+
+    /// Offers every answer to `recorder` from now on.
+    pub fn recording_to(mut self, recorder: Option<Arc<Recorder>>) -> GuestExecutor {
+        self.recorder = recorder;
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -378,6 +388,15 @@ impl Handler for GuestExecutor {
         let count = messages.len();
         Box::pin(async move {
             let label = serving.label.clone();
+            let mut recording;
+            let answers: &mut dyn Answers = match &self.recorder {
+                Some(recorder) => {
+                    let sha256 = serving.module.identity.sha256.as_str();
+                    recording = recorder.answers(answers, messages, &self.name, sha256);
+                    &mut recording
+                }
+                None => answers,
+            };
             if self.quarantined() {
                 let reason = "guest quarantined";
                 return self.refuse(&label, count, FailureKind::Quarantined, reason, answers);

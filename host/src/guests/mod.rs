@@ -59,6 +59,8 @@ pub struct GuestServices {
     pub long_call_slots: u32,
     /// Guests' epoch tickers run at real-time priority.
     pub realtime_ticker: bool,
+    /// Records a share of every guest's answers (`--record`).
+    pub recorder: Option<Arc<crate::record::Recorder>>,
     /// The store every guest shares (`wasi:keyvalue`).
     pub kv: KvStore,
     /// The IP tables every guest's grants resolve in.
@@ -101,14 +103,17 @@ impl GuestServices {
             )
         })?;
         log_loaded(&spec.name, &module, "start", started.elapsed());
-        let executor = Arc::new(GuestExecutor::new(
-            &spec.name,
-            module,
-            version,
-            spec.limits,
-            spec.policy.clone(),
-            metrics,
-        ));
+        let executor = Arc::new(
+            GuestExecutor::new(
+                &spec.name,
+                module,
+                version,
+                spec.limits,
+                spec.policy.clone(),
+                metrics,
+            )
+            .recording_to(self.recorder.clone()),
+        );
         let stop = self.shutdown.child_token();
         let reloader = Arc::new(Reloader::new(
             sandbox,

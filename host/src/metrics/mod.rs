@@ -126,6 +126,7 @@ pub struct Metrics {
     frames_sent: [Counter; 6],
     pub messages: Counter,
     pub actions: Counter,
+    records: RecordCounters,
     ack_overflows: Counter,
     pub unrouted_messages: Counter,
     config_reloads: Family<ResultLabels, Counter>,
@@ -237,6 +238,13 @@ struct GuestFamilies {
 
 type AtomicI64Compat = std::sync::atomic::AtomicI64;
 
+/// The recording's counters (`spoa_records_*`), kept by its writer.
+#[derive(Clone, Default)]
+pub struct RecordCounters {
+    pub written: Counter,
+    pub dropped: Counter,
+}
+
 /// Registers series under the `spoa_` prefix and hands each back to keep.
 struct Registrar<'r>(&'r mut Registry);
 
@@ -304,6 +312,16 @@ impl Metrics {
         for result in ["ok", "unchanged", "failed"] {
             let _ = config_reloads.get_or_create(&ResultLabels { result });
         }
+        let records = RecordCounters {
+            written: r.series(
+                "records_written",
+                "Messages and their answers written to the recording (--record)",
+            ),
+            dropped: r.series(
+                "records_dropped",
+                "Sampled messages not recorded: the writer's queue was full, or a write failed",
+            ),
+        };
         let guests = GuestFamilies::register(&mut r);
         let kv = KvSeries::register(&mut r);
         let table_series = tables::TableSeries::register(&mut r);
@@ -330,12 +348,19 @@ impl Metrics {
             disconnect_handles,
             guests,
             kv,
+            records,
             kv_store: Mutex::new(None),
             tables: table_series,
             ip_tables: Mutex::new(None),
             started_at: SystemTime::now(),
             guests_now: Mutex::new(None),
         }
+    }
+
+    /// The recording's counters (`spoa_records_written_total`,
+    /// `spoa_records_dropped_total`).
+    pub fn record_counters(&self) -> RecordCounters {
+        self.records.clone()
     }
 
     /// Reports `guests` in `/status` from now on.

@@ -57,6 +57,9 @@ pub struct SandboxConfig {
     /// `--control-priority realtime`): ticks on time are what bound a
     /// looping guest to its slots and its deadline on a busy machine.
     pub realtime_ticker: bool,
+    /// `--deterministic SEED`: seeded randomness, frozen clocks and a fresh
+    /// instance per message (see [`super::determinism`]).
+    pub deterministic: Option<u64>,
 }
 
 /// Everything needed to compile and run guests; cheap to clone.
@@ -77,6 +80,8 @@ pub struct Sandbox {
     pub(crate) kv: KvStore,
     /// The agent's IP tables, which guests' grants name.
     pub(crate) ip_tables: IpTables,
+    /// Set with [`SandboxConfig::deterministic`].
+    pub(crate) determinism: Option<Arc<super::determinism::Determinism>>,
 }
 
 /// A guest's long-call slots: the share of the data plane its calls that
@@ -100,7 +105,10 @@ impl LongCalls {
 
 impl Sandbox {
     /// A sandbox whose guests share `kv` (`wasi:keyvalue`).
-    pub fn new(config: SandboxConfig, kv: KvStore) -> Result<Sandbox> {
+    pub fn new(mut config: SandboxConfig, kv: KvStore) -> Result<Sandbox> {
+        if config.deterministic.is_some() {
+            config.instance_mode = InstanceMode::Fresh;
+        }
         let mut wasm_config = Config::new();
         wasm_config.wasm_component_model(true);
         // Deadlines by epoch: a counter bump from a ticker thread, checked at
@@ -153,6 +161,9 @@ impl Sandbox {
             engine,
             linker: Arc::new(linker),
             long_calls: Arc::new(LongCalls::new(config.long_call_slots)),
+            determinism: config
+                .deterministic
+                .map(super::determinism::Determinism::new),
             config: Arc::new(config),
             deadline_ticks,
             init_ticks,
@@ -160,6 +171,12 @@ impl Sandbox {
             kv,
             ip_tables: IpTables::default(),
         })
+    }
+
+    /// With `--deterministic`: what the next call's randomness and clocks
+    /// come from ([`super::determinism::Determinism::begin_message`]).
+    pub fn determinism(&self) -> Option<&super::determinism::Determinism> {
+        self.determinism.as_deref()
     }
 
     /// The same sandbox, its guests' table grants resolved in `tables`.

@@ -154,6 +154,7 @@ impl GuestInstance {
                 grants: module.settings.kv_grants.clone(),
             },
             module.log_budget.clone(),
+            sandbox.determinism.clone(),
         )
         .map_err(|err| GuestFailure::Instantiate(format!("{err:#}")))?;
         let mut state = state;

@@ -7,6 +7,7 @@ mod batch;
 mod bindings;
 mod cache;
 mod convert;
+pub mod determinism;
 mod engine;
 mod grants;
 mod instance;

@@ -13,6 +13,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::{Level, config_store, spoa};
+use super::determinism::Determinism;
 use super::log::{GuestLog, LogBudget};
 use super::wasi::{self, DenyHttp};
 use crate::kv::{BucketGrants, KvStore};
@@ -35,6 +36,8 @@ pub type GuestConfig = BTreeMap<String, String>;
 /// Host state stored in each wasmtime `Store`.
 pub struct GuestState {
     pub log: Arc<GuestLog>,
+    /// `--deterministic`: where randomness comes from instead of the OS.
+    determinism: Option<Arc<Determinism>>,
     memory_cap: usize,
     /// Set when the limiter refused a growth, so the resulting trap can be
     /// reported as a memory-limit violation rather than a generic trap.
@@ -93,10 +96,12 @@ impl GuestState {
         data_dir: Option<&Path>,
         kv: KvAccess,
         log_budget: Arc<LogBudget>,
+        determinism: Option<Arc<Determinism>>,
     ) -> Result<GuestState> {
         let log = Arc::new(GuestLog::new(module_name, log_budget));
         Ok(GuestState {
-            wasi: wasi::instance_ctx(&log, data_dir)?,
+            wasi: wasi::instance_ctx(&log, data_dir, determinism.as_ref())?,
+            determinism,
             log,
             memory_cap,
             memory_exceeded: false,
@@ -188,12 +193,18 @@ impl spoa::agent::types::Host for GuestState {}
 
 impl spoa::agent::random::Host for GuestState {
     fn get_random_u64(&mut self) -> u64 {
-        rand::random()
+        match &self.determinism {
+            Some(seeded) => seeded.next_u64(),
+            None => rand::random(),
+        }
     }
 
     fn get_random_bytes(&mut self, len: u32) -> Vec<u8> {
         let mut bytes = vec![0u8; len.min(MAX_RANDOM_BYTES) as usize];
-        rand::fill(&mut bytes[..]);
+        match &self.determinism {
+            Some(seeded) => seeded.fill(&mut bytes),
+            None => rand::fill(&mut bytes[..]),
+        }
         bytes
     }
 }

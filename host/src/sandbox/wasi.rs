@@ -6,8 +6,8 @@
 //! | environment, arguments | none |
 //! | stdin | empty |
 //! | stdout, stderr | each line becomes a log record (same limits as `log`) |
-//! | clocks | real |
-//! | random | the host's OS-seeded generators |
+//! | clocks | real (frozen at the message's time with `--deterministic`) |
+//! | random | the host's OS-seeded generators (seeded per message with `--deterministic`) |
 //! | TCP, UDP, name lookup | every call fails; no socket is opened |
 //! | outgoing HTTP | every request fails with an error; nothing is sent |
 //! | filesystem | nothing, or `/data` read-only with `--guest-data` |
@@ -25,6 +25,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 use wasmtime_wasi_http::WasiHttpHooks;
 
+use super::determinism::{Determinism, FrozenClock, SeededRandom};
 use super::log::{GuestLog, Level};
 use super::state::GuestState;
 
@@ -45,8 +46,20 @@ pub fn add_to_linker(linker: &mut Linker<GuestState>) -> Result<()> {
 
 /// The WASI context of one instance: nothing but log streams and, if
 /// granted, the read-only data directory.
-pub fn instance_ctx(log: &Arc<GuestLog>, data_dir: Option<&Path>) -> Result<WasiCtx> {
+pub fn instance_ctx(
+    log: &Arc<GuestLog>,
+    data_dir: Option<&Path>,
+    determinism: Option<&Arc<Determinism>>,
+) -> Result<WasiCtx> {
     let mut builder = WasiCtxBuilder::new();
+    if let Some(seeded) = determinism {
+        builder
+            .secure_random(SeededRandom(seeded.clone()))
+            .insecure_random(SeededRandom(seeded.clone()))
+            .insecure_random_seed(u128::from(seeded.next_u64()))
+            .wall_clock(FrozenClock(seeded.clone()))
+            .monotonic_clock(FrozenClock(seeded.clone()));
+    }
     builder
         .stdout(LogStream::new(log.clone(), Level::Info))
         .stderr(LogStream::new(log.clone(), Level::Warn))

@@ -70,6 +70,11 @@ pub enum Command {
     /// reload, and its calls and faults, read from `GET /status` on the
     /// agent's metrics address. Read-only.
     Status(StatusArgs),
+    /// Run a recording (--record) against another version of a guest and
+    /// report, per message name, the answers that are the same, differ or
+    /// fail, and which variables changed and how. Exits 1 when more than
+    /// --max-diff messages differ.
+    Replay(ReplayArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -141,6 +146,61 @@ pub struct CallArgs {
     /// and report every difference from the expected actions.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["message", "args"])]
     pub cases: Option<PathBuf>,
+    /// Seed the guest's randomness from SEED and each message's content, and
+    /// stop its clocks at 2026-01-01T00:00:00Z (a case's recorded time with
+    /// --cases): the same module, message and seed give the same answer.
+    #[arg(long, value_name = "SEED")]
+    pub deterministic: Option<u64>,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    #[command(flatten)]
+    pub kv: KvArgs,
+}
+
+impl ReplayArgs {
+    /// The baseline's sandbox flags: NEW's, with its own --guest-config.
+    pub fn baseline_sandbox(&self) -> SandboxArgs {
+        let mut sandbox = self.sandbox.clone();
+        if !self.baseline_guest_config.is_empty() {
+            sandbox.guest_config = self.baseline_guest_config.clone();
+        }
+        sandbox
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// A recording made with --record: one file, or its directory (every
+    /// file in it, oldest first).
+    #[arg(value_name = "RECORDING")]
+    pub recording: PathBuf,
+    /// The version to try.
+    #[arg(long, value_name = "PATH")]
+    pub module: PathBuf,
+    /// Compare with this version's answers instead of the recorded ones.
+    #[arg(long, value_name = "PATH")]
+    pub baseline: Option<PathBuf>,
+    /// Seed randomness from SEED and each message, and stop the clocks at
+    /// each message's recorded time (see `call --deterministic`).
+    #[arg(long, value_name = "SEED")]
+    pub deterministic: Option<u64>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 1 when more than N messages differ or fail (default 0).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_diff: u64,
+    /// Differences shown per changed variable.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub examples: usize,
+    /// Only the records of this guest (a recording of several guests holds
+    /// them all).
+    #[arg(long, value_name = "NAME")]
+    pub guest: Option<String>,
+    /// The baseline's --guest-config, when only its configuration differs
+    /// from NEW's (repeatable; default: NEW's).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = crate::sandbox::parse_pair, requires = "baseline")]
+    pub baseline_guest_config: Vec<(String, String)>,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
     #[command(flatten)]
@@ -236,6 +296,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub kv: KvArgs,
 
+    #[command(flatten)]
+    pub record: RecordArgs,
+
     /// A peer must complete HELLO within this time, or gets DISCONNECT
     /// status 2 (timeout).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
@@ -319,6 +382,42 @@ impl ControlPriority {
                  or LimitRTPRIO=1 so health checks never wait behind busy guests"
             ),
         });
+    }
+}
+
+/// Recording live messages and their answers, for `spoa-host replay`.
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+pub struct RecordArgs {
+    /// Record a share of the messages answered, with their answers, the
+    /// guest, its module's SHA-256 and the time, as JSON lines in files in
+    /// DIR (see docs/operators.md, "Recording and replay").
+    #[arg(long, value_name = "DIR")]
+    pub record: Option<PathBuf>,
+
+    /// The share of messages recorded, 0 to 1 (default 0.01: 1 %).
+    #[arg(long, value_name = "FRACTION", value_parser = crate::settings::record::parse_share)]
+    pub record_share: Option<f64>,
+
+    /// Most bytes all the recording files hold together (default 100MiB); a
+    /// new file starts at a quarter of it, and the oldest go first.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub record_max_bytes: Option<usize>,
+
+    /// NAME=keep|drop|hash: what the recording keeps of argument NAME: its
+    /// value (the default), nothing, or a hash (repeatable).
+    #[arg(long, value_name = "NAME=RULE", value_parser = crate::record::redact::RedactRules::parse_rule)]
+    pub record_redact: Vec<(String, crate::record::redact::Redaction)>,
+}
+
+impl RecordArgs {
+    /// What the flags set (the rest is left to the file, then the defaults).
+    pub fn settings(&self) -> crate::settings::record::RecordSettings {
+        crate::settings::record::RecordSettings {
+            dir: self.record.clone(),
+            share: self.record_share,
+            max_bytes: self.record_max_bytes.map(|bytes| bytes as u64),
+            redact: self.record_redact.clone(),
+        }
     }
 }
 
@@ -481,6 +580,7 @@ impl SandboxArgs {
             },
             long_call_slots: 1,
             realtime_ticker: false,
+            deterministic: None,
         }
     }
 
@@ -542,49 +642,7 @@ fn parse_var_name(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
-/// Parses `NAME=TYPE:VALUE` (see `spoa-host call --help`).
-pub fn parse_typed_arg(text: &str) -> Result<spop::Arg, String> {
-    let (name, typed) = text
-        .split_once('=')
-        .ok_or_else(|| format!("`{text}` is not NAME=TYPE:VALUE"))?;
-    Ok(spop::Arg {
-        name: bytes::Bytes::copy_from_slice(name.as_bytes()),
-        value: parse_typed_value(typed)?,
-    })
-}
-
-/// Parses `TYPE:VALUE`.
-pub fn parse_typed_value(typed: &str) -> Result<spop::TypedData, String> {
-    use spop::TypedData as D;
-    let (kind, value) = typed
-        .split_once(':')
-        .ok_or_else(|| format!("`{typed}` is not TYPE:VALUE"))?;
-    let bad = |err: &dyn std::fmt::Display| format!("`{value}` is not a valid {kind}: {err}");
-    Ok(match kind {
-        "null" => D::Null,
-        "bool" => D::Bool(value.parse().map_err(|e| bad(&e))?),
-        "int32" => D::Int32(value.parse().map_err(|e| bad(&e))?),
-        "uint32" => D::Uint32(value.parse().map_err(|e| bad(&e))?),
-        "int64" => D::Int64(value.parse().map_err(|e| bad(&e))?),
-        "uint64" => D::Uint64(value.parse().map_err(|e| bad(&e))?),
-        "ipv4" => D::Ipv4(value.parse().map_err(|e| bad(&e))?),
-        "ipv6" => D::Ipv6(value.parse().map_err(|e| bad(&e))?),
-        "str" => D::String(bytes::Bytes::copy_from_slice(value.as_bytes())),
-        "bin" => D::Binary(parse_hex(value).map_err(|e| bad(&e))?.into()),
-        other => {
-            return Err(format!(
-                "unknown type `{other}` (null, bool, int32, uint32, int64, uint64, ipv4, ipv6, str, bin)"
-            ));
-        }
-    })
-}
-
-fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
-    hex::decode(text).map_err(|err| match err {
-        hex::FromHexError::OddLength => "odd number of hex digits".to_owned(),
-        _ => format!("`{text}` is not hex"),
-    })
-}
+pub use crate::spop::notation::{parse_typed_arg, parse_typed_value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -669,49 +727,6 @@ mod tests {
         assert_eq!(parse_size("16MiB"), Ok(16 << 20));
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("1TiB").is_err());
-    }
-
-    #[test]
-    fn typed_arguments_cover_every_type() {
-        use spop::TypedData as D;
-        let cases = [
-            ("a=null:", D::Null),
-            ("a=bool:true", D::Bool(true)),
-            ("a=int32:-5", D::Int32(-5)),
-            ("a=uint32:5", D::Uint32(5)),
-            ("a=int64:-9000000000", D::Int64(-9_000_000_000)),
-            ("a=uint64:18446744073709551615", D::Uint64(u64::MAX)),
-            ("a=ipv4:192.0.2.1", D::Ipv4([192, 0, 2, 1].into())),
-            (
-                "a=ipv6:2001:db8::1",
-                D::Ipv6("2001:db8::1".parse().expect("v6")),
-            ),
-            (
-                "a=str:x=y:z",
-                D::String(bytes::Bytes::from_static(b"x=y:z")),
-            ),
-            (
-                "a=bin:00ff",
-                D::Binary(bytes::Bytes::from_static(&[0, 255])),
-            ),
-        ];
-        for (text, value) in cases {
-            assert_eq!(
-                parse_typed_arg(text).map(|arg| arg.value),
-                Ok(value),
-                "{text}"
-            );
-        }
-        for bad in [
-            "a",
-            "a=int32",
-            "a=int32:x",
-            "a=float:1",
-            "a=bin:0",
-            "a=ipv4:300.0.0.1",
-        ] {
-            assert!(parse_typed_arg(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

@@ -14,9 +14,11 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use crate::exec::{ExecutorLimits, FailurePolicy, QuarantinePolicy, RollbackPolicy};
+use crate::record::redact::Redaction;
 use crate::sandbox::{GrantSources, InstanceMode, SandboxConfig};
 use crate::settings::cli::{SandboxArgs, parse_duration, parse_size, parse_typed_arg};
 use crate::settings::kv::KvSettings;
+use crate::settings::record::RecordSettings;
 use crate::spop;
 
 /// Why a configuration file was refused.
@@ -48,8 +50,54 @@ struct FileConfig {
     kv_prefix: Option<String>,
     #[serde(default)]
     haproxy: HaproxyTable,
+    #[serde(default)]
+    record: RecordTable,
     #[serde(default, rename = "guest")]
     guests: Vec<GuestTable>,
+}
+
+/// `[record]`: as the `--record*` flags, which win.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RecordTable {
+    dir: Option<PathBuf>,
+    share: Option<f64>,
+    max_bytes: Option<String>,
+    /// Argument name to `keep`, `drop` or `hash`.
+    #[serde(default)]
+    redact: BTreeMap<String, String>,
+}
+
+impl RecordTable {
+    /// The settings, with `dir` relative to the file's directory.
+    fn settings(self, base: &Path) -> Result<RecordSettings, String> {
+        if let Some(share) = self.share
+            && !(0.0..=1.0).contains(&share)
+        {
+            return Err(format!("share: {share} is not from 0 to 1"));
+        }
+        let max_bytes = self
+            .max_bytes
+            .as_deref()
+            .map(crate::settings::cli::parse_size)
+            .transpose()
+            .map_err(|err| format!("max-bytes: {err}"))?;
+        let redact = self
+            .redact
+            .into_iter()
+            .map(|(name, rule)| {
+                let rule =
+                    Redaction::parse(&rule).map_err(|err| format!("redact.{name}: {err}"))?;
+                Ok((name, rule))
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(RecordSettings {
+            dir: self.dir.map(|dir| base.join(dir)),
+            share: self.share,
+            max_bytes: max_bytes.map(|bytes| bytes as u64),
+            redact,
+        })
+    }
 }
 
 /// `[haproxy]`: what `spoa-host haproxy-config` prints.
@@ -178,6 +226,8 @@ pub struct AgentConfig {
     pub metrics_address: Option<SocketAddr>,
     /// The shared store's settings (the command line's flags win).
     pub kv: KvSettings,
+    /// The recording's settings (the command line's flags win).
+    pub record: RecordSettings,
     pub haproxy: HaproxyTable,
     pub guests: Vec<GuestSpec>,
 }
@@ -244,6 +294,10 @@ impl AgentConfig {
         };
         kv.spec(&KvSettings::default())
             .map_err(|err| invalid(format!("kv: {err}")))?;
+        let record = file
+            .record
+            .settings(base)
+            .map_err(|err| invalid(format!("[record] {err}")))?;
         // Pasted into haproxy.cfg by `haproxy-config`: one line's words.
         let haproxy_words = file.haproxy.servers.iter().chain(&file.haproxy.check);
         if let Some(bad) = haproxy_words
@@ -256,6 +310,7 @@ impl AgentConfig {
         }
         Ok(AgentConfig {
             kv,
+            record,
             path: path.to_path_buf(),
             address: file.address,
             port: file.port,
@@ -568,6 +623,31 @@ mod tests {
             &SandboxArgs::defaults(),
             None,
         )
+    }
+
+    #[test]
+    fn the_record_table_reads_like_the_flags_with_its_directory_beside_the_file() {
+        let config = parse(
+            "[record]\ndir = \"record\"\nshare = 0.05\nmax-bytes = \"1MiB\"\n\
+             redact = { cookie = \"hash\", authorization = \"drop\" }\n\
+             [[guest]]\nname = \"a\"\nmodule = \"a.wasm\"\nmessages = [\"m\"]\n",
+        )
+        .expect("valid");
+        let spec = config
+            .record
+            .spec(&RecordSettings::default())
+            .expect("recording");
+        assert_eq!(spec.dir, PathBuf::from("/etc/spoa/record"));
+        assert_eq!((spec.share, spec.max_bytes), (0.05, 1 << 20));
+        let bad = parse(
+            "[record]\ndir = \"r\"\nredact = { cookie = \"mask\" }\n\
+             [[guest]]\nname = \"a\"\nmodule = \"a.wasm\"\nmessages = [\"m\"]\n",
+        );
+        assert!(
+            bad.expect_err("refused")
+                .to_string()
+                .contains("[record] redact.cookie: `mask` is not keep, drop or hash")
+        );
     }
 
     const TWO_GUESTS: &str = r#"

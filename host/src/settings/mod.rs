@@ -6,4 +6,5 @@
 pub mod cli;
 pub mod file;
 pub mod kv;
+pub mod record;
 pub mod serve;

@@ -7,6 +7,7 @@ use crate::kv::KvBackendSpec;
 use crate::settings::cli::{DEFAULT_ADDRESS, DEFAULT_PORT, ServeArgs};
 use crate::settings::file::AgentConfig;
 use crate::settings::kv::KvSettings;
+use crate::settings::record::RecordSettings;
 use crate::spop::DEFAULT_MAX_FRAME_SIZE;
 
 /// What `spoa-host` serves with.
@@ -19,6 +20,8 @@ pub struct ServeSettings {
     /// Data-plane threads.
     pub workers: usize,
     pub kv: KvBackendSpec,
+    /// What to record, if anything.
+    pub record: Option<crate::record::RecordSpec>,
 }
 
 /// The flag if given, else the file's, else `default`.
@@ -56,6 +59,10 @@ impl ServeSettings {
                 .kv
                 .settings()
                 .spec(file.map_or(&KvSettings::default(), |c| &c.kv))?,
+            record: args
+                .record
+                .settings()
+                .spec(file.map_or(&RecordSettings::default(), |c| &c.record)),
         })
     }
 }

@@ -6,6 +6,7 @@ pub mod codec;
 pub mod data;
 pub mod error;
 pub mod frame;
+pub mod notation;
 pub mod varint;
 
 pub use codec::SpopCodec;
