@@ -68,14 +68,52 @@ ip_tables() {
     echo
 }
 
+# Safe deploys (BENCHMARKS.md, "Recording and shadows"): guest-iprep at 4x16
+# without, with recording at 1 % and 100 %, and with a shadow of itself at
+# 10 % and 100 %, each beside the same agent without, in one run.
+deploys() {
+    local dir=target/bench-deploys
+    rm -rf "$dir"; mkdir -p "$dir"
+    local guest; guest=$(realpath "$GUEST")
+    for share in none 0.01 1; do
+        if [ "$share" = none ]; then
+            start_agent --module "$GUEST"
+            run -d "$DURATION" -c 4 -p 16 --label "guest-iprep, 4x16, no recording"
+        else
+            start_agent --module "$GUEST" --record "$dir/record-$share" --record-share "$share"
+            run -d "$DURATION" -c 4 -p 16 --label "guest-iprep, 4x16, --record-share $share"
+            echo "recorded: $(cat "$dir/record-$share"/*.jsonl | wc -l) lines, $(du -sh "$dir/record-$share" | cut -f1)"
+        fi
+        stop_agent
+    done
+    for share in none 0.1 1; do
+        local config="$dir/shadow-$share.toml"
+        printf '[[guest]]\nname = "iprep"\nmodule = "%s"\nmessages = ["check-client-ip"]\n' "$guest" >"$config"
+        if [ "$share" != none ]; then
+            printf '[guest.shadow]\nmodule = "%s"\nshare = %s\n' "$guest" "$share" >>"$config"
+        fi
+        : >target/bench-metrics.txt
+        local metrics; metrics=$(free_port)
+        start_agent --config "$config" --metrics-address 127.0.0.1:"$metrics"
+        run -d "$DURATION" -c 4 -p 16 --label "guest-iprep (--config), 4x16, shadow share $share"
+        curl -s "http://127.0.0.1:$metrics/metrics" | grep '^spoa_shadow_total' || true
+        stop_agent
+    done
+    echo
+}
+
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "kernel: $(uname -r); $($HOST --version)"
 echo "command: make bench (DURATION=$DURATION${ONLY:+, ONLY=$ONLY})"
 echo
 
-# ONLY=tables make bench: that section alone.
+# ONLY=tables (or deploys) make bench: that section alone.
 if [ "${ONLY:-}" = tables ]; then
     ip_tables
+    exit 0
+fi
+if [ "${ONLY:-}" = deploys ]; then
+    deploys
     exit 0
 fi
 
@@ -198,6 +236,7 @@ for example in rust python js; do
 done
 
 ip_tables
+deploys
 
 start_agent --native-iprep
 run -d "$DURATION" -c 4 -p 16 --label "native build of the same logic"

@@ -18,6 +18,7 @@
 //! more than half the throughput).
 
 mod policy;
+pub mod shadow;
 mod status;
 
 use std::cell::Cell;
@@ -135,6 +136,8 @@ pub struct GuestExecutor {
     metrics: GuestMetrics,
     /// Offered every answer (`--record`).
     recorder: Option<Arc<Recorder>>,
+    /// Copied a share of the answers (`[guest.shadow]`).
+    shadow: Option<Arc<shadow::Shadow>>,
 }
 
 impl GuestExecutor {
@@ -162,7 +165,14 @@ impl GuestExecutor {
             rejected: Mutex::new(None),
             metrics,
             recorder: None,
+            shadow: None,
         }
+    }
+
+    /// Copies a share of the answers to `shadow` from now on.
+    pub fn shadowed_by(mut self, shadow: Option<Arc<shadow::Shadow>>) -> GuestExecutor {
+        self.shadow = shadow;
+        self
     }
 
     /// Offers every answer to `recorder` from now on.
@@ -394,6 +404,14 @@ impl Handler for GuestExecutor {
                     let sha256 = serving.module.identity.sha256.as_str();
                     recording = recorder.answers(answers, messages, &self.name, sha256);
                     &mut recording
+                }
+                None => answers,
+            };
+            let mut shadowed;
+            let answers: &mut dyn Answers = match &self.shadow {
+                Some(shadow) => {
+                    shadowed = shadow.answers(answers, messages);
+                    &mut shadowed
                 }
                 None => answers,
             };

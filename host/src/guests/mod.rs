@@ -18,6 +18,7 @@ use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
 use crate::exec::GuestExecutor;
+use crate::exec::shadow::Shadow;
 use crate::guests::module_reload::{Loaded, Reloader, load, log_loaded};
 use crate::guests::router::{GuestSet, Router};
 use crate::kv::KvStore;
@@ -68,6 +69,48 @@ pub struct GuestServices {
 }
 
 impl GuestServices {
+    /// Loads `spec`'s shadow version, with a store of its own, and starts
+    /// it on the data plane.
+    async fn start_shadow(
+        &self,
+        spec: &GuestSpec,
+        shadow: &crate::settings::file::ShadowSpec,
+        sandbox: &Sandbox,
+        metrics: &crate::metrics::GuestMetrics,
+    ) -> Result<Arc<Shadow>> {
+        let private = Sandbox::new((*sandbox.config).clone(), KvStore::scratch())
+            .with_context(|| format!("guest `{}`: creating its shadow's sandbox", spec.name))?
+            .with_ip_tables(self.ip_tables.clone());
+        let (path, grants) = (shadow.module.clone(), spec.grants.clone());
+        let loaded = self
+            .planes
+            .data
+            .spawn(async move { load(&private, None, &path, &grants).await })
+            .await
+            .context("loading the shadow module")?
+            .map_err(|err| {
+                anyhow::anyhow!(
+                    "guest `{}`: shadow module {} rejected (cause: {}): {err}",
+                    spec.name,
+                    shadow.module.display(),
+                    err.cause().name()
+                )
+            })?;
+        tracing::info!(
+            guest = spec.name,
+            shadow = %loaded.module.label,
+            share = shadow.share,
+            "shadow version started: it answers a copy of that share of the messages, compared with the served answers"
+        );
+        Ok(Shadow::start(
+            &spec.name,
+            loaded.module,
+            shadow.share,
+            metrics.shadow(),
+            &self.planes.data,
+        ))
+    }
+
     /// Loads the guest's module on the data plane and starts its reload
     /// triggers.
     pub async fn start(&self, spec: GuestSpec) -> Result<Guest> {
@@ -103,6 +146,10 @@ impl GuestServices {
             )
         })?;
         log_loaded(&spec.name, &module, "start", started.elapsed());
+        let shadow = match &spec.shadow {
+            Some(shadow) => Some(self.start_shadow(&spec, shadow, &sandbox, &metrics).await?),
+            None => None,
+        };
         let executor = Arc::new(
             GuestExecutor::new(
                 &spec.name,
@@ -112,7 +159,8 @@ impl GuestServices {
                 spec.policy.clone(),
                 metrics,
             )
-            .recording_to(self.recorder.clone()),
+            .recording_to(self.recorder.clone())
+            .shadowed_by(shadow),
         );
         let stop = self.shutdown.child_token();
         let reloader = Arc::new(Reloader::new(

@@ -228,6 +228,7 @@ struct GuestFamilies {
     quarantines: Family<GuestLabels, Counter>,
     quarantined: Family<GuestLabels, Gauge<i64, AtomicI64Compat>>,
     rollbacks: Family<GuestLabels, Counter>,
+    shadow: Family<GuestResultLabels, Counter>,
     /// The `module_info` labels set now for each guest, to remove on the
     /// next change (a guest restarted by a configuration reload shares them).
     module_labels: Arc<Mutex<HashMap<String, ModuleLabels>>>,
@@ -537,10 +538,23 @@ impl GuestFamilies {
                 "guest_rollbacks",
                 "New module versions rolled back to the last good one",
             ),
+            shadow: r.series(
+                "shadow",
+                "Messages copied to a guest's shadow version, by result: same or differ (its answer and the served one), failed, dropped (its queue was full)",
+            ),
             module_labels: Default::default(),
             histories: Default::default(),
         }
     }
+}
+
+/// A guest's shadow counters (`spoa_shadow_total{guest,result}`).
+#[derive(Clone, Default)]
+pub struct ShadowCounters {
+    pub same: Counter,
+    pub differ: Counter,
+    pub failed: Counter,
+    pub dropped: Counter,
 }
 
 /// One guest's series, each resolved to its atomic handle.
@@ -564,6 +578,25 @@ pub struct GuestMetrics {
 }
 
 impl GuestMetrics {
+    /// This guest's shadow counters, created at 0.
+    pub fn shadow(&self) -> ShadowCounters {
+        let result = |result| {
+            self.families
+                .shadow
+                .get_or_create(&GuestResultLabels {
+                    guest: self.name.clone(),
+                    result,
+                })
+                .clone()
+        };
+        ShadowCounters {
+            same: result("same"),
+            differ: result("differ"),
+            failed: result("failed"),
+            dropped: result("dropped"),
+        }
+    }
+
     fn new(families: &GuestFamilies, name: &str, failure_kinds: &[&'static str]) -> GuestMetrics {
         let guest = || GuestLabels {
             guest: name.to_owned(),

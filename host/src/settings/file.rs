@@ -151,8 +151,26 @@ struct GuestTable {
     batch: Option<u32>,
     #[serde(default)]
     on_failure: FailureTable,
+    shadow: Option<ShadowTable>,
     #[serde(default)]
     spoe: BTreeMap<String, SpoeTable>,
+}
+
+/// `[guest.shadow]`: a candidate version that answers a copy of a share of
+/// the guest's messages, compared with what was served.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ShadowTable {
+    module: PathBuf,
+    share: f64,
+}
+
+/// A guest's shadow, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowSpec {
+    pub module: PathBuf,
+    /// 0 to 1.
+    pub share: f64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -212,6 +230,7 @@ pub struct GuestSpec {
     pub grants: GrantSources,
     pub policy: FailurePolicy,
     pub spoe: BTreeMap<String, SpoeTable>,
+    pub shadow: Option<ShadowSpec>,
 }
 
 /// A whole agent configuration: the global settings the file sets and the
@@ -360,7 +379,18 @@ fn resolve_guest(
     };
     let grants = resolve_grants(&table, base, defaults)?;
     let policy = resolve_policy(&table.on_failure, error_var)?;
+    let shadow = match &table.shadow {
+        Some(shadow) if !(0.0..=1.0).contains(&shadow.share) => {
+            return Err(format!("shadow.share: {} is not from 0 to 1", shadow.share));
+        }
+        Some(shadow) => Some(ShadowSpec {
+            module: base.join(&shadow.module),
+            share: shadow.share,
+        }),
+        None => None,
+    };
     Ok(GuestSpec {
+        shadow,
         name: table.name,
         module: base.join(table.module),
         messages: table.messages,
@@ -606,6 +636,7 @@ pub fn single_guest(module: PathBuf, sandbox: &SandboxArgs, error_var: Option<&s
             ..FailurePolicy::default()
         },
         spoe: BTreeMap::new(),
+        shadow: None,
     }
 }
 
