@@ -41,6 +41,18 @@ fn start(dir: &Path, served: &Path, candidate: &Path, config: &str) -> (Agent, S
     start_config(dir, config, &[])
 }
 
+/// Hostile guest A serving (score 42), B (58) its shadow at `share`.
+fn a_shadowed_by_b(share: f64) -> (tempfile::TempDir, Agent, SocketAddr) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (agent, metrics) = start(
+        dir.path(),
+        &hostile_guest('A'),
+        &hostile_guest('B'),
+        &shadow_config(share, ""),
+    );
+    (dir, agent, metrics)
+}
+
 fn ip(i: u32) -> Ipv4Addr {
     Ipv4Addr::from(0xc000_0200 + i)
 }
@@ -84,13 +96,7 @@ fn a_shadow_is_compared_with_the_served_answers_and_never_serves() {
 
 #[test]
 fn a_share_of_the_messages_goes_to_the_shadow() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (agent, metrics) = start(
-        dir.path(),
-        &hostile_guest('A'),
-        &hostile_guest('B'),
-        &shadow_config(0.25, ""),
-    );
+    let (_dir, agent, metrics) = a_shadowed_by_b(0.25);
     let mut session = Session::connect(agent.addr());
     for chunk in 0..20 {
         session.notify(
@@ -139,13 +145,7 @@ fn haproxy_traffic_is_served_by_the_guest_while_its_shadow_runs() {
     let Some(binary) = support::haproxy::haproxy_binary() else {
         return;
     };
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (agent, metrics) = start(
-        dir.path(),
-        &hostile_guest('A'),
-        &hostile_guest('B'),
-        &shadow_config(1.0, ""),
-    );
+    let (_dir, agent, metrics) = a_shadowed_by_b(1.0);
     let proxy = support::haproxy::start(&binary, &[agent.addr()], 0, |c| c);
     proxy.wait_until_scored(&agent);
     let traffic = support::http::Traffic::start(proxy.http, |response| match response {

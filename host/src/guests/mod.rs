@@ -69,6 +69,34 @@ pub struct GuestServices {
 }
 
 impl GuestServices {
+    /// Loads `path` with `spec`'s grants on the data plane; a refusal is
+    /// shown to `refused`, then returned as "guest …: WHAT … rejected".
+    async fn load_module(
+        &self,
+        sandbox: &Sandbox,
+        spec: &GuestSpec,
+        path: &std::path::Path,
+        what: &str,
+        refused: impl FnOnce(&crate::sandbox::LoadError),
+    ) -> Result<Loaded> {
+        let (sandbox, file, grants) = (sandbox.clone(), path.to_path_buf(), spec.grants.clone());
+        let loaded = self
+            .planes
+            .data
+            .spawn(async move { load(&sandbox, None, &file, &grants).await })
+            .await
+            .with_context(|| format!("loading the {what}"))?;
+        loaded.map_err(|err| {
+            refused(&err);
+            anyhow::anyhow!(
+                "guest `{}`: {what} {} rejected (cause: {}): {err}",
+                spec.name,
+                path.display(),
+                err.cause().name()
+            )
+        })
+    }
+
     /// Loads `spec`'s shadow version, with a store of its own, and starts
     /// it on the data plane.
     async fn start_shadow(
@@ -81,21 +109,9 @@ impl GuestServices {
         let private = Sandbox::new((*sandbox.config).clone(), KvStore::scratch())
             .with_context(|| format!("guest `{}`: creating its shadow's sandbox", spec.name))?
             .with_ip_tables(self.ip_tables.clone());
-        let (path, grants) = (shadow.module.clone(), spec.grants.clone());
         let loaded = self
-            .planes
-            .data
-            .spawn(async move { load(&private, None, &path, &grants).await })
-            .await
-            .context("loading the shadow module")?
-            .map_err(|err| {
-                anyhow::anyhow!(
-                    "guest `{}`: shadow module {} rejected (cause: {}): {err}",
-                    spec.name,
-                    shadow.module.display(),
-                    err.cause().name()
-                )
-            })?;
+            .load_module(&private, spec, &shadow.module, "shadow module", |_| {})
+            .await?;
         tracing::info!(
             guest = spec.name,
             shadow = %loaded.module.label,
@@ -127,24 +143,11 @@ impl GuestServices {
             &spec.name,
             &crate::agent::FailureKind::ALL.map(|kind| kind.name()),
         );
-        let loaded = {
-            let (sandbox, path, grants) =
-                (sandbox.clone(), spec.module.clone(), spec.grants.clone());
-            self.planes
-                .data
-                .spawn(async move { load(&sandbox, None, &path, &grants).await })
-                .await
-                .context("loading the module")?
-        };
-        let Loaded { module, version } = loaded.map_err(|err| {
-            metrics.reload_failed(err.cause());
-            anyhow::anyhow!(
-                "guest `{}`: module {} rejected (cause: {}): {err}",
-                spec.name,
-                spec.module.display(),
-                err.cause().name()
-            )
-        })?;
+        let Loaded { module, version } = self
+            .load_module(&sandbox, &spec, &spec.module, "module", |err| {
+                metrics.reload_failed(err.cause())
+            })
+            .await?;
         log_loaded(&spec.name, &module, "start", started.elapsed());
         let shadow = match &spec.shadow {
             Some(shadow) => Some(self.start_shadow(&spec, shadow, &sandbox, &metrics).await?),
