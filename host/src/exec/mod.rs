@@ -17,6 +17,7 @@
 //! behind this choice (a hand-off to separate guest threads per batch cost
 //! more than half the throughput).
 
+mod canary;
 mod policy;
 pub mod shadow;
 mod status;
@@ -26,7 +27,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
@@ -138,6 +139,9 @@ pub struct GuestExecutor {
     recorder: Option<Arc<Recorder>>,
     /// Copied a share of the answers (`[guest.shadow]`).
     shadow: Option<Arc<shadow::Shadow>>,
+    /// Serves a share of the batches until promoted or dropped
+    /// (`[guest.canary]`).
+    canary: ArcSwapOption<canary::Canary>,
 }
 
 impl GuestExecutor {
@@ -166,7 +170,53 @@ impl GuestExecutor {
             metrics,
             recorder: None,
             shadow: None,
+            canary: ArcSwapOption::empty(),
         }
+    }
+
+    /// Serves `share` of the batches with `module` until it has served
+    /// `promote_after` messages, then promotes or drops it.
+    pub fn with_canary(
+        self,
+        module: Arc<LoadedModule>,
+        version: ModuleVersion,
+        share: f64,
+        promote_after: u64,
+    ) -> GuestExecutor {
+        let serving = Serving::new(&self.name, Proven { module, version }, None, None);
+        tracing::info!(
+            guest = &*self.name,
+            canary = %serving.label,
+            share,
+            promote_after,
+            "canary serving a share of the messages"
+        );
+        self.metrics.canary_started();
+        self.canary.store(Some(Arc::new(canary::Canary::new(
+            serving,
+            share,
+            promote_after,
+        ))));
+        self
+    }
+
+    /// Counts a batch, and carries out the canary's verdict once it has one.
+    fn judge_canary(&self, canary: &canary::Canary, calls: u64, faults: u64) {
+        let (promote, record) = match canary.tally.answered(calls, faults) {
+            canary::CanaryVerdict::Undecided => return,
+            canary::CanaryVerdict::Promote(record) => (true, record),
+            canary::CanaryVerdict::RollBack(record) => (false, record),
+        };
+        self.canary.store(None);
+        let (guest, label) = (&*self.name, &canary.serving.label);
+        if promote {
+            tracing::info!(guest, canary = %label, ?record, "canary promoted: its fault rate is no worse than the stable version's");
+            let serving = &canary.serving;
+            self.replace(serving.module.clone(), serving.version.clone());
+        } else {
+            tracing::warn!(guest, canary = %label, ?record, "canary rolled back: its fault rate is worse than the stable version's");
+        }
+        self.metrics.canary_ended(promote);
     }
 
     /// Copies a share of the answers to `shadow` from now on.
@@ -394,7 +444,14 @@ impl Handler for GuestExecutor {
         messages: &'a [spop::Message],
         answers: &'a mut dyn Answers,
     ) -> BatchFuture<'a> {
-        let serving = self.serving.load_full();
+        let canary = self
+            .canary
+            .load_full()
+            .filter(|canary| canary.tally.takes_a_batch());
+        let serving = match &canary {
+            Some(canary) => canary.serving.clone(),
+            None => self.serving.load_full(),
+        };
         let count = messages.len();
         Box::pin(async move {
             let label = serving.label.clone();
@@ -501,6 +558,13 @@ impl Handler for GuestExecutor {
             }
             drop(lease);
             self.metrics.record_batch(count as u64, &tally.failures);
+            if let Some(canary) = &canary {
+                self.judge_canary(canary, count as u64, tally.faults);
+                return;
+            }
+            if let Some(running) = &*self.canary.load() {
+                running.tally.stable_answered(count as u64, tally.faults);
+            }
             if tally.faults > 0 || serving.probation.is_some() {
                 self.judge(&serving, count as u64, tally.faults);
             }

@@ -149,22 +149,37 @@ impl GuestServices {
             })
             .await?;
         log_loaded(&spec.name, &module, "start", started.elapsed());
+        let canary = match &spec.canary {
+            Some(canary) => Some(
+                self.load_module(&sandbox, &spec, &canary.module, "canary module", |_| {})
+                    .await?,
+            ),
+            None => None,
+        };
         let shadow = match &spec.shadow {
             Some(shadow) => Some(self.start_shadow(&spec, shadow, &sandbox, &metrics).await?),
             None => None,
         };
-        let executor = Arc::new(
-            GuestExecutor::new(
-                &spec.name,
-                module,
-                version,
-                spec.limits,
-                spec.policy.clone(),
-                metrics,
-            )
-            .recording_to(self.recorder.clone())
-            .shadowed_by(shadow),
-        );
+        let executor = GuestExecutor::new(
+            &spec.name,
+            module,
+            version,
+            spec.limits,
+            spec.policy.clone(),
+            metrics,
+        )
+        .recording_to(self.recorder.clone())
+        .shadowed_by(shadow);
+        let executor = match (canary, &spec.canary) {
+            (Some(loaded), Some(canary)) => executor.with_canary(
+                loaded.module,
+                loaded.version,
+                canary.share,
+                canary.promote_after,
+            ),
+            _ => executor,
+        };
+        let executor = Arc::new(executor);
         let stop = self.shutdown.child_token();
         let reloader = Arc::new(Reloader::new(
             sandbox,

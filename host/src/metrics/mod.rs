@@ -229,6 +229,8 @@ struct GuestFamilies {
     quarantined: Family<GuestLabels, Gauge<i64, AtomicI64Compat>>,
     rollbacks: Family<GuestLabels, Counter>,
     shadow: Family<GuestResultLabels, Counter>,
+    canaries: Family<GuestResultLabels, Counter>,
+    canary_serving: Family<GuestLabels, Gauge<i64, AtomicI64Compat>>,
     /// The `module_info` labels set now for each guest, to remove on the
     /// next change (a guest restarted by a configuration reload shares them).
     module_labels: Arc<Mutex<HashMap<String, ModuleLabels>>>,
@@ -542,6 +544,14 @@ impl GuestFamilies {
                 "shadow",
                 "Messages copied to a guest's shadow version, by result: same or differ (its answer and the served one), failed, dropped (its queue was full)",
             ),
+            canaries: r.series(
+                "canaries",
+                "Canary versions by outcome: started, promoted (fault rate no worse than the stable version's), rolled_back",
+            ),
+            canary_serving: r.series(
+                "canary_serving",
+                "1 while a canary version serves a share of the guest's messages",
+            ),
             module_labels: Default::default(),
             histories: Default::default(),
         }
@@ -578,6 +588,42 @@ pub struct GuestMetrics {
 }
 
 impl GuestMetrics {
+    fn canary_outcome(&self, result: &'static str) {
+        self.families
+            .canaries
+            .get_or_create(&GuestResultLabels {
+                guest: self.name.clone(),
+                result,
+            })
+            .inc();
+    }
+
+    fn canary_gauge(&self, serving: bool) {
+        let labels = GuestLabels {
+            guest: self.name.clone(),
+        };
+        self.families
+            .canary_serving
+            .get_or_create(&labels)
+            .set(i64::from(serving));
+    }
+
+    pub fn canary_started(&self) {
+        for result in ["promoted", "rolled_back"] {
+            let _ = self.families.canaries.get_or_create(&GuestResultLabels {
+                guest: self.name.clone(),
+                result,
+            });
+        }
+        self.canary_outcome("started");
+        self.canary_gauge(true);
+    }
+
+    pub fn canary_ended(&self, promoted: bool) {
+        self.canary_outcome(if promoted { "promoted" } else { "rolled_back" });
+        self.canary_gauge(false);
+    }
+
     /// This guest's shadow counters, created at 0.
     pub fn shadow(&self) -> ShadowCounters {
         let result = |result| {

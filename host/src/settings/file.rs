@@ -152,6 +152,7 @@ struct GuestTable {
     #[serde(default)]
     on_failure: FailureTable,
     shadow: Option<ShadowTable>,
+    canary: Option<CanaryTable>,
     #[serde(default)]
     spoe: BTreeMap<String, SpoeTable>,
 }
@@ -163,6 +164,26 @@ struct GuestTable {
 struct ShadowTable {
     module: PathBuf,
     share: f64,
+}
+
+/// `[guest.canary]`: a new version serving a share of the guest's
+/// messages until it is promoted or rolled back.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct CanaryTable {
+    module: PathBuf,
+    share: f64,
+    promote_after: u64,
+}
+
+/// A guest's canary, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanarySpec {
+    pub module: PathBuf,
+    /// 0 to 1.
+    pub share: f64,
+    /// Messages it serves before the verdict.
+    pub promote_after: u64,
 }
 
 /// A guest's shadow, resolved.
@@ -231,6 +252,7 @@ pub struct GuestSpec {
     pub policy: FailurePolicy,
     pub spoe: BTreeMap<String, SpoeTable>,
     pub shadow: Option<ShadowSpec>,
+    pub canary: Option<CanarySpec>,
 }
 
 /// A whole agent configuration: the global settings the file sets and the
@@ -389,8 +411,23 @@ fn resolve_guest(
         }),
         None => None,
     };
+    let canary = match &table.canary {
+        Some(canary) if !(0.0..=1.0).contains(&canary.share) => {
+            return Err(format!("canary.share: {} is not from 0 to 1", canary.share));
+        }
+        Some(canary) if canary.promote_after == 0 => {
+            return Err("canary.promote-after: must be at least 1".into());
+        }
+        Some(canary) => Some(CanarySpec {
+            module: base.join(&canary.module),
+            share: canary.share,
+            promote_after: canary.promote_after,
+        }),
+        None => None,
+    };
     Ok(GuestSpec {
         shadow,
+        canary,
         name: table.name,
         module: base.join(table.module),
         messages: table.messages,
@@ -637,6 +674,7 @@ pub fn single_guest(module: PathBuf, sandbox: &SandboxArgs, error_var: Option<&s
         },
         spoe: BTreeMap::new(),
         shadow: None,
+        canary: None,
     }
 }
 
