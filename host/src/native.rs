@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::agent::{Answers, BatchFuture, Handler};
+use crate::agent::{AnswerSink, Batch, BatchFuture, Handler};
 use crate::spop;
 
 pub struct NativeIprep {
@@ -35,11 +35,7 @@ pub fn iprep_actions(message: &spop::Message) -> Vec<spop::Action> {
 }
 
 impl Handler for NativeIprep {
-    fn handle_batch<'a>(
-        &'a self,
-        messages: &'a [spop::Message],
-        answers: &'a mut dyn Answers,
-    ) -> BatchFuture<'a> {
+    fn handle_batch<'a>(&'a self, messages: Batch<'a>, answers: AnswerSink<'a>) -> BatchFuture<'a> {
         for message in messages {
             answers.answered(&self.label, Ok(iprep_actions(message)));
         }

@@ -166,3 +166,32 @@ fn haproxy_traffic_is_served_by_the_guest_while_its_shadow_runs() {
         scrape_metrics(metrics)
     );
 }
+
+/// `deterministic = SEED`: a shadow's answers come from the seed and the
+/// message, so two agents' shadows answer the same message alike.
+#[test]
+fn a_deterministic_shadow_answers_a_message_the_same_in_every_agent() {
+    let shadow_answer = || {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (agent, metrics) = start(
+            dir.path(),
+            &hostile_guest('A'),
+            &artifact("examples/iprep_rust.wasm"),
+            &shadow_config(1.0, "").replace("share = 1", "share = 1\ndeterministic = 7"),
+        );
+        Session::connect(agent.addr()).notify(vec![check_client_ip(ip(9))]);
+        assert!(eventually(Duration::from_secs(10), || {
+            shadow_series(metrics, "differ") == 1.0
+        }));
+        let log = agent.log_text();
+        let line = log
+            .lines()
+            .find(|line| line.contains("shadow answered differently"))
+            .expect("the difference is logged")
+            .to_owned();
+        line[line.find("shadow_answer").expect("the shadow's answer")..].to_owned()
+    };
+    let first = shadow_answer();
+    assert!(first.contains("ip_score"), "{first}");
+    assert_eq!(first, shadow_answer());
+}

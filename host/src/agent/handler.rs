@@ -102,6 +102,12 @@ pub trait Answers: Send {
     fn answered(&mut self, handler: &str, outcome: MessageOutcome);
 }
 
+/// A batch's messages, borrowed for as long as the handler's future runs.
+pub type Batch<'a> = &'a [spop::Message];
+
+/// Where a handler puts a batch's answers (see [`Answers`]).
+pub type AnswerSink<'a> = &'a mut dyn Answers;
+
 pub type BatchFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 /// Answers SPOE messages.
@@ -113,11 +119,7 @@ pub type BatchFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 /// once per epoch tick while it runs guest code: what it has answered by
 /// then is sent while it waits for its next turn.
 pub trait Handler: Send + Sync + 'static {
-    fn handle_batch<'a>(
-        &'a self,
-        messages: &'a [spop::Message],
-        answers: &'a mut dyn Answers,
-    ) -> BatchFuture<'a>;
+    fn handle_batch<'a>(&'a self, messages: Batch<'a>, answers: AnswerSink<'a>) -> BatchFuture<'a>;
 
     /// Which independent part of the handler answers `message` (for several
     /// guests, the guest's index). NOTIFY frames of different parts are

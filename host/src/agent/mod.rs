@@ -11,5 +11,7 @@ mod handler;
 mod hello;
 
 pub use connection::{AgentContext, ConnectionSettings, disconnect_and_close, serve_connection};
-pub use handler::{Answers, BatchFuture, FailureKind, Handler, HandlerFailure, MessageOutcome};
+pub use handler::{
+    AnswerSink, Answers, Batch, BatchFuture, FailureKind, Handler, HandlerFailure, MessageOutcome,
+};
 pub use hello::{Negotiated, agent_hello, negotiate};

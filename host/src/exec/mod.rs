@@ -34,7 +34,7 @@ use tokio::sync::Semaphore;
 pub use policy::{FailurePolicy, QuarantinePolicy, RollbackPolicy};
 use policy::{Probation, Quarantine, QuarantineChange, Verdict};
 
-use crate::agent::{Answers, BatchFuture, FailureKind, Handler, HandlerFailure};
+use crate::agent::{AnswerSink, Answers, Batch, BatchFuture, FailureKind, Handler, HandlerFailure};
 use crate::metrics::GuestMetrics;
 use crate::record::Recorder;
 use crate::sandbox::{GuestFailure, LoadedModule};
@@ -439,11 +439,7 @@ impl GuestExecutor {
 }
 
 impl Handler for GuestExecutor {
-    fn handle_batch<'a>(
-        &'a self,
-        messages: &'a [spop::Message],
-        answers: &'a mut dyn Answers,
-    ) -> BatchFuture<'a> {
+    fn handle_batch<'a>(&'a self, messages: Batch<'a>, answers: AnswerSink<'a>) -> BatchFuture<'a> {
         let canary = self
             .canary
             .load_full()

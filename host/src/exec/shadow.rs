@@ -129,6 +129,12 @@ async fn compare(
     let last_logged = AtomicU64::new(0);
     let started = Instant::now();
     while let Some(Served { message, served }) = copies.recv().await {
+        if let Some(seeded) = module.sandbox.determinism() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            seeded.begin_message(&message, Some(now.as_millis() as u64));
+        }
         let answer = module.call(&message).await;
         if same(&served, &answer) {
             counters.same.inc();

@@ -106,7 +106,11 @@ impl GuestServices {
         sandbox: &Sandbox,
         metrics: &crate::metrics::GuestMetrics,
     ) -> Result<Arc<Shadow>> {
-        let private = Sandbox::new((*sandbox.config).clone(), KvStore::scratch())
+        let config = crate::sandbox::SandboxConfig {
+            deterministic: shadow.deterministic,
+            ..(*sandbox.config).clone()
+        };
+        let private = Sandbox::new(config, KvStore::scratch())
             .with_context(|| format!("guest `{}`: creating its shadow's sandbox", spec.name))?
             .with_ip_tables(self.ip_tables.clone());
         let loaded = self

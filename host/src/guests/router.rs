@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures_util::future::join_all;
 
-use crate::agent::{Answers, BatchFuture, Handler, MessageOutcome};
+use crate::agent::{AnswerSink, Answers, Batch, BatchFuture, Handler, MessageOutcome};
 use crate::exec::GuestExecutor;
 use crate::metrics::Metrics;
 use crate::metrics::status::{GuestStatus, StatusSource};
@@ -101,11 +101,7 @@ impl StatusSource for Router {
 }
 
 impl Handler for Router {
-    fn handle_batch<'a>(
-        &'a self,
-        messages: &'a [spop::Message],
-        answers: &'a mut dyn Answers,
-    ) -> BatchFuture<'a> {
+    fn handle_batch<'a>(&'a self, messages: Batch<'a>, answers: AnswerSink<'a>) -> BatchFuture<'a> {
         let set = self.set.load_full();
         let routes: Vec<Option<usize>> = messages.iter().map(|m| set.route(&m.name)).collect();
         // The common case: the whole batch goes to one guest.

@@ -164,6 +164,8 @@ struct GuestTable {
 struct ShadowTable {
     module: PathBuf,
     share: f64,
+    /// Seeded randomness and frozen clocks, as `--deterministic SEED`.
+    deterministic: Option<u64>,
 }
 
 /// `[guest.canary]`: a new version serving a share of the guest's
@@ -192,6 +194,7 @@ pub struct ShadowSpec {
     pub module: PathBuf,
     /// 0 to 1.
     pub share: f64,
+    pub deterministic: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -408,6 +411,7 @@ fn resolve_guest(
         Some(shadow) => Some(ShadowSpec {
             module: base.join(&shadow.module),
             share: shadow.share,
+            deterministic: shadow.deterministic,
         }),
         None => None,
     };
