@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
-use super::{KeyPage, KvError, KvStats, MAX_BATCH_KEYS, MAX_COUNTER, parse_counter};
+use super::{CounterStep, KeyPage, KvError, KvStats, MAX_BATCH_KEYS, MAX_COUNTER, parse_counter};
 
 /// Shards of the store: writers on different shards never wait for each other.
 pub const SHARDS: usize = 16;
@@ -161,13 +161,8 @@ impl MemoryStore {
         self.remove(&mut shard, &full, false);
     }
 
-    pub fn increment(
-        &self,
-        bucket: &str,
-        key: &str,
-        delta: u64,
-        window: Option<Duration>,
-    ) -> Result<u64, KvError> {
+    pub fn increment(&self, bucket: &str, key: &str, step: CounterStep) -> Result<u64, KvError> {
+        let CounterStep { delta, window } = step;
         let full = full_key(bucket, key);
         let mut shard = self.shard(&full);
         let now = Instant::now();
@@ -444,23 +439,52 @@ mod tests {
     fn counters_count_within_a_fixed_window() {
         let store = MemoryStore::new(1 << 20);
         let window = Some(Duration::from_millis(40));
-        assert_eq!(store.increment("b", "n", 1, window).unwrap(), 1);
+        assert_eq!(
+            store
+                .increment("b", "n", CounterStep { delta: 1, window })
+                .unwrap(),
+            1
+        );
         std::thread::sleep(Duration::from_millis(25));
         // A later increment does not move the window.
-        assert_eq!(store.increment("b", "n", 2, window).unwrap(), 3);
+        assert_eq!(
+            store
+                .increment("b", "n", CounterStep { delta: 2, window })
+                .unwrap(),
+            3
+        );
         assert_eq!(store.get("b", "n"), Some(b"3".to_vec()));
         std::thread::sleep(Duration::from_millis(25));
-        assert_eq!(store.increment("b", "n", 1, window).unwrap(), 1);
+        assert_eq!(
+            store
+                .increment("b", "n", CounterStep { delta: 1, window })
+                .unwrap(),
+            1
+        );
         store.set("b", "text", b"abc".to_vec(), None).unwrap();
         assert!(matches!(
-            store.increment("b", "text", 1, None),
+            store.increment(
+                "b",
+                "text",
+                CounterStep {
+                    delta: 1,
+                    window: None
+                }
+            ),
             Err(KvError::Invalid(_))
         ));
         store
             .set("b", "max", MAX_COUNTER.to_string().into_bytes(), None)
             .unwrap();
         assert!(matches!(
-            store.increment("b", "max", 1, None),
+            store.increment(
+                "b",
+                "max",
+                CounterStep {
+                    delta: 1,
+                    window: None
+                }
+            ),
             Err(KvError::Invalid(_))
         ));
     }
@@ -525,7 +549,14 @@ mod tests {
         // window: none of these increments may start a new one).
         for _ in 0..5000 {
             store
-                .increment("b", "counter", 1, Some(Duration::from_secs(60)))
+                .increment(
+                    "b",
+                    "counter",
+                    CounterStep {
+                        delta: 1,
+                        window: Some(Duration::from_secs(60)),
+                    },
+                )
                 .unwrap();
         }
         let indexed: usize = store

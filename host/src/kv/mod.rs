@@ -112,6 +112,14 @@ enum Backend {
     Redis(RedisStore),
 }
 
+/// One counter increment: add `delta`; a counter without an expiry gets
+/// `window` as its expiry (see `spoa:agent/expiry`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CounterStep {
+    pub delta: u64,
+    pub window: Option<Duration>,
+}
+
 /// The store guests share; cheap to clone.
 #[derive(Clone)]
 pub struct KvStore {
@@ -328,9 +336,10 @@ impl KvStore {
             .and(delta_check)
             .and(window.clone().map(drop));
         let window = window.unwrap_or_default();
+        let step = CounterStep { delta, window };
         self.run(deadline, checks, async |backend| match backend {
-            Backend::Memory(store) => store.increment(bucket, key, delta, window),
-            Backend::Redis(store) => store.increment(bucket, key, delta, window).await,
+            Backend::Memory(store) => store.increment(bucket, key, step),
+            Backend::Redis(store) => store.increment(bucket, key, step).await,
         })
         .await
     }

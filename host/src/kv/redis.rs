@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use redis::aio::ConnectionManager;
 use redis::{Client, RedisError, Script};
 
-use super::{KeyPage, KvError, MAX_BATCH_KEYS, MAX_COUNTER, NOT_A_COUNTER, parse_counter};
+use super::{
+    CounterStep, KeyPage, KvError, MAX_BATCH_KEYS, MAX_COUNTER, NOT_A_COUNTER, parse_counter,
+};
 
 /// How long calls fail at once after Redis failed, before one tries again.
 pub const RETRY_AFTER: Duration = Duration::from_millis(200);
@@ -231,9 +233,9 @@ impl RedisStore {
         &self,
         bucket: &str,
         key: &str,
-        delta: u64,
-        window: Option<Duration>,
+        step: CounterStep,
     ) -> Result<u64, KvError> {
+        let CounterStep { delta, window } = step;
         let mut invocation = self.increment.prepare_invoke();
         invocation
             .key(self.key(bucket, key))
