@@ -207,10 +207,7 @@ pub fn run(args: &CallArgs) -> anyhow::Result<bool> {
             None => {
                 let name = args.message.as_deref().unwrap_or_default();
                 let message = message(name, args.args.clone());
-                if let Some(seeded) = module.sandbox.determinism() {
-                    seeded.begin_message(&message, None);
-                }
-                let outcome = module.call(&message).await;
+                let outcome = module.call_at(&message, None).await;
                 println!("{}", serde_json::to_string(&report(&outcome))?);
                 Ok(outcome.is_ok())
             }
@@ -247,10 +244,7 @@ async fn run_cases(module: &LoadedModule, path: &Path) -> anyhow::Result<bool> {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|err| anyhow::anyhow!("{name}: {err}"))?;
         let message = message(&case.message, args);
-        if let Some(seeded) = module.sandbox.determinism() {
-            seeded.begin_message(&message, case.unix_ms);
-        }
-        let outcome = module.call(&message).await;
+        let outcome = module.call_at(&message, case.unix_ms).await;
         let differences = differences(case, &outcome);
         results.push(CaseResult {
             name,

@@ -142,10 +142,7 @@ fn read_recording(path: &Path) -> Result<Vec<Record>> {
 }
 
 async fn answer(module: &LoadedModule, message: &spop::Message, unix_ms: u64) -> Answer {
-    if let Some(seeded) = module.sandbox.determinism() {
-        seeded.begin_message(message, Some(unix_ms));
-    }
-    match module.call(message).await {
+    match module.call_at(message, Some(unix_ms)).await {
         Ok(actions) => Answer::Actions(actions.iter().map(action_to_json).collect()),
         Err(failure) => Answer::Failed(crate::exec::failure_kind(&failure).name().to_owned()),
     }

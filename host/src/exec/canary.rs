@@ -67,8 +67,7 @@ impl CanaryTally {
 
     /// Whether the next batch goes to the canary.
     pub(super) fn takes_a_batch(&self) -> bool {
-        !self.decided.load(Ordering::Relaxed)
-            && (self.share >= 1.0 || (self.share > 0.0 && rand::random::<f64>() < self.share))
+        !self.decided.load(Ordering::Relaxed) && crate::record::sampled(self.share)
     }
 
     /// Counts a batch the stable version answered while the canary runs.

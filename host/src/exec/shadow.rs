@@ -56,7 +56,7 @@ impl Shadow {
     }
 
     fn sampled(&self) -> bool {
-        self.share >= 1.0 || (self.share > 0.0 && rand::random::<f64>() < self.share)
+        crate::record::sampled(self.share)
     }
 
     fn offer(&self, message: &spop::Message, served: &MessageOutcome) {
@@ -129,13 +129,10 @@ async fn compare(
     let last_logged = AtomicU64::new(0);
     let started = Instant::now();
     while let Some(Served { message, served }) = copies.recv().await {
-        if let Some(seeded) = module.sandbox.determinism() {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            seeded.begin_message(&message, Some(now.as_millis() as u64));
-        }
-        let answer = module.call(&message).await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let answer = module.call_at(&message, Some(now.as_millis() as u64)).await;
         if same(&served, &answer) {
             counters.same.inc();
             continue;

@@ -5,7 +5,8 @@
 //!
 //! The data plane only samples and hands a record to a bounded queue (a
 //! full queue drops the record and counts it); one thread of its own
-//! formats and writes, so a slow disk never delays an answer.
+//! redacts, formats and writes, so neither the JSON nor a slow disk delays
+//! an answer.
 //!
 //! Must not know guests' modules, executors or sockets: it takes a message,
 //! its answer and who gave it.
@@ -31,6 +32,12 @@ use redact::RedactRules;
 /// Records waiting for the writer; past this, records are dropped.
 const QUEUE: usize = 8192;
 
+/// One draw: true for that `share` (0 to 1) of the draws. Recording,
+/// shadows and canaries sample with it; 1 and 0 need no random number.
+pub fn sampled(share: f64) -> bool {
+    share >= 1.0 || (share > 0.0 && rand::random::<f64>() < share)
+}
+
 /// What to record, and where.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordSpec {
@@ -42,11 +49,20 @@ pub struct RecordSpec {
     pub redact: RedactRules,
 }
 
+/// A sampled message and its answer, as the data plane hands it over:
+/// redaction and formatting are the writer thread's work.
+struct Sampled {
+    at: SystemTime,
+    guest: String,
+    module_sha256: String,
+    message: spop::Message,
+    outcome: MessageOutcome,
+}
+
 /// The data plane's end: samples, and queues what it samples.
 pub struct Recorder {
     share: f64,
-    redact: RedactRules,
-    queue: SyncSender<Record>,
+    queue: SyncSender<Sampled>,
     counters: RecordCounters,
 }
 
@@ -56,10 +72,10 @@ impl Recorder {
         let files = RecordFiles::new(&spec.dir, spec.max_bytes)
             .with_context(|| format!("--record: opening {}", spec.dir.display()))?;
         let (queue, records) = std::sync::mpsc::sync_channel(QUEUE);
-        let writer_counters = counters.clone();
+        let (writer_counters, redact) = (counters.clone(), spec.redact.clone());
         std::thread::Builder::new()
             .name("spoa-record".into())
-            .spawn(move || write_records(records, files, writer_counters))
+            .spawn(move || write_records(records, files, &redact, writer_counters))
             .context("starting the recording thread")?;
         tracing::info!(
             dir = %spec.dir.display(),
@@ -69,14 +85,13 @@ impl Recorder {
         );
         Ok(Arc::new(Recorder {
             share: spec.share,
-            redact: spec.redact.clone(),
             queue,
             counters,
         }))
     }
 
     fn sampled(&self) -> bool {
-        self.share >= 1.0 || (self.share > 0.0 && rand::random::<f64>() < self.share)
+        sampled(self.share)
     }
 
     /// Records `message` and its answer, if it is sampled and the queue has
@@ -91,17 +106,14 @@ impl Recorder {
         if !self.sampled() {
             return;
         }
-        let redacted = self.redact.apply(&message.args);
-        let record = Record::new(
-            SystemTime::now(),
-            guest,
-            module_sha256,
-            message,
-            redacted.args,
-            redacted.redacted,
-            outcome,
-        );
-        match self.queue.try_send(record) {
+        let sampled = Sampled {
+            at: SystemTime::now(),
+            guest: guest.to_owned(),
+            module_sha256: module_sha256.to_owned(),
+            message: message.clone(),
+            outcome: outcome.clone(),
+        };
+        match self.queue.try_send(sampled) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.counters.dropped.inc();
@@ -150,14 +162,30 @@ impl Answers for RecordingAnswers<'_> {
     }
 }
 
-/// The writer thread: formats and writes until every sender is gone,
-/// flushing whenever the queue runs dry so the files are readable at once.
-fn write_records(records: Receiver<Record>, mut files: RecordFiles, counters: RecordCounters) {
+/// The writer thread: redacts, formats and writes until every sender is
+/// gone, flushing whenever the queue runs dry so the files are readable at
+/// once.
+fn write_records(
+    records: Receiver<Sampled>,
+    mut files: RecordFiles,
+    redact: &RedactRules,
+    counters: RecordCounters,
+) {
     let mut warned = false;
     let mut line = Vec::with_capacity(512);
     while let Ok(first) = records.recv() {
         let mut next = Some(first);
-        while let Some(record) = next {
+        while let Some(sampled) = next {
+            let redacted = redact.apply(&sampled.message.args);
+            let record = Record::new(
+                sampled.at,
+                &sampled.guest,
+                &sampled.module_sha256,
+                &sampled.message,
+                redacted.args,
+                redacted.redacted,
+                &sampled.outcome,
+            );
             line.clear();
             let written = serde_json::to_writer(&mut line, &record)
                 .map_err(std::io::Error::other)

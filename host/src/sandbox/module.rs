@@ -635,6 +635,20 @@ impl LoadedModule {
         self.lease().call(message).await
     }
 
+    /// [`call`](Self::call) as of `unix_ms` (`None`: the fixed time): with
+    /// `--deterministic`, the call's randomness is seeded from `message` and
+    /// its clocks stand at that time; otherwise the same as `call`.
+    pub async fn call_at(
+        &self,
+        message: &spop::Message,
+        unix_ms: Option<u64>,
+    ) -> Result<Vec<spop::Action>, GuestFailure> {
+        if let Some(seeded) = self.sandbox.determinism() {
+            seeded.begin_message(message, unix_ms);
+        }
+        self.call(message).await
+    }
+
     /// An instance to call several messages with in a row (one pool
     /// round-trip per batch, not per message). It goes back to the pool when
     /// the lease is dropped, unless a failure poisoned it.
