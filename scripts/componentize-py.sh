@@ -4,7 +4,8 @@
 # component for spoa-host's WORLD (default `handler`; `handler-with-init`
 # when the guest exports `init`) of wit/, with componentize-py
 # pinned by examples/guests/python/requirements.txt and installed into a venv
-# under target/toolchains/python (when missing or when the pin changed).
+# under target/toolchains/python (when missing or when the pin changed),
+# with the SDK package `spoa-guest` (sdk/python) installed beside it.
 # Does nothing when OUT is newer than its inputs (FORCE=1 rebuilds). Runs from
 # any directory.
 set -euo pipefail
@@ -35,7 +36,19 @@ if ! cmp -s "$requirements" "$stamp" 2>/dev/null; then
     cp "$requirements" "$stamp"
 fi
 
+# The SDK (sdk/python, the `spoa` package), installed into the venv as any
+# pip package is; reinstalled when its sources change.
+sdk="$root/sdk/python"
+sdk_stamp="$venv/.spoa-sdk"
+sdk_hash="$(cd "$sdk" && find pyproject.toml src -type f -not -path '*/__pycache__/*' -not -path '*.egg-info/*' | sort | xargs sha256sum | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$sdk_stamp" 2>/dev/null)" != "$sdk_hash" ]; then
+    echo "componentize-py.sh: installing the SDK ($sdk) into $venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps "$sdk"
+    echo "$sdk_hash" >"$sdk_stamp"
+fi
+
 if [ -z "${FORCE:-}" ] && [ -f "$out" ] && [ "$out" -nt "$stamp" ] &&
+    [ "$out" -nt "$sdk_stamp" ] &&
     [ -z "$(find "$src" "$wit" "${BASH_SOURCE[0]}" -newer "$out" \
         \( -name '*.py' -o -name '*.wit' -o -name '*.sh' \) \
         -not -path '*/__pycache__/*' -not -path "$src/bindings/*" -print -quit)" ]; then

@@ -22,7 +22,7 @@
 //! (default 50), `bucket` (default `default`). Durations take `ms`, `s`, `m`
 //! or `h`.
 
-use spoa_guest::kv;
+use spoa_guest::store::{HostStore, Store};
 use spoa_guest::{Action, Guest, Message, VarScope};
 
 pub const CHECK_CLIENT_IP: &str = "check-client-ip";
@@ -47,7 +47,7 @@ impl Default for Settings {
             window_ms: 60_000,
             ban_ms: 300_000,
             fallback_score: 50,
-            bucket: kv::DEFAULT_BUCKET.to_owned(),
+            bucket: spoa_guest::kv::DEFAULT_BUCKET.to_owned(),
         }
     }
 }
@@ -104,15 +104,6 @@ pub fn parse_millis(text: &str) -> Option<u64> {
     number.checked_mul(scale).filter(|&ms| ms > 0)
 }
 
-/// What the guest needs from the store, so the policy can be unit-tested
-/// natively against a map.
-pub trait RateStore {
-    type Error: std::fmt::Display;
-    fn is_banned(&mut self, ip: &str) -> Result<bool, Self::Error>;
-    fn count(&mut self, ip: &str, window_ms: u64) -> Result<u64, Self::Error>;
-    fn ban(&mut self, ip: &str, ban_ms: u64) -> Result<(), Self::Error>;
-}
-
 /// The verdict on one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -125,15 +116,17 @@ pub enum Verdict {
     StoreFailed(String),
 }
 
-pub fn judge<S: RateStore>(store: &mut S, ip: &str, settings: &Settings) -> Verdict {
-    let outcome = (|| -> Result<Verdict, S::Error> {
-        if store.is_banned(ip)? {
+/// Judges `ip` against the store: the agent's in the guest, the SDK's
+/// `MemoryStore` in the unit tests below.
+pub fn judge(store: &mut impl Store, ip: &str, settings: &Settings) -> Verdict {
+    let outcome = (|| -> Result<Verdict, String> {
+        if store.exists(&format!("ban:{ip}"))? {
             return Ok(Verdict::Banned);
         }
-        let count = store.count(ip, settings.window_ms)?;
+        let count = store.increment_within(&format!("rate:{ip}"), 1, settings.window_ms)?;
         let blocked = count > settings.limit;
         if blocked {
-            store.ban(ip, settings.ban_ms)?;
+            store.set_with_ttl(&format!("ban:{ip}"), b"1", settings.ban_ms)?;
         }
         let left = settings.limit.saturating_sub(count);
         let score = (u128::from(left) * 100 / u128::from(settings.limit)) as i32;
@@ -174,49 +167,6 @@ pub fn actions(verdict: &Verdict, settings: &Settings) -> Vec<Action> {
     }
 }
 
-/// The agent's store, through `wasi:keyvalue` and `spoa:agent/expiry`.
-struct SharedStore<'a>(&'a kv::Bucket);
-
-struct StoreError(String);
-
-impl std::fmt::Display for StoreError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl From<kv::Error> for StoreError {
-    fn from(error: kv::Error) -> StoreError {
-        StoreError(kv::describe(&error))
-    }
-}
-
-impl RateStore for SharedStore<'_> {
-    type Error = StoreError;
-
-    fn is_banned(&mut self, ip: &str) -> Result<bool, StoreError> {
-        Ok(self.0.exists(&format!("ban:{ip}"))?)
-    }
-
-    fn count(&mut self, ip: &str, window_ms: u64) -> Result<u64, StoreError> {
-        Ok(kv::expiry::increment_within(
-            self.0,
-            &format!("rate:{ip}"),
-            1,
-            window_ms,
-        )?)
-    }
-
-    fn ban(&mut self, ip: &str, ban_ms: u64) -> Result<(), StoreError> {
-        Ok(kv::expiry::set_with_ttl(
-            self.0,
-            &format!("ban:{ip}"),
-            b"1",
-            ban_ms,
-        )?)
-    }
-}
-
 struct RateLimit;
 
 thread_local! {
@@ -224,21 +174,19 @@ thread_local! {
     // change under it (a configuration change loads a new version), and a
     // bucket handle stays valid for the instance's life. Both are read once.
     static SETTINGS: std::cell::OnceCell<Result<Settings, String>> = const { std::cell::OnceCell::new() };
-    static BUCKET: std::cell::OnceCell<kv::Bucket> = const { std::cell::OnceCell::new() };
+    static BUCKET: std::cell::RefCell<Option<HostStore>> = const { std::cell::RefCell::new(None) };
 }
 
 fn judge_shared(ip: &str, settings: &Settings) -> Verdict {
-    BUCKET.with(|cell| {
-        if cell.get().is_none() {
-            match kv::open(&settings.bucket) {
-                Ok(bucket) => {
-                    let _ = cell.set(bucket);
-                }
-                Err(error) => return Verdict::StoreFailed(kv::describe(&error)),
+    BUCKET.with_borrow_mut(|bucket| {
+        if bucket.is_none() {
+            match HostStore::open(&settings.bucket) {
+                Ok(opened) => *bucket = Some(opened),
+                Err(error) => return Verdict::StoreFailed(error),
             }
         }
-        match cell.get() {
-            Some(bucket) => judge(&mut SharedStore(bucket), ip, settings),
+        match bucket {
+            Some(store) => judge(store, ip, settings),
             None => Verdict::StoreFailed("no bucket".into()),
         }
     })
@@ -271,55 +219,7 @@ spoa_guest::export_handler!(RateLimit);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    /// A store in a map, with time as a plain counter of milliseconds.
-    #[derive(Default)]
-    struct MapStore {
-        now: u64,
-        entries: HashMap<String, (u64, u64)>,
-        down: bool,
-    }
-
-    impl MapStore {
-        fn live(&self, key: &str) -> Option<u64> {
-            self.entries
-                .get(key)
-                .filter(|(_, until)| *until > self.now)
-                .map(|(value, _)| *value)
-        }
-    }
-
-    impl RateStore for MapStore {
-        type Error = String;
-        fn is_banned(&mut self, ip: &str) -> Result<bool, String> {
-            if self.down {
-                return Err("down".into());
-            }
-            Ok(self.live(&format!("ban:{ip}")).is_some())
-        }
-        fn count(&mut self, ip: &str, window_ms: u64) -> Result<u64, String> {
-            let key = format!("rate:{ip}");
-            let now = self.now;
-            let next = match self.live(&key) {
-                Some(n) => {
-                    let entry = self.entries.get_mut(&key).ok_or("gone")?;
-                    entry.0 = n + 1;
-                    n + 1
-                }
-                None => {
-                    self.entries.insert(key, (1, now + window_ms));
-                    1
-                }
-            };
-            Ok(next)
-        }
-        fn ban(&mut self, ip: &str, ban_ms: u64) -> Result<(), String> {
-            self.entries
-                .insert(format!("ban:{ip}"), (1, self.now + ban_ms));
-            Ok(())
-        }
-    }
+    use spoa_guest::store::MemoryStore;
 
     fn settings() -> Settings {
         Settings {
@@ -332,7 +232,7 @@ mod tests {
 
     #[test]
     fn scores_fall_with_rate_then_the_address_is_banned_until_expiry() {
-        let (mut store, settings) = (MapStore::default(), settings());
+        let (mut store, settings) = (MemoryStore::new(), settings());
         let scores: Vec<Verdict> = (0..4)
             .map(|_| judge(&mut store, "192.0.2.1", &settings))
             .collect();
@@ -360,14 +260,14 @@ mod tests {
                 blocked: true
             }
         );
-        store.now = 2000;
+        store.advance(2000);
         assert_eq!(judge(&mut store, "192.0.2.1", &settings), Verdict::Banned);
         // Another address is unaffected.
         assert!(matches!(
             judge(&mut store, "192.0.2.2", &settings),
             Verdict::Counted { count: 1, .. }
         ));
-        store.now = 6000;
+        store.advance(4000);
         assert!(matches!(
             judge(&mut store, "192.0.2.1", &settings),
             Verdict::Counted {
@@ -380,13 +280,11 @@ mod tests {
 
     #[test]
     fn a_failed_store_gives_the_fallback_score_and_never_blocks() {
-        let mut store = MapStore {
-            down: true,
-            ..MapStore::default()
-        };
+        let mut store = MemoryStore::new();
+        store.set_down(true);
         let settings = settings();
         let verdict = judge(&mut store, "192.0.2.1", &settings);
-        assert_eq!(verdict, Verdict::StoreFailed("down".into()));
+        assert_eq!(verdict, Verdict::StoreFailed("store unavailable".into()));
         assert_eq!(
             actions(&verdict, &settings),
             vec![Action::set(VarScope::Txn, IP_SCORE, 50)]

@@ -6,7 +6,9 @@
 //!   separated; default: tools and scanners): `suspicious-score` (10);
 //! - any other: `score` (90).
 //!
-//! Deterministic, so an end-to-end test can tell exactly which guest
+//! A message a `suspicious` word matched adds one to the counter `rule_hits`
+//! (`spoa_guest_counter_total{guest,name="rule_hits"}` when the operator
+//! allows it). Deterministic, so an end-to-end test can tell exactly which guest
 //! answered what.
 
 use spoa_guest::{Action, Guest, Message, VarScope};
@@ -58,19 +60,22 @@ impl Rules {
     }
 
     pub fn score(&self, user_agent: Option<&str>) -> i32 {
-        let Some(user_agent) = user_agent.filter(|ua| !ua.trim().is_empty()) else {
-            return 0;
+        match user_agent.filter(|ua| !ua.trim().is_empty()) {
+            None => 0,
+            Some(_) if self.matched(user_agent) => self.suspicious_score,
+            Some(_) => self.score,
+        }
+    }
+
+    /// Whether a `suspicious` word is in `user_agent` (a rule hit).
+    pub fn matched(&self, user_agent: Option<&str>) -> bool {
+        let Some(user_agent) = user_agent else {
+            return false;
         };
         let lower = user_agent.to_ascii_lowercase();
-        if self
-            .suspicious
+        self.suspicious
             .iter()
             .any(|word| lower.contains(word.as_str()))
-        {
-            self.suspicious_score
-        } else {
-            self.score
-        }
     }
 }
 
@@ -86,12 +91,33 @@ pub fn actions_for(message: &Message, rules: &Rules) -> Vec<Action> {
     )]
 }
 
+/// The counter of messages a `suspicious` rule matched, in the agent's
+/// metrics when the operator allows it (`metrics = ["rule_hits"]`).
+pub const RULE_HITS: &str = "rule_hits";
+
 struct UserAgentScore;
 
+thread_local! {
+    // Per instance, the SDK's one idiom: prepared in `init`, kept for the
+    // instance's life (a configuration change loads a new version).
+    static RULES: std::cell::OnceCell<Rules> = const { std::cell::OnceCell::new() };
+}
+
 impl Guest for UserAgentScore {
-    fn handle_message(msg: Message) -> Result<Vec<Action>, String> {
+    fn init() -> Result<(), String> {
         let rules = Rules::from_config(spoa_guest::config::get)?;
-        Ok(actions_for(&msg, &rules))
+        RULES.with(|cell| cell.set(rules).map_err(|_| "init ran twice".to_owned()))
+    }
+
+    fn handle_message(msg: Message) -> Result<Vec<Action>, String> {
+        RULES.with(|cell| {
+            let rules = cell.get().ok_or("no rules: init did not run")?;
+            let actions = actions_for(&msg, rules);
+            if rules.matched(msg.str_lossy("ua").as_deref()) {
+                spoa_guest::metrics::count(RULE_HITS);
+            }
+            Ok(actions)
+        })
     }
 }
 

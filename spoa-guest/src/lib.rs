@@ -21,15 +21,20 @@
 //! Build a `cdylib` for `wasm32-wasip2` (a component as is) or for
 //! `wasm32-unknown-unknown` (then wrap it with `componentize`).
 //!
-//! Everything here except [`random`], [`log`], [`config`] and [`kv`] is plain
-//! Rust and runs natively too, so a guest's logic can be unit-tested with
-//! `cargo test`. Those four call into the host and only work inside it.
+//! Everything here except [`random`], [`log`], [`config`], [`kv`],
+//! [`metrics`], [`tables`] and [`store::HostStore`] is plain Rust and runs
+//! natively too, so a guest's logic can be unit-tested with `cargo test`:
+//! [`headers`] parses `req.hdrs_bin`, and [`store::MemoryStore`] stands in
+//! for the shared store. Those others call into the host and only work
+//! inside it.
 
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 #[cfg(any(feature = "arena", test))]
 pub mod arena;
+pub mod headers;
+pub mod store;
 
 /// The raw output of `wit_bindgen::generate!` for the `handler-with-batch`
 /// world. Guests implement [`Guest`](crate::Guest) and export it with
@@ -80,6 +85,25 @@ pub trait Guest {
                 return;
             }
         }
+    }
+}
+
+/// The guest's own counters in the agent's metrics (`spoa:agent/metrics`,
+/// 0.1.5), shown as `spoa_guest_counter_total{guest,name}`. The operator
+/// allows each name (`metrics = ["rule_hits"]`, `--guest-metric`); others
+/// are refused. An atomic add in the host: count per message freely.
+pub mod metrics {
+    pub use crate::bindings::spoa::agent::metrics::CounterError;
+
+    /// Adds `by` to the counter `name`.
+    pub fn increment(name: &str, by: u64) -> Result<(), CounterError> {
+        crate::bindings::spoa::agent::metrics::increment(name, by)
+    }
+
+    /// Adds one to the counter `name`, ignoring a name the operator did not
+    /// allow (counting is not worth failing a message over).
+    pub fn count(name: &str) {
+        let _ = increment(name, 1);
     }
 }
 

@@ -1,7 +1,7 @@
 // IP reputation: answers `check-client-ip` with a score for the address in
 // the argument `ip` (0 if the IP table `blocklist` holds it, else random
 // 0..=100) and whether that score is below the configured threshold.
-import * as spoa from './spoa.js';
+import * as spoa from 'spoa-guest';
 
 let threshold = 20;
 let blocklist; // the IP table `blocklist`, opened once per instance in init

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds target/examples/iprep_js.wasm (a WebAssembly component for
-# spoa-host) from app.js, spoa.js and cidr.js with componentize-js, default
-# features. Runs from any directory; does nothing when the component is newer
+# spoa-host) from app.js and the SDK (the npm package spoa-guest, from
+# sdk/javascript) with esbuild and componentize-js, default features. Runs from any directory; does nothing when the component is newer
 # than its inputs (FORCE=1 rebuilds). The toolchain is pinned by
 # package-lock.json and installed into node_modules/ by `npm ci`.
 # APP_DIR=DIR OUT=FILE build another guest (DIR/app.js, DIR/wit/world.wit)
@@ -34,7 +34,7 @@ fi
 
 # Skip when the component is newer than every input.
 if [ -z "${FORCE:-}" ] && [ -f "$out" ] && [ "$out" -nt node_modules/.package-lock.json ] &&
-    [ -z "$(find "$app" "$here/build.sh" "$wit" -newer "$out" -not -path "$here/node_modules/*" \
+    [ -z "$(find "$app" "$here/build.sh" "$wit" "$root/sdk/javascript" -newer "$out" -not -path "$here/node_modules/*" \
         \( -name '*.js' -o -name '*.wit' -o -name build.sh -o -name package-lock.json \) \
         -print -quit)" ]; then
     echo "build.sh: $out is up to date"
@@ -50,6 +50,13 @@ cp "$wit/spoa.wit" "$stage/deps/spoa-agent/"
 cp -r "$wit/deps/." "$stage/deps/"
 
 mkdir -p "$(dirname "$out")"
-node_modules/.bin/componentize-js --wit "$stage" --world-name guest -o "$out.tmp" "$app/app.js"
+# componentize-js takes one module: bundle app.js with the SDK (the npm
+# package spoa-guest, sdk/javascript) and anything else it imports, leaving
+# the WIT imports to componentize-js. NODE_PATH lets an APP_DIR without
+# node_modules of its own import the SDK installed here.
+NODE_PATH="$here/node_modules" node_modules/.bin/esbuild "$app/app.js" --bundle --format=esm \
+    --platform=neutral --external:'spoa:*' --external:'wasi:*' --log-level=warning \
+    --outfile="$stage/app.bundle.js"
+node_modules/.bin/componentize-js --wit "$stage" --world-name guest -o "$out.tmp" "$stage/app.bundle.js"
 mv "$out.tmp" "$out"
 echo "build.sh: wrote $out ($(wc -c <"$out") bytes)"

@@ -1,5 +1,5 @@
 //! The commands: serving (`serve`: the two planes, the listeners and their
-//! accept loop in `accept`), `check`, `call`, `replay`, `haproxy-config` and `status`. This is
+//! accept loop in `accept`), `check`, `call`, `replay`, `haproxy-config`, `status` and `new`. This is
 //! the top of the crate: it wires settings, guests, the agent and the
 //! network together, and nothing below imports it.
 
@@ -7,6 +7,7 @@ pub mod accept;
 pub mod call;
 pub mod check;
 pub mod haproxy_config;
+pub mod new;
 pub mod replay;
 pub mod serve;
 pub mod status;
@@ -41,6 +42,7 @@ pub fn main_with(cli: Cli) -> ExitCode {
         Some(Command::HaproxyConfig(args)) => haproxy_config::print(&args).map(|()| true),
         Some(Command::Status(args)) => status::print(&args).map(|()| true),
         Some(Command::Replay(args)) => replay::run(&args),
+        Some(Command::New(args)) => new::run(&args).map(|()| true),
         None => serve::serve_blocking(cli.serve).map(|()| true),
     };
     match result {

@@ -139,14 +139,15 @@ impl GuestServices {
             realtime_ticker: self.realtime_ticker,
             ..spec.sandbox.clone()
         };
-        let sandbox = Sandbox::new(sandbox_config, self.kv.clone())
-            .with_context(|| format!("guest `{}`: creating its sandbox", spec.name))?
-            .with_ip_tables(self.ip_tables.clone());
-        let started = Instant::now();
         let metrics = self.metrics.guest(
             &spec.name,
             &crate::agent::FailureKind::ALL.map(|kind| kind.name()),
         );
+        let sandbox = Sandbox::new(sandbox_config, self.kv.clone())
+            .with_context(|| format!("guest `{}`: creating its sandbox", spec.name))?
+            .with_ip_tables(self.ip_tables.clone())
+            .with_counters(metrics.counters());
+        let started = Instant::now();
         let Loaded { module, version } = self
             .load_module(&sandbox, &spec, &spec.module, "module", |err| {
                 metrics.reload_failed(err.cause())

@@ -129,6 +129,8 @@ async fn load_files(
             .resolve(&table_grants)
             .await
             .map_err(LoadError::Config)?;
+        settings.counters =
+            crate::sandbox::GuestCounters::resolve(&settings.counter_grants, sandbox.counters());
         let module = sandbox
             .load_hashed(&path, bytes, version.module_sha256.clone(), settings)
             .await?;

@@ -44,6 +44,14 @@ struct GuestLabels {
     guest: String,
 }
 
+/// A guest's own counter: both labels come from the operator's
+/// configuration (the guest and the names it allows it), never the guest.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GuestCounterLabels {
+    guest: String,
+    name: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
@@ -231,6 +239,7 @@ struct GuestFamilies {
     shadow: Family<GuestResultLabels, Counter>,
     canaries: Family<GuestResultLabels, Counter>,
     canary_serving: Family<GuestLabels, Gauge<i64, AtomicI64Compat>>,
+    counters: Family<GuestCounterLabels, Counter>,
     /// The `module_info` labels set now for each guest, to remove on the
     /// next change (a guest restarted by a configuration reload shares them).
     module_labels: Arc<Mutex<HashMap<String, ModuleLabels>>>,
@@ -552,6 +561,10 @@ impl GuestFamilies {
                 "canary_serving",
                 "1 while a canary version serves a share of the guest's messages",
             ),
+            counters: r.series(
+                "guest_counter",
+                "Counters a guest increments (spoa:agent/metrics), by guest and the name the operator allowed",
+            ),
             module_labels: Default::default(),
             histories: Default::default(),
         }
@@ -588,6 +601,20 @@ pub struct GuestMetrics {
 }
 
 impl GuestMetrics {
+    /// Where this guest's own counters are kept
+    /// (`spoa_guest_counter_total{guest,name}`).
+    pub fn counters(&self) -> crate::sandbox::CounterSource {
+        let (family, guest) = (self.families.counters.clone(), self.name.clone());
+        Arc::new(move |name: &str| {
+            family
+                .get_or_create(&GuestCounterLabels {
+                    guest: guest.clone(),
+                    name: name.to_owned(),
+                })
+                .clone()
+        })
+    }
+
     fn canary_outcome(&self, result: &'static str) {
         self.families
             .canaries

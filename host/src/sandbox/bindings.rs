@@ -44,6 +44,7 @@ pub use batch_import::spoa::agent::batch;
 pub use spoa::agent::expiry;
 pub use spoa::agent::ip_table;
 pub use spoa::agent::log::Level;
+pub use spoa::agent::metrics as guest_metrics;
 pub use spoa::agent::types as wit;
 pub use wasi::config::store as config_store;
 pub use wasi::keyvalue::{atomics as kv_atomics, batch as kv_batch, store as kv_store};
@@ -62,7 +63,7 @@ pub mod blocking {
             package spoa:blocking;
 
             world handler-export {
-                use spoa:agent/types@0.1.4.{message, action};
+                use spoa:agent/types@0.1.5.{message, action};
                 export handle-message: func(msg: message) -> result<list<action>, string>;
             }
         ",
@@ -84,7 +85,7 @@ pub mod batch_import {
             package spoa:host-batch;
 
             world imports {
-                import spoa:agent/batch@0.1.4;
+                import spoa:agent/batch@0.1.5;
             }
         ",
         // An answer out of turn traps the guest.
@@ -137,6 +138,7 @@ mod tests {
             "spoa:agent/ip-table@0.1.3",
             "spoa:agent/types@0.1.3",
             "spoa:agent/batch@0.1.4",
+            "spoa:agent/metrics@0.1.5",
         ] {
             assert!(!import_can_wait(name), "{name}");
         }

@@ -82,6 +82,8 @@ pub struct Sandbox {
     pub(crate) ip_tables: IpTables,
     /// Set with [`SandboxConfig::deterministic`].
     pub(crate) determinism: Option<Arc<super::determinism::Determinism>>,
+    /// Where guests' counters are kept; none: counters nothing reads.
+    pub(crate) counters: Option<super::counters::CounterSource>,
 }
 
 /// A guest's long-call slots: the share of the data plane its calls that
@@ -170,6 +172,7 @@ impl Sandbox {
             pace,
             kv,
             ip_tables: IpTables::default(),
+            counters: None,
         })
     }
 
@@ -187,5 +190,16 @@ impl Sandbox {
 
     pub fn ip_tables(&self) -> &IpTables {
         &self.ip_tables
+    }
+
+    /// The same sandbox, its guests' counters kept by `source` (the agent's
+    /// metrics).
+    pub fn with_counters(mut self, source: super::counters::CounterSource) -> Sandbox {
+        self.counters = Some(source);
+        self
+    }
+
+    pub fn counters(&self) -> Option<&super::counters::CounterSource> {
+        self.counters.as_ref()
     }
 }

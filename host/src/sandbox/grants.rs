@@ -31,6 +31,8 @@ pub struct GrantSources {
     pub kv_buckets: BucketGrants,
     /// `--ip-table`: the IP tables the guest may open.
     pub ip_tables: TableGrants,
+    /// `--guest-metric`: the counter names the guest may increment.
+    pub counters: Vec<String>,
 }
 
 impl GrantSources {
@@ -67,6 +69,9 @@ impl GrantSources {
             kv_grants: Arc::new(self.kv_buckets.clone()),
             ip_table_grants: self.ip_tables.clone(),
             ip_tables: Default::default(),
+            counter_grants: super::counters::CounterGrants::from_names(&self.counters)
+                .map_err(|err| format!("guest metrics: {err}"))?,
+            counters: Default::default(),
         })
     }
 }
@@ -97,6 +102,8 @@ impl GuestSettings {
         hasher.update(self.kv_grants.describe().as_bytes());
         hasher.update([0]);
         hasher.update(self.ip_table_grants.describe().as_bytes());
+        hasher.update([0]);
+        hasher.update(self.counter_grants.describe().as_bytes());
         hasher.update([0]);
         if let Some(dir) = &self.data_dir {
             let mut seen = 0;

@@ -159,8 +159,10 @@ impl GuestInstance {
         .map_err(|err| GuestFailure::Instantiate(format!("{err:#}")))?;
         let mut state = state;
         state.ip_tables = module.settings.ip_tables.clone();
+        state.counters = module.settings.counters.clone();
         if smoke {
             state.smoke_kv = Some(crate::kv::KvStore::scratch());
+            state.smoke_counters = Some(state.counters.detached());
         }
         let mut store = Store::new(&sandbox.engine, state);
         store.limiter(|state| state);
@@ -284,8 +286,10 @@ impl GuestInstance {
         let state = self.store.data_mut();
         if !smoke {
             state.smoke_kv = None;
+            state.smoke_counters = None;
         } else if state.smoke_kv.is_none() {
             state.smoke_kv = Some(crate::kv::KvStore::scratch());
+            state.smoke_counters = Some(state.counters.detached());
         }
     }
 

@@ -7,6 +7,7 @@ mod batch;
 mod bindings;
 mod cache;
 mod convert;
+mod counters;
 pub mod determinism;
 mod engine;
 mod grants;
@@ -19,6 +20,7 @@ mod tables;
 mod ticker;
 mod wasi;
 
+pub use counters::{CounterGrants, CounterSource, GuestCounters, check_counter_name};
 pub use engine::{InstanceMode, Sandbox, SandboxConfig};
 pub use grants::{GrantSources, parse_pair};
 pub use instance::GuestFailure;

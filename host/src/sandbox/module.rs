@@ -60,6 +60,10 @@ pub struct GuestSettings {
     /// resolve to (filled in when the module is loaded).
     pub ip_table_grants: TableGrants,
     pub ip_tables: GrantedTables,
+    /// The counter names the guest may increment, and their counters
+    /// (filled in when the module is loaded).
+    pub counter_grants: super::counters::CounterGrants,
+    pub counters: super::counters::GuestCounters,
 }
 
 /// The step at which a module was refused; failed reloads are counted by it.
@@ -123,9 +127,9 @@ pub enum LoadError {
     #[error("compiling the component: {0:#}")]
     Compile(anyhow::Error),
     #[error(
-        "{0:#}; the host provides spoa:agent (random, log, expiry), wasi:config/store, \
-         wasi:keyvalue@0.2.0-draft (store, atomics, batch) and WASI 0.2 (with nothing \
-         granted); nothing else can be imported"
+        "{0:#}; the host provides spoa:agent (random, log, expiry, ip-table, metrics, batch), \
+         wasi:config/store, wasi:keyvalue@0.2.0-draft (store, atomics, batch) and WASI 0.2 \
+         (with nothing granted); nothing else can be imported"
     )]
     Imports(anyhow::Error),
     #[error("the component does not implement the spoa:agent/handler world: {0:#}")]

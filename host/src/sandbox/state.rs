@@ -61,11 +61,15 @@ pub struct GuestState {
     pub(super) kv_grants: Arc<BucketGrants>,
     /// The IP tables this guest may open.
     pub(super) ip_tables: GrantedTables,
+    /// The counters this guest may increment (`spoa:agent/metrics`).
+    pub(super) counters: super::counters::GuestCounters,
     /// The running batch call's answers (`handle-messages`).
     pub(super) batch: super::batch::BatchAnswers,
     /// Set for the smoke call: an empty store of its own, so proving a new
     /// version never writes to the shared state.
     pub(super) smoke_kv: Option<KvStore>,
+    /// Set for the smoke call too: counters nothing reads.
+    pub(super) smoke_counters: Option<super::counters::GuestCounters>,
     /// When the running call started, and its budget: store calls are held
     /// to what is left of it.
     pub(super) call_started: Instant,
@@ -115,8 +119,10 @@ impl GuestState {
             kv: kv.store,
             kv_grants: kv.grants,
             ip_tables: GrantedTables::default(),
+            counters: Default::default(),
             batch: Default::default(),
             smoke_kv: None,
+            smoke_counters: None,
             call_started: Instant::now(),
             call_timeout,
             table: {

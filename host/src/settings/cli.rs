@@ -75,6 +75,46 @@ pub enum Command {
     /// fail, and which variables changed and how. Exits 1 when more than
     /// --max-diff messages differ.
     Replay(ReplayArgs),
+    /// Write a new guest: a directory NAME holding the IP-reputation guest
+    /// in --lang, a ./build.sh that writes NAME.wasm, a cases.json that
+    /// `spoa-host call NAME.wasm --cases cases.json` passes, a block list
+    /// and a README.
+    New(NewArgs),
+}
+
+/// `spoa-host new`.
+#[derive(Debug, clap::Args)]
+pub struct NewArgs {
+    /// The guest's name: its directory, crate and NAME.wasm (a-z, 0-9, -
+    /// and _, starting with a letter).
+    pub name: String,
+    /// The language of the guest.
+    #[arg(long, value_enum)]
+    pub lang: GuestLanguage,
+    /// Where the SDKs are: a spoa-host source tree (spoa-guest/ and sdk/).
+    /// Default: $SPOA_SDK, else the tree this binary was built from.
+    #[arg(long, value_name = "DIR")]
+    pub sdk: Option<PathBuf>,
+}
+
+/// The languages `spoa-host new` writes guests in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GuestLanguage {
+    Rust,
+    Python,
+    Javascript,
+    C,
+}
+
+impl GuestLanguage {
+    pub fn name(self) -> &'static str {
+        match self {
+            GuestLanguage::Rust => "Rust",
+            GuestLanguage::Python => "Python",
+            GuestLanguage::Javascript => "JavaScript",
+            GuestLanguage::C => "C",
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -542,6 +582,13 @@ pub struct SandboxArgs {
     #[arg(long = "ip-table", value_name = "NAME=PATH", value_parser = crate::tables::parse_grant)]
     pub ip_tables: Vec<(String, String)>,
 
+    /// A counter the guest may increment (spoa:agent/metrics), repeatable:
+    /// it appears as spoa_guest_counter_total{guest,name}. Other names are
+    /// refused, so the guest adds no series but these (at most 32; a-z, 0-9
+    /// and _).
+    #[arg(long = "guest-metric", value_name = "NAME", value_parser = parse_counter_name)]
+    pub guest_metrics: Vec<String>,
+
     /// Time limit of a guest's optional `init` export, called once on each
     /// new instance before its first message (outside the per-message
     /// --guest-timeout).
@@ -603,6 +650,8 @@ impl SandboxArgs {
             kv_buckets: crate::kv::BucketGrants::from_names(&self.kv_buckets).unwrap_or_default(),
             // Each pair was validated by `parse_grant`.
             ip_tables: crate::tables::TableGrants::from_pairs(&self.ip_tables).unwrap_or_default(),
+            // Validated (and their number bounded) when a load reads them.
+            counters: self.guest_metrics.clone(),
         }
     }
 }
@@ -684,6 +733,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 /// Parses `16MiB`, `512KiB`, `1GiB`, `1048576` (bytes).
+fn parse_counter_name(text: &str) -> Result<String, String> {
+    crate::sandbox::check_counter_name(text)?;
+    Ok(text.to_owned())
+}
+
 fn parse_bucket_grant(text: &str) -> Result<String, String> {
     if text != "*" {
         crate::kv::validate_bucket_name(text)?;

@@ -143,6 +143,8 @@ struct GuestTable {
     kv_buckets: Option<Vec<String>>,
     /// The IP tables it may open, by name (default: `--ip-table`).
     ip_tables: Option<BTreeMap<String, String>>,
+    /// The counters it may increment (default: `--guest-metric`).
+    metrics: Option<Vec<String>>,
     /// The time limit of its `init` export (default: `--guest-init-timeout`).
     init_timeout: Option<String>,
     /// Calls a reused instance serves (default: `--guest-max-calls`).
@@ -570,8 +572,17 @@ fn resolve_grants(
         }
         None => defaults.grants().ip_tables,
     };
+    let counters = match &table.metrics {
+        Some(names) => {
+            crate::sandbox::CounterGrants::from_names(names)
+                .map_err(|err| format!("metrics: {err}"))?;
+            names.clone()
+        }
+        None => defaults.grants().counters,
+    };
     Ok(GrantSources {
         ip_tables,
+        counters,
         config_pairs,
         config_file: table.config_file.as_ref().map(|file| base.join(file)),
         data_dir: table.data.as_ref().map(|dir| base.join(dir)),

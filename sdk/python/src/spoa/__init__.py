@@ -1,31 +1,56 @@
-"""A small SDK for spoa-host guests written in Python (componentize-py).
+"""The Python SDK of spoa-host guests (componentize-py).
 
 Reads message arguments by name and type, builds actions, reads the
-operator's configuration (wasi:config) and wraps the host's randomness and
-log. componentize-py generates `wit_world` from spoa-host's WIT at build time.
+operator's configuration (wasi:config), wraps the host's randomness, log,
+IP tables, shared store and counters, and exports batches. componentize-py
+generates `wit_world` from spoa-host's WIT at build time; under plain
+CPython (a guest's unit tests) it is missing, and only the pure parts work:
+`spoa.headers`, `spoa.testing`, `Store`/`StoreError`.
 """
 
-import ipaddress
-from typing import List, Optional, Union
+from __future__ import annotations
 
-from componentize_py_types import Err  # raise Err("reason") to answer err(reason)
-from wit_world.imports import log as _log
-from wit_world.imports import random as _random
-# `wasi:config/store`; since spoa:agent 0.1.2 the world also imports
-# `wasi:keyvalue/store`, so componentize-py names both by package.
-from wit_world.imports import wasi_config_store as _store
-from wit_world.imports import types
-from wit_world.imports import ip_table as _ip_table
-# `batch` is also a `wasi:keyvalue` interface: componentize-py names both by package.
-from wit_world.imports import spoa_agent_batch as _batch
-from componentize_py_types import Ok
+import ipaddress
+from typing import Any, List, Optional, Union
+
+from .store import Store, StoreError, parse_counter
+
+try:
+    from componentize_py_types import Err, Ok  # raise Err("reason") to answer err(reason)
+    from wit_world.imports import log as _log
+    from wit_world.imports import random as _random
+    # `wasi:config/store`; since spoa:agent 0.1.2 the world also imports
+    # `wasi:keyvalue/store`, so componentize-py names both by package.
+    from wit_world.imports import wasi_config_store as _config
+    from wit_world.imports import wasi_keyvalue_store as _kv
+    from wit_world.imports import expiry as _expiry
+    from wit_world.imports import types
+    from wit_world.imports import ip_table as _ip_table
+    from wit_world.imports import metrics as _metrics
+    # `batch` is also a `wasi:keyvalue` interface: componentize-py names both by package.
+    from wit_world.imports import spoa_agent_batch as _batch
+    IN_HOST = True
+except ImportError:  # plain CPython: the unit tests of a guest's logic
+    IN_HOST = False
+
+    class Err(Exception):  # type: ignore[no-redef]
+        """Raised to answer a message `err(value)`."""
+
+        def __init__(self, value: Any) -> None:
+            super().__init__(value)
+            self.value = value
+
+    class Ok:  # type: ignore[no-redef]
+        def __init__(self, value: Any) -> None:
+            self.value = value
 
 __all__ = ["Err", "Batches", "Message", "Action", "arg", "ip_arg", "int32", "int64", "boolean",
            "string", "set_var", "unset_var", "config", "random_below", "log",
-           "open_table", "contains", "text_field"]
+           "open_table", "contains", "text_field", "Store", "StoreError", "HostStore",
+           "parse_counter", "count", "increment", "IN_HOST"]
 
-Message = types.Message
-Action = types.Action
+Message = types.Message if IN_HOST else Any
+Action = types.Action if IN_HOST else Any
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 
@@ -93,7 +118,7 @@ def unset_var(scope: str, name: str) -> Action:
 def config(key: str, default: str) -> str:
     """The operator's setting `key` (`--guest-config key=value`), or `default`."""
     try:
-        value = _store.get(key)
+        value = _config.get(key)
     except Err as e:  # the host's config source failed: answer err with the reason
         raise Err(f"config {key}: {e.value.value}")
     return default if value is None else value
@@ -139,3 +164,67 @@ def text_field(table: Optional[_ip_table.Table], ip: Address, path: str) -> Opti
     hit = table.lookup_fields(_wit_address(ip), [path])
     value = hit.values[0] if hit is not None and hit.values else None
     return value.value if isinstance(value, _ip_table.FieldValue_Text) else None
+
+
+class HostStore:
+    """The agent's store: the bucket `name` (`"default"` unless the operator
+    granted others), opened through `wasi:keyvalue`. Open it once per
+    instance, in `init`. Every method raises StoreError when the store
+    fails."""
+
+    def __init__(self, name: str = "default") -> None:
+        try:
+            self._bucket = _kv.open(name)
+        except Err as e:
+            raise StoreError(_describe(e.value)) from None
+
+    def _call(self, call: Any, *args: Any) -> Any:
+        try:
+            return call(*args)
+        except Err as e:
+            raise StoreError(_describe(e.value)) from None
+
+    def get(self, key: str) -> Optional[bytes]:
+        return self._call(self._bucket.get, key)
+
+    def set(self, key: str, value: bytes) -> None:
+        self._call(self._bucket.set, key, bytes(value))
+
+    def set_with_ttl(self, key: str, value: bytes, ttl_ms: int) -> None:
+        self._call(_expiry.set_with_ttl, self._bucket, key, bytes(value), ttl_ms)
+
+    def delete(self, key: str) -> None:
+        self._call(self._bucket.delete, key)
+
+    def exists(self, key: str) -> bool:
+        return self._call(self._bucket.exists, key)
+
+    def increment_within(self, key: str, delta: int, window_ms: int) -> int:
+        return self._call(_expiry.increment_within, self._bucket, key, delta, window_ms)
+
+    def expires_in(self, key: str) -> Optional[int]:
+        return self._call(_expiry.expires_in, self._bucket, key)
+
+
+def _describe(error: Any) -> str:
+    if isinstance(error, _kv.Error_AccessDenied):
+        return "access denied (bucket not granted)"
+    if isinstance(error, _kv.Error_NoSuchStore):
+        return "no such store"
+    return str(getattr(error, "value", error))
+
+
+def increment(name: str, by: int = 1) -> bool:
+    """Adds `by` to the guest's counter `name`
+    (`spoa_guest_counter_total{guest,name}`); False when the operator did not
+    allow the name (`metrics = [...]`, `--guest-metric`)."""
+    try:
+        _metrics.increment(name, by)
+        return True
+    except Err:
+        return False
+
+
+def count(name: str) -> None:
+    """Adds one to the counter `name` (a name not allowed is ignored)."""
+    increment(name, 1)

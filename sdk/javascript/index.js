@@ -1,12 +1,19 @@
-// A small SDK for spoa-host guests written in JavaScript (componentize-js):
-// typed arguments, actions, configuration, randomness, logging and IP tables.
+// The JavaScript SDK of spoa-host guests (componentize-js), the npm package
+// `spoa-guest`: typed arguments, actions, configuration, randomness,
+// logging, IP tables, the shared store, counters and batches; `./headers.js`
+// parses HAProxy's `req.hdrs_bin` and `./testing.js` holds a store double
+// for unit tests under Node.js (both plain JavaScript).
 // The WIT types arrive as jco represents them: a variant is `{ tag, val }`,
 // an enum is its case name as a string, u64 is a BigInt.
-import { getRandomU64 } from 'spoa:agent/random@0.1.4';
-import { log as hostLog } from 'spoa:agent/log@0.1.4';
-import { open as hostOpenTable } from 'spoa:agent/ip-table@0.1.4';
-import { answer as hostAnswer } from 'spoa:agent/batch@0.1.4';
+import { getRandomU64 } from 'spoa:agent/random@0.1.5';
+import { log as hostLog } from 'spoa:agent/log@0.1.5';
+import { open as hostOpenTable } from 'spoa:agent/ip-table@0.1.5';
+import { answer as hostAnswer } from 'spoa:agent/batch@0.1.5';
+import { increment as hostIncrement } from 'spoa:agent/metrics@0.1.5';
+import { setWithTtl, incrementWithin, expiresIn } from 'spoa:agent/expiry@0.1.5';
 import { get as configGet } from 'wasi:config/store@0.2.0-rc.1';
+import { open as kvOpen } from 'wasi:keyvalue/store@0.2.0-draft';
+export { parse as parseHeaders, find as findHeader, HeadersError } from './headers.js';
 
 /**
  * Answers a batch (`handle-messages`) with `handle`, one message at a time,
@@ -121,4 +128,61 @@ export function textField(table, ip, path) {
   const hit = table?.lookupFields(witAddress(ip), [path]);
   const value = hit?.values?.[0];
   return value?.tag === 'text' ? value.val : undefined;
+}
+
+/**
+ * Adds `by` to the guest's counter `name` (`spoa_guest_counter_total{guest,name}`);
+ * false when the operator did not allow the name (`metrics = [...]`, `--guest-metric`).
+ */
+export function increment(name, by = 1) {
+  try {
+    hostIncrement(name, BigInt(by));
+    return true;
+  } catch (e) {
+    return false;
+  }
+}
+
+/** Adds one to the counter `name` (a name not allowed is ignored). */
+export function count(name) {
+  increment(name, 1);
+}
+
+/** A store call failed (down, out of time, not granted, not a counter). */
+export class StoreError extends Error {}
+
+function describe(e) {
+  const payload = e?.payload;
+  if (payload?.tag === 'access-denied') return 'access denied (bucket not granted)';
+  if (payload?.tag === 'no-such-store') return 'no such store';
+  return String(payload?.val ?? e);
+}
+
+function storeCall(call) {
+  try {
+    return call();
+  } catch (e) {
+    throw new StoreError(describe(e));
+  }
+}
+
+/**
+ * The agent's store: the bucket `name` ('default' unless the operator
+ * granted others). Open it once per instance, in `init`. Every method throws
+ * StoreError when the store fails; `testing.MemoryStore` has the same methods.
+ */
+export class HostStore {
+  #bucket;
+  constructor(name = 'default') {
+    this.#bucket = storeCall(() => kvOpen(name));
+  }
+  get(key) { return storeCall(() => this.#bucket.get(key)); }
+  set(key, value) { storeCall(() => this.#bucket.set(key, value)); }
+  setWithTtl(key, value, ttlMs) { storeCall(() => setWithTtl(this.#bucket, key, value, BigInt(ttlMs))); }
+  delete(key) { storeCall(() => this.#bucket.delete(key)); }
+  exists(key) { return storeCall(() => this.#bucket.exists(key)); }
+  incrementWithin(key, delta, windowMs) {
+    return storeCall(() => incrementWithin(this.#bucket, key, BigInt(delta), BigInt(windowMs)));
+  }
+  expiresIn(key) { return storeCall(() => expiresIn(this.#bucket, key)); }
 }
