@@ -15,11 +15,18 @@ AGENT_ARGS   ?=
 
 CARGO_DEB    := target/tools/bin/cargo-deb
 CARGO_DEB_VERSION := 3.8.0
+# The C guests' tools (published crates), pinned: wit-bindgen's C generator
+# and wasm-tools, the versions of the wit-bindgen and wasm-tools crates the
+# host and the Rust SDK build with.
+WIT_BINDGEN  := target/tools/bin/wit-bindgen
+WIT_BINDGEN_VERSION := 0.46.0
+WASM_TOOLS   := target/tools/bin/wasm-tools
+WASM_TOOLS_VERSION := 1.239.0
 
 EXAMPLES     := target/examples
 EXAMPLE_RUST := examples/guests/rust/target/wasm32-wasip2/release/iprep_rust.wasm
 
-.PHONY: all setup build guest fixtures host run test test-deps examples deb lint fmt bench fuzz clean
+.PHONY: all setup build guest fixtures host run test test-deps examples c-tools deb lint fmt bench fuzz clean
 
 all: build
 
@@ -68,12 +75,23 @@ run: build
 	./target/release/spoa-host --module target/guest_iprep.wasm -p $(PORT) $(AGENT_ARGS)
 
 ## The example guests, each built with its language's own toolchain:
-## target/examples/iprep_{rust,python,js}.wasm
-examples: setup
+## target/examples/iprep_{rust,python,js,c}.wasm
+examples: setup c-tools
 	cd examples/guests/rust && $(CARGO) build --release
 	@mkdir -p $(EXAMPLES) && cp $(EXAMPLE_RUST) $(EXAMPLES)/iprep_rust.wasm
 	examples/guests/python/build.sh
 	examples/guests/javascript/build.sh
+	examples/guests/c/build.sh
+
+## wit-bindgen (its C generator only) and wasm-tools for C guests, into
+## target/tools (clang and wasi-libc come from Debian: make test-deps).
+c-tools: $(WIT_BINDGEN) $(WASM_TOOLS)
+
+$(WIT_BINDGEN):
+	$(CARGO) install wit-bindgen-cli --locked --version $(WIT_BINDGEN_VERSION) --no-default-features --features c --root target/tools
+
+$(WASM_TOOLS):
+	$(CARGO) install wasm-tools --locked --version $(WASM_TOOLS_VERSION) --no-default-features --features component,print,validate --root target/tools
 
 ## The Debian package: target/debian/spoa-host_VERSION_amd64.deb (cargo-deb,
 ## installed into target/tools when missing). Its contents: `dpkg -c`.

@@ -4,7 +4,7 @@
 # tests run a real redis-server), promtool (Debian's prometheus package: the
 # alerting rules' tests), lintian (the Debian package's check) and the Python
 # and JavaScript toolchains the example guests are built with (python3 with
-# venv, node and npm). Installs what is missing with
+# venv, node and npm), and the C guests' clang, lld and wasi-libc. Installs what is missing with
 # apt-get when it can (root and apt-get present); otherwise says what to
 # install. The HAProxy and Redis tests fail, never skip, without them. The TLS tests
 # generate their certificates with the openssl command.
@@ -19,6 +19,11 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v lintian >/dev/null 2>&1 || missing+=(lintian)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3 python3-venv python3-pip)
+# C guests: Debian's clang and lld with wasi-libc and the wasm32 builtins.
+command -v clang >/dev/null 2>&1 || missing+=(clang)
+command -v wasm-ld >/dev/null 2>&1 || missing+=(lld)
+[ -f /usr/lib/wasm32-wasi/libc.a ] || missing+=(wasi-libc)
+ls /usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a >/dev/null 2>&1 || missing+=(libclang-rt-14-dev-wasm32)
 
 if [ ${#missing[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

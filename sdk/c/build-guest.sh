@@ -19,11 +19,11 @@ find_tool() {
     if [ -n "${!1:-}" ]; then echo "${!1}"; return; fi
     if command -v "$2" >/dev/null 2>&1; then command -v "$2"; return; fi
     if [ -x "$tools/bin/$2" ]; then echo "$tools/bin/$2"; return; fi
-    echo "build-guest.sh: $2 not found: cargo install $2 (or make c-tools in the spoa-host tree), or set $1" >&2
+    echo "build-guest.sh: $2 not found: cargo install $3 (or make c-tools in the spoa-host tree), or set $1" >&2
     exit 1
 }
-wit_bindgen="$(find_tool WIT_BINDGEN wit-bindgen)"
-wasm_tools="$(find_tool WASM_TOOLS wasm-tools)"
+wit_bindgen="$(find_tool WIT_BINDGEN wit-bindgen wit-bindgen-cli)"
+wasm_tools="$(find_tool WASM_TOOLS wasm-tools wasm-tools)"
 if ! command -v clang >/dev/null 2>&1 || [ ! -f /usr/lib/wasm32-wasi/libc.a ]; then
     echo "build-guest.sh: clang and wasi-libc not found (apt-get install clang lld wasi-libc libclang-rt-14-dev-wasm32)" >&2
     exit 1
