@@ -271,3 +271,28 @@ fn a_javascript_guest_uses_the_shared_store() {
         "{report}"
     );
 }
+
+/// The JavaScript SDK package (`spoa-guest`, sdk/javascript) inside the
+/// host: its HostStore over the shared store and its counters, one name
+/// allowed (`--guest-metric`) and one not.
+#[test]
+fn the_javascript_sdk_package_reaches_the_store_and_the_counters() {
+    let report = call_ok(
+        &support::artifact("fixtures/guest_kv_js.wasm"),
+        &[
+            "--message",
+            "sdk",
+            "--guest-metric",
+            "rule_hits",
+            "--guest-memory",
+            "128MiB",
+            "--guest-timeout",
+            "200ms",
+        ],
+    );
+    assert_eq!(
+        report["actions"][0]["value"]["value"],
+        "get=v n=2 ttl=true secret=StoreError: access denied (bucket not granted) counted=true refused=false",
+        "{report}"
+    );
+}

@@ -56,6 +56,8 @@ impl Probe {
             "64MiB",
             "--guest-timeout",
             &timeout,
+            "--guest-metric",
+            "rule_hits",
         ];
         // Compile (10 to 14 s for the 18 MB component on two cores) into
         // the shared cache first, outside the agent's start-up wait.
@@ -194,6 +196,16 @@ fn the_wasi_surface_refuses_everything_but_reading_data() {
     assert_eq!(
         outcome,
         "ok: get=b'v' n=1,3 ttl=yes secret=Error_AccessDenied",
+        "agent log:\n{}",
+        probe.log()
+    );
+
+    // The same through the SDK package (spoa.HostStore), and its counters:
+    // `rule_hits` is allowed, `not_allowed` is not.
+    let outcome = probe.outcome("sdk", vec![]);
+    assert_eq!(
+        outcome,
+        "ok: get=b'v' n=2 ttl=yes secret=access denied (bucket not granted) counted=True refused=False",
         "agent log:\n{}",
         probe.log()
     );

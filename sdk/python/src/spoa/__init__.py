@@ -17,21 +17,7 @@ from .store import Store, StoreError, parse_counter
 
 try:
     from componentize_py_types import Err, Ok  # raise Err("reason") to answer err(reason)
-    from wit_world.imports import log as _log
-    from wit_world.imports import random as _random
-    # `wasi:config/store`; since spoa:agent 0.1.2 the world also imports
-    # `wasi:keyvalue/store`, so componentize-py names both by package.
-    from wit_world.imports import wasi_config_store as _config
-    from wit_world.imports import wasi_keyvalue_store as _kv
-    from wit_world.imports import expiry as _expiry
-    from wit_world.imports import types
-    from wit_world.imports import ip_table as _ip_table
-    from wit_world.imports import metrics as _metrics
-    # `batch` is also a `wasi:keyvalue` interface: componentize-py names both by package.
-    from wit_world.imports import spoa_agent_batch as _batch
-    IN_HOST = True
 except ImportError:  # plain CPython: the unit tests of a guest's logic
-    IN_HOST = False
 
     class Err(Exception):  # type: ignore[no-redef]
         """Raised to answer a message `err(value)`."""
@@ -43,6 +29,28 @@ except ImportError:  # plain CPython: the unit tests of a guest's logic
     class Ok:  # type: ignore[no-redef]
         def __init__(self, value: Any) -> None:
             self.value = value
+
+try:
+    from wit_world.imports import log as _log
+    from wit_world.imports import random as _random
+    # `wasi:config/store`; since spoa:agent 0.1.2 the world also imports
+    # `wasi:keyvalue/store`, so componentize-py names both by package.
+    from wit_world.imports import wasi_config_store as _config
+    from wit_world.imports import wasi_keyvalue_store as _kv
+    from wit_world.imports import expiry as _expiry
+    from wit_world.imports import types
+    from wit_world.imports import ip_table as _ip_table
+    from wit_world.imports import metrics as _metrics
+    IN_HOST = True
+except ImportError:  # plain CPython: the unit tests of a guest's logic
+    IN_HOST = False
+
+try:
+    # Only `handler-with-batch` imports it (as `spoa_agent_batch`: `batch`
+    # is also a `wasi:keyvalue` interface); `Batches` needs it.
+    from wit_world.imports import spoa_agent_batch as _batch
+except ImportError:
+    _batch = None
 
 __all__ = ["Err", "Batches", "Message", "Action", "arg", "ip_arg", "int32", "int64", "boolean",
            "string", "set_var", "unset_var", "config", "random_below", "log",
