@@ -1,4 +1,4 @@
-//! The example guests of `examples/guests/` (Rust, Python, JavaScript), as
+//! The example guests of `examples/guests/` (Rust, Python, JavaScript, C), as
 //! `make examples` builds them into `target/examples/iprep_<lang>.wasm`,
 //! served by a real spoa-host: the block list from the IP table `blocklist`
 //! (a million networks too), the threshold from the configuration, random
@@ -40,7 +40,7 @@ const RELOAD_LIMIT: Duration = Duration::from_secs(10);
 /// 50 ms). Hence generous deadlines for a loaded test machine.
 fn sandbox_flags(lang: &str) -> &'static [&'static str] {
     match lang {
-        "rust" => &[],
+        "rust" | "c" => &[],
         "python" => &["--guest-memory", "32MiB", "--guest-timeout", "200ms"],
         "js" => &["--guest-memory", "128MiB", "--guest-timeout", "200ms"],
         other => panic!("no example guest in {other}"),
@@ -52,8 +52,8 @@ fn sandbox_flags(lang: &str) -> &'static [&'static str] {
 /// into the tests' module cache, so agents started in parallel load it from
 /// there instead of each compiling 13–18 MB of component at once.
 fn example_guest(lang: &str) -> PathBuf {
-    static CHECKED: [OnceLock<()>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
-    let index = ["rust", "python", "js"]
+    static CHECKED: [OnceLock<()>; 4] = [const { OnceLock::new() }; 4];
+    let index = ["rust", "python", "js", "c"]
         .iter()
         .position(|known| *known == lang)
         .unwrap_or_else(|| panic!("no example guest in {lang}"));
@@ -322,6 +322,11 @@ fn js_example_scores_blocks_and_answers_in_order() {
     example_scores_blocks_and_answers_in_order("js");
 }
 
+#[test]
+fn c_example_scores_blocks_and_answers_in_order() {
+    example_scores_blocks_and_answers_in_order("c");
+}
+
 /// A new threshold in `--guest-config-file` (a new version of the guest,
 /// whose `init` reads it) and a new network in the block list (the table
 /// alone, the guest untouched) reach the guest without a restart.
@@ -453,6 +458,11 @@ fn js_example_behind_haproxy() {
     example_behind_haproxy("js");
 }
 
+#[test]
+fn c_example_behind_haproxy() {
+    example_behind_haproxy("c");
+}
+
 /// Each example with a million-network block list (the host's table: the
 /// guest parses nothing): listed and unlisted addresses answer as with two
 /// lines, and the list is loaded once for the agent.
@@ -488,6 +498,11 @@ fn python_example_serves_a_million_networks() {
 #[test]
 fn js_example_serves_a_million_networks() {
     example_serves_a_million_networks("js");
+}
+
+#[test]
+fn c_example_serves_a_million_networks() {
+    example_serves_a_million_networks("c");
 }
 
 /// The Rust example with a MaxMind DB country table (written here by
