@@ -68,6 +68,23 @@ ip_tables() {
     echo
 }
 
+# The example guests, one per language (BENCHMARKS.md, "Guests in four
+# languages"; make examples builds them): size, load cold and from the
+# cache, the cost of a call, and msgs per agent CPU-s and RSS at 4x16.
+languages() {
+    for example in rust python js c; do
+        module=target/examples/iprep_$example.wasm
+        [ -f "$module" ] || { echo "$module missing (make examples): skipped"; continue; }
+        echo "example guest: $example, $(wc -c <"$module") bytes"
+        flags=(--guest-memory 128MiB --guest-timeout 50ms --ip-table blocklist=examples/guests/rust/data/blocklist.txt)
+        ./target/release/spoa-callcost "$module" --only reuse "${flags[@]}" --expect-actions 2
+        ./target/release/spoa-callcost "$module" --only reuse --no-cache "${flags[@]}" --expect-actions 2 | grep load:
+        start_agent --module "$module" "${flags[@]}"
+        run -d "$DURATION" -c 4 -p 16 --label "example guest: $example"
+        stop_agent
+    done
+}
+
 # Safe deploys (BENCHMARKS.md, "Recording and shadows"): guest-iprep at 4x16
 # without, with recording at 1 % and 100 %, and with a shadow of itself at
 # 10 % and 100 %, each beside the same agent without, in one run.
@@ -107,13 +124,17 @@ echo "kernel: $(uname -r); $($HOST --version)"
 echo "command: make bench (DURATION=$DURATION${ONLY:+, ONLY=$ONLY})"
 echo
 
-# ONLY=tables (or deploys) make bench: that section alone.
+# ONLY=tables (or deploys, or languages) make bench: that section alone.
 if [ "${ONLY:-}" = tables ]; then
     ip_tables
     exit 0
 fi
 if [ "${ONLY:-}" = deploys ]; then
     deploys
+    exit 0
+fi
+if [ "${ONLY:-}" = languages ]; then
+    languages
     exit 0
 fi
 
@@ -223,18 +244,7 @@ start_agent --module "$GUEST" --tls-cert "$PKI/server.pem" --tls-key "$PKI/serve
 run -d "$DURATION" -c 4 -p 16 --tls-ca "$PKI/ca.pem" --tls-cert "$PKI/client.pem" --tls-key "$PKI/client.key" --label "mutual TLS, 4x16"
 stop_agent
 
-# The example guests, one per language (make examples builds them).
-for example in rust python js; do
-    module=target/examples/iprep_$example.wasm
-    [ -f "$module" ] || { echo "$module missing (make examples): skipped"; continue; }
-    flags=(--guest-memory 128MiB --guest-timeout 50ms --ip-table blocklist=examples/guests/rust/data/blocklist.txt)
-    ./target/release/spoa-callcost "$module" --only reuse "${flags[@]}" --expect-actions 2
-    ./target/release/spoa-callcost "$module" --only reuse --no-cache "${flags[@]}" --expect-actions 2 | grep load:
-    start_agent --module "$module" "${flags[@]}"
-    run -d "$DURATION" -c 4 -p 16 --label "example guest: $example"
-    stop_agent
-done
-
+languages
 ip_tables
 deploys
 
