@@ -22,6 +22,9 @@ WIT_BINDGEN  := target/tools/bin/wit-bindgen
 WIT_BINDGEN_VERSION := 0.46.0
 WASM_TOOLS   := target/tools/bin/wasm-tools
 WASM_TOOLS_VERSION := 1.239.0
+# For a C guest that imports WASI preview 1 (stdio): from the
+# wasi-preview1-component-adapter-provider crate, written by componentize.
+WASI_ADAPTER := target/tools/wasi_snapshot_preview1.reactor.wasm
 
 EXAMPLES     := target/examples
 EXAMPLE_RUST := examples/guests/rust/target/wasm32-wasip2/release/iprep_rust.wasm
@@ -83,9 +86,14 @@ examples: setup c-tools
 	examples/guests/javascript/build.sh
 	examples/guests/c/build.sh
 
-## wit-bindgen (its C generator only) and wasm-tools for C guests, into
-## target/tools (clang and wasi-libc come from Debian: make test-deps).
-c-tools: $(WIT_BINDGEN) $(WASM_TOOLS)
+## wit-bindgen (its C generator only), wasm-tools and the WASI preview 1
+## adapter for C guests, into target/tools (clang and wasi-libc come from
+## Debian: make test-deps).
+c-tools: $(WIT_BINDGEN) $(WASM_TOOLS) $(WASI_ADAPTER)
+
+$(WASI_ADAPTER): $(COMPONENTIZE)
+	@mkdir -p $(dir $@)
+	$(COMPONENTIZE) --wasi-adapter $@
 
 $(WIT_BINDGEN):
 	$(CARGO) install wit-bindgen-cli --locked --version $(WIT_BINDGEN_VERSION) --no-default-features --features c --root target/tools

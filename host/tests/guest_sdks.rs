@@ -198,3 +198,46 @@ fn the_python_and_javascript_sdk_tests_pass_in_their_runtimes() {
             .arg(sdk.join("javascript/test")),
     );
 }
+
+/// A C guest that uses stdio imports WASI preview 1 through wasi-libc:
+/// `sdk/c/build-guest.sh` adapts it with the reactor adapter of the
+/// `wasi-preview1-component-adapter-provider` crate (`make c-tools`), and
+/// the line it prints reaches the host's log. The SDK alone imports no WASI
+/// (the example's component imports no `wasi:cli` or `wasi:io`).
+#[test]
+fn a_c_guest_using_stdio_is_adapted_and_its_output_is_logged() {
+    let root = workspace_root();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let module = dir.path().join("stdio.wasm");
+    run(
+        "sdk/c/build-guest.sh",
+        Command::new(root.join("sdk/c/build-guest.sh"))
+            .arg(&module)
+            .arg(root.join("wit"))
+            .arg(root.join("tests/fixtures/guest-c-stdio/app.c")),
+    );
+    let output =
+        support::agent::run_host(&["call", &module.display().to_string(), "--message", "hello"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(r#""name":"printed","value":{"type":"int32","value":21}"#),
+        "{stdout}"
+    );
+    assert!(stderr.contains("hello from a C guest"), "{stderr}");
+
+    // WASI 0.2 proper (`wasi:cli`, `wasi:io`), not the host's `wasi:config`.
+    let imports_wasi = |bytes: &[u8]| {
+        [&b"wasi:cli/"[..], b"wasi:io/"]
+            .iter()
+            .any(|name| bytes.windows(name.len()).any(|w| w == *name))
+    };
+    assert!(imports_wasi(
+        &std::fs::read(&module).expect("the stdio guest")
+    ));
+    let example = std::fs::read(support::artifact("examples/iprep_c.wasm")).expect("the C example");
+    assert!(!imports_wasi(&example), "the C example imports WASI");
+}

@@ -38,7 +38,8 @@ clang --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Werror -I "$gen" -I "
     -o "$gen/core.wasm" "$@" "$sdk/spoa.c" "$sdk/spoa_headers.c" \
     "$gen/handler_with_batch.c" "$gen/handler_with_batch_component_type.o"
 adapt=()
-if "$wasm_tools" print "$gen/core.wasm" | grep -q '(import "wasi_snapshot_preview1"'; then
+"$wasm_tools" print "$gen/core.wasm" >"$gen/core.wat"
+if grep -q '(import "wasi_snapshot_preview1"' "$gen/core.wat"; then
     adapter="${WASI_ADAPTER:-$tools/wasi_snapshot_preview1.reactor.wasm}"
     if [ ! -f "$adapter" ]; then
         echo "build-guest.sh: the module imports WASI preview 1; set WASI_ADAPTER to the reactor adapter" >&2
