@@ -103,23 +103,33 @@ fn a_bad_counter_name_is_refused_at_start() {
     );
 }
 
+/// A `--config` agent serving `module` as guest `name` for `message`, with
+/// `rule_hits` allowed, and `extra` TOML after its `[[guest]]` keys.
+fn counting_guest(
+    name: &str,
+    module: &std::path::Path,
+    message: &str,
+    extra: &str,
+) -> (tempfile::TempDir, Agent, SocketAddr) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = format!(
+        "[[guest]]\nname = \"{name}\"\nmodule = \"{}\"\nmessages = [\"{message}\"]\nmetrics = [\"rule_hits\"]\n{extra}",
+        module.display()
+    );
+    let (agent, metrics) = start_config(dir.path(), &config, &[]);
+    (dir, agent, metrics)
+}
+
 /// The WAF-style example: guest-uascore counts the messages a `suspicious`
 /// rule matched, per guest of a `--config` file, as `metrics = [...]` allows.
 #[test]
 fn the_user_agent_guest_counts_rule_hits_per_guest() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let module = artifact("guest_uascore.wasm");
-    let config = format!(
-        r#"
-[[guest]]
-name = "ua"
-module = "{}"
-messages = ["check-user-agent"]
-metrics = ["rule_hits"]
-"#,
-        module.display()
+    let (_dir, agent, metrics) = counting_guest(
+        "ua",
+        &artifact("guest_uascore.wasm"),
+        "check-user-agent",
+        "",
     );
-    let (agent, metrics) = start_config(dir.path(), &config, &[]);
     let mut session = Session::connect(agent.addr());
     for ua in [
         "curl/8.5.0",
@@ -133,4 +143,32 @@ metrics = ["rule_hits"]
     assert!(eventually(Duration::from_secs(5), || {
         support::http::metric_value(&scrape_metrics(metrics), series) == 2.0
     }));
+}
+
+/// A shadow answers a copy of every message (`share = 1`) with the same
+/// module, and counts into counters of its own: the served series counts
+/// each message once.
+#[test]
+fn a_shadow_counts_nowhere() {
+    let module = hostile_guest('A');
+    let shadow = format!(
+        "smoke-message = \"bump\"\n\n[guest.shadow]\nmodule = \"{}\"\nshare = 1.0\n",
+        module.display()
+    );
+    let (_dir, agent, metrics) = counting_guest("hostile", &module, "bump", &shadow);
+    let mut session = Session::connect(agent.addr());
+    for _ in 0..5 {
+        assert_eq!(bumped(&mut session, "rule_hits", 1), "ok");
+    }
+    let shadowed = "spoa_shadow_total{guest=\"hostile\",result=\"same\"}";
+    assert!(eventually(Duration::from_secs(5), || {
+        support::http::metric_value(&scrape_metrics(metrics), shadowed) == 5.0
+    }));
+    assert_metrics(
+        &scrape_metrics(metrics),
+        &[(
+            "spoa_guest_counter_total{guest=\"hostile\",name=\"rule_hits\"}",
+            5.0,
+        )],
+    );
 }

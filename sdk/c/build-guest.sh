@@ -34,7 +34,7 @@ if ! "$wit_bindgen" c "$wit" --world handler-with-batch --out-dir "$gen" >"$gen/
     cat "$gen/log" >&2
     exit 1
 fi
-clang --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Werror -I "$gen" -I "$sdk" \
+clang --target=wasm32-wasi -mexec-model=reactor -O2 -Wall ${CFLAGS:-} -I "$gen" -I "$sdk" \
     -o "$gen/core.wasm" "$@" "$sdk/spoa.c" "$sdk/spoa_headers.c" \
     "$gen/handler_with_batch.c" "$gen/handler_with_batch_component_type.o"
 adapt=()

@@ -7,6 +7,7 @@
  * arguments (freed here after the call). */
 #include "spoa.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -190,34 +191,44 @@ void spoa_unset(spoa_actions_t *out, spoa_scope_t scope, const char *name) {
     handler_with_batch_string_dup(&action->val.unset_var.name, name);
 }
 
-char *spoa_config(const char *key) {
+/* 1 and *text (malloc'd) when set, 0 when absent, -1 when the host's
+ * configuration source failed. */
+static int config_lookup(const char *key, char **text) {
     handler_with_batch_string_t name = borrowed(key);
     handler_with_batch_option_string_t value;
     wasi_config_store_error_t error;
     if (!wasi_config_store_get(&name, &value, &error)) {
         wasi_config_store_error_free(&error);
-        return NULL;
+        return -1;
     }
-    if (!value.is_some) return NULL;
-    char *text = malloc(value.val.len + 1);
-    if (text != NULL) {
-        memcpy(text, value.val.ptr, value.val.len);
-        text[value.val.len] = 0;
+    if (!value.is_some) return 0;
+    *text = malloc(value.val.len + 1);
+    if (*text != NULL) {
+        memcpy(*text, value.val.ptr, value.val.len);
+        (*text)[value.val.len] = 0;
     }
     handler_with_batch_option_string_free(&value);
-    return text;
+    return *text != NULL ? 1 : -1;
+}
+
+char *spoa_config(const char *key) {
+    char *text = NULL;
+    return config_lookup(key, &text) == 1 ? text : NULL;
 }
 
 bool spoa_config_int(const char *key, int64_t fallback, int64_t *value) {
-    char *text = spoa_config(key);
-    if (text == NULL) {
+    char *text = NULL;
+    int found = config_lookup(key, &text);
+    if (found < 0) return false;
+    if (found == 0) {
         *value = fallback;
         return true;
     }
     char *end = text;
+    errno = 0;
     long long parsed = strtoll(text, &end, 10);
     while (*end == ' ' || *end == '\t') end++;
-    bool ok = end != text && *end == 0;
+    bool ok = end != text && *end == 0 && errno != ERANGE;
     if (ok) *value = parsed;
     free(text);
     return ok;

@@ -69,9 +69,11 @@ void spoa_set_string(spoa_actions_t *out, spoa_scope_t scope, const char *name, 
 void spoa_unset(spoa_actions_t *out, spoa_scope_t scope, const char *name);
 
 /* The host: settings, randomness, log. */
-/* The setting `key` as a malloc'd string (free it), or NULL. */
+/* The setting `key` as a malloc'd string (free it), or NULL (absent, or the
+ * host's configuration source failed: spoa_config_int tells them apart). */
 char *spoa_config(const char *key);
-/* The setting `key` as an integer, `fallback` when absent; false if not an integer. */
+/* The setting `key` as an integer, `fallback` when absent; false if it is
+ * not an integer (or out of range) or the configuration source failed. */
 bool spoa_config_int(const char *key, int64_t fallback, int64_t *value);
 uint64_t spoa_random_below(uint64_t n);
 typedef enum { SPOA_TRACE, SPOA_DEBUG, SPOA_INFO, SPOA_WARN, SPOA_ERROR } spoa_level_t;

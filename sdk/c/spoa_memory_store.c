@@ -21,6 +21,15 @@ typedef struct {
     bool down;
 } memory_t;
 
+/* The host's limits, so a test passes only what the agent would accept. */
+#define MAX_KEY_BYTES 1024
+#define MAX_VALUE_BYTES (1u << 20)
+#define MAX_TTL_MS ((UINT64_C(1) << 53) - 1)
+
+static bool allowed(const char *key, size_t len, bool timed, uint64_t ms) {
+    return strlen(key) <= MAX_KEY_BYTES && len <= MAX_VALUE_BYTES && (!timed || (ms >= 1 && ms <= MAX_TTL_MS));
+}
+
 static void drop_at(memory_t *m, size_t i) {
     free(m->entries[i].key);
     free(m->entries[i].value);
@@ -79,16 +88,16 @@ static bool m_get(void *self, const char *key, uint8_t **value, size_t *len, boo
 
 static bool m_set(void *self, const char *key, const uint8_t *value, size_t len) {
     memory_t *m = self;
-    return up(m) && put(m, key, value, len) != NULL;
+    return allowed(key, len, false, 0) && up(m) && put(m, key, value, len) != NULL;
 }
 
 static bool m_set_with_ttl(void *self, const char *key, const uint8_t *value, size_t len, uint64_t ttl_ms) {
     memory_t *m = self;
-    if (!up(m)) return false;
+    if (!allowed(key, len, true, ttl_ms) || !up(m)) return false;
     entry_t *e = put(m, key, value, len);
     if (e == NULL) return false;
     e->expires = true;
-    e->expiry = m->now + (ttl_ms ? ttl_ms : 1);
+    e->expiry = m->now + ttl_ms;
     return true;
 }
 
@@ -122,7 +131,7 @@ static bool counter(const entry_t *e, uint64_t *n) {
 
 static bool m_increment_within(void *self, const char *key, uint64_t delta, uint64_t window_ms, uint64_t *value) {
     memory_t *m = self;
-    if (!up(m)) return false;
+    if (!allowed(key, 0, true, window_ms) || !up(m)) return false;
     entry_t *e = lookup(m, key);
     uint64_t current = 0;
     bool expires = false;
@@ -138,7 +147,7 @@ static bool m_increment_within(void *self, const char *key, uint64_t delta, uint
     e = put(m, key, (const uint8_t *)text, (size_t)len);
     if (e == NULL) return false;
     e->expires = true;
-    e->expiry = expires ? expiry : m->now + (window_ms ? window_ms : 1);
+    e->expiry = expires ? expiry : m->now + window_ms;
     *value = current + delta;
     return true;
 }

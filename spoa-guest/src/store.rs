@@ -21,6 +21,12 @@
 
 use std::collections::HashMap;
 
+/// The host's limits: a key's and a value's bytes, and a time to live or
+/// window in milliseconds.
+pub const MAX_KEY_BYTES: usize = 1024;
+pub const MAX_VALUE_BYTES: usize = 1 << 20;
+pub const MAX_TTL_MS: u64 = (1 << 53) - 1;
+
 /// What a guest's logic asks of one bucket. Errors are one-line
 /// descriptions, for logs and `err` answers; the guest decides what to
 /// answer when the store fails (it can be down, or out of time).
@@ -129,6 +135,29 @@ impl MemoryStore {
         expiry.is_none_or(|at| at > self.now_ms)
     }
 
+    /// The host's limits on what a call may write (keys, values, times),
+    /// so a test passes only what the agent would accept.
+    fn check(key: &str, value: &[u8], ms: Option<u64>) -> Result<(), String> {
+        if key.len() > MAX_KEY_BYTES {
+            return Err(format!(
+                "key of {} bytes is over the limit of {MAX_KEY_BYTES}",
+                key.len()
+            ));
+        }
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(format!(
+                "value of {} bytes is over the limit of {MAX_VALUE_BYTES}",
+                value.len()
+            ));
+        }
+        match ms {
+            Some(ms) if ms == 0 || ms > MAX_TTL_MS => Err(format!(
+                "time to live {ms} ms is out of range 1..={MAX_TTL_MS}"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     fn up(&mut self) -> Result<(), String> {
         if self.down {
             Err("store unavailable".to_owned())
@@ -146,13 +175,15 @@ impl Store for MemoryStore {
         Ok(self.entries.get(key).map(|(value, _)| value.clone()))
     }
     fn set(&mut self, key: &str, value: &[u8]) -> Result<(), String> {
+        MemoryStore::check(key, value, None)?;
         self.up()?;
         self.entries.insert(key.to_owned(), (value.to_vec(), None));
         Ok(())
     }
     fn set_with_ttl(&mut self, key: &str, value: &[u8], ttl_ms: u64) -> Result<(), String> {
+        MemoryStore::check(key, value, Some(ttl_ms))?;
         self.up()?;
-        let expiry = self.now_ms.saturating_add(ttl_ms.max(1));
+        let expiry = self.now_ms.saturating_add(ttl_ms);
         self.entries
             .insert(key.to_owned(), (value.to_vec(), Some(expiry)));
         Ok(())
@@ -167,8 +198,9 @@ impl Store for MemoryStore {
         Ok(self.entries.contains_key(key))
     }
     fn increment_within(&mut self, key: &str, delta: u64, window_ms: u64) -> Result<u64, String> {
+        MemoryStore::check(key, b"", Some(window_ms))?;
         self.up()?;
-        let window_end = self.now_ms.saturating_add(window_ms.max(1));
+        let window_end = self.now_ms.saturating_add(window_ms);
         let (value, expiry) = self
             .entries
             .entry(key.to_owned())
@@ -213,6 +245,12 @@ mod tests {
         store.advance(500);
         assert_eq!(store.exists("ban"), Ok(false));
         assert_eq!(store.keys(), ["plain"], "the new window ended too");
+        assert!(
+            store.set_with_ttl("k", b"v", 0).is_err(),
+            "the host refuses a 0 ms ttl"
+        );
+        assert!(store.increment_within("k", 1, MAX_TTL_MS + 1).is_err());
+        assert!(store.set(&"k".repeat(MAX_KEY_BYTES + 1), b"v").is_err());
         store.set_down(true);
         assert!(store.get("plain").is_err());
     }

@@ -134,6 +134,12 @@ pub fn run(args: &NewArgs) -> Result<()> {
     };
     let crate_name = args.name.replace('-', "_");
     let sdk_text = sdk.display().to_string();
+    // The path is written into TOML, JSON and shell scripts as it is.
+    if sdk_text.contains(['"', '\\', '\n', '$', '`']) {
+        bail!(
+            "the SDK path {sdk_text} holds a quote, backslash, `$`, backtick or newline: move it"
+        );
+    }
     let fill = |text: &str| {
         text.replace("@NAME@", &args.name)
             .replace("@CRATE@", &crate_name)
@@ -193,11 +199,61 @@ fn check_name(name: &str) -> Result<()> {
     if !plain {
         bail!("NAME `{name}`: use 1 to 64 of a-z, 0-9, - and _, starting with a letter");
     }
+    // Cargo refuses these as package names (the Rust scaffold's crate).
+    const RESERVED: &[&str] = &[
+        "test",
+        "core",
+        "std",
+        "alloc",
+        "proc_macro",
+        "proc-macro",
+        "self",
+        "super",
+        "crate",
+        "fn",
+        "mod",
+        "use",
+        "impl",
+        "trait",
+        "struct",
+        "enum",
+        "type",
+        "let",
+        "match",
+        "loop",
+        "while",
+        "for",
+        "if",
+        "else",
+        "return",
+        "async",
+        "await",
+        "dyn",
+        "move",
+        "ref",
+        "static",
+        "const",
+        "unsafe",
+        "where",
+        "pub",
+        "extern",
+        "true",
+        "false",
+        "break",
+        "continue",
+        "in",
+        "as",
+        "mut",
+    ];
+    if RESERVED.contains(&name) {
+        bail!("NAME `{name}` is reserved in Rust and Cargo: pick another");
+    }
     Ok(())
 }
 
 /// The SDKs: `--sdk`, else `SPOA_SDK`, else the source tree this binary was
-/// built from, else where the Debian package would put them.
+/// built from. A binary installed elsewhere (the Debian package) ships no
+/// SDK: pass a spoa-host source checkout.
 fn find_sdk(given: Option<&Path>) -> Result<PathBuf> {
     let is_sdk =
         |dir: &Path| dir.join("spoa-guest/Cargo.toml").is_file() && dir.join("sdk").is_dir();
@@ -206,10 +262,7 @@ fn find_sdk(given: Option<&Path>) -> Result<PathBuf> {
         None => std::env::var_os("SPOA_SDK")
             .map(PathBuf::from)
             .into_iter()
-            .chain([
-                Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
-                PathBuf::from("/usr/share/spoa-host/sdk"),
-            ])
+            .chain([Path::new(env!("CARGO_MANIFEST_DIR")).join("..")])
             .collect(),
     };
     for dir in &candidates {
@@ -237,7 +290,17 @@ mod tests {
     #[test]
     fn names_are_plain() {
         assert!(check_name("my-guest_2").is_ok());
-        for bad in ["", "My", "1x", "a/b", "..", "a b", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "My",
+            "1x",
+            "a/b",
+            "..",
+            "a b",
+            "test",
+            "core",
+            &"x".repeat(65),
+        ] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
     }

@@ -128,7 +128,10 @@ impl GuestCounters {
 
     fn increment(&self, name: &str, by: u64) -> Result<(), wit::CounterError> {
         let counter = self.0.get(name).ok_or(wit::CounterError::NotAllowed)?;
-        counter.inc_by(by);
+        // A counter never goes backwards: an increment past u64::MAX stops
+        // there (two racing near the top may still wrap; no guest counts
+        // that far honestly).
+        counter.inc_by(by.min(u64::MAX - counter.get()));
         Ok(())
     }
 }

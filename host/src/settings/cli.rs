@@ -732,7 +732,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// (back-offs that double, deadlines twice over) then never overflows.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
-/// Parses `16MiB`, `512KiB`, `1GiB`, `1048576` (bytes).
 fn parse_counter_name(text: &str) -> Result<String, String> {
     crate::sandbox::check_counter_name(text)?;
     Ok(text.to_owned())
@@ -745,6 +744,7 @@ fn parse_bucket_grant(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
+/// Parses `16MiB`, `512KiB`, `1GiB`, `1048576` (bytes).
 pub fn parse_size(text: &str) -> Result<usize, String> {
     let text = text.trim();
     let split = text

@@ -58,6 +58,8 @@ static void store_double(void) {
     assert(spoa_store_exists(s, "n", &flag) && !flag);
     spoa_memory_store_advance(s, 500);
     assert(spoa_store_exists(s, "ban", &flag) && !flag);
+    assert(!spoa_store_set_with_ttl(s, "k", (const uint8_t *)"v", 1, 0));
+    assert(!spoa_store_increment_within(s, "k", 1, UINT64_C(1) << 53, &n));
     spoa_memory_store_set_down(s, true);
     assert(!spoa_store_exists(s, "plain", &flag));
     spoa_memory_store_free(s);

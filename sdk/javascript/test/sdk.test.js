@@ -70,6 +70,9 @@ test('the store double keeps the host semantics', () => {
   store.advance(500);
   assert.equal(store.exists('ban'), false);
   assert.deepEqual(store.keys(), ['plain']);
+  assert.throws(() => store.setWithTtl('k', new Uint8Array(1), 0), StoreError);
+  assert.throws(() => store.incrementWithin('k', -1, 10), StoreError);
+  assert.throws(() => store.set('k'.repeat(1025), new Uint8Array(1)), StoreError);
   store.setDown(true);
   assert.throws(() => store.get('plain'), StoreError);
 });

@@ -72,6 +72,11 @@ class Store(unittest.TestCase):
         store.advance(500)
         self.assertFalse(store.exists("ban"))
         self.assertEqual(store.keys(), ["plain"])
+        for refused in [lambda: store.set_with_ttl("k", b"v", 0),
+                        lambda: store.increment_within("k", -1, 10),
+                        lambda: store.set("k" * 1025, b"v")]:
+            with self.assertRaises(StoreError):
+                refused()
         store.set_down(True)
         with self.assertRaises(StoreError):
             store.get("plain")

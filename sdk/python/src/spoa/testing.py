@@ -15,6 +15,19 @@ from .store import StoreError, parse_counter
 __all__ = ["MemoryStore", "StoreError"]
 
 _MAX_COUNTER = (1 << 63) - 1
+# The host's limits, so a test passes only what the agent would accept.
+MAX_KEY_BYTES = 1024
+MAX_VALUE_BYTES = 1 << 20
+MAX_TTL_MS = (1 << 53) - 1
+
+
+def _check(key: str, value: bytes = b"", ms: Optional[int] = None) -> None:
+    if len(key.encode()) > MAX_KEY_BYTES:
+        raise StoreError(f"key of {len(key.encode())} bytes is over the limit of {MAX_KEY_BYTES}")
+    if len(value) > MAX_VALUE_BYTES:
+        raise StoreError(f"value of {len(value)} bytes is over the limit of {MAX_VALUE_BYTES}")
+    if ms is not None and not 1 <= ms <= MAX_TTL_MS:
+        raise StoreError(f"time to live {ms} ms is out of range 1..={MAX_TTL_MS}")
 
 
 class MemoryStore:
@@ -49,12 +62,14 @@ class MemoryStore:
         return None if entry is None else entry[0]
 
     def set(self, key: str, value: bytes) -> None:
+        _check(key, value)
         self._up()
         self._entries[key] = (bytes(value), None)
 
     def set_with_ttl(self, key: str, value: bytes, ttl_ms: int) -> None:
+        _check(key, value, ttl_ms)
         self._up()
-        self._entries[key] = (bytes(value), self._now + max(ttl_ms, 1))
+        self._entries[key] = (bytes(value), self._now + ttl_ms)
 
     def delete(self, key: str) -> None:
         self._up()
@@ -65,6 +80,9 @@ class MemoryStore:
         return key in self._entries
 
     def increment_within(self, key: str, delta: int, window_ms: int) -> int:
+        _check(key, b"", window_ms)
+        if delta < 0:
+            raise StoreError(f"delta {delta} is negative (a u64)")
         self._up()
         value, expiry = self._entries.get(key, (b"0", None))
         current = parse_counter(value)
@@ -73,7 +91,7 @@ class MemoryStore:
         total = current + delta
         if total > _MAX_COUNTER:
             raise StoreError(f"the counter at `{key}` would overflow")
-        self._entries[key] = (str(total).encode(), self._now + max(window_ms, 1) if expiry is None else expiry)
+        self._entries[key] = (str(total).encode(), self._now + window_ms if expiry is None else expiry)
         return total
 
     def expires_in(self, key: str) -> Optional[int]:
