@@ -53,13 +53,8 @@ export interface Store {
   incrementWithin(key: string, delta: number | bigint, windowMs: number | bigint): bigint;
   expiresIn(key: string): bigint | undefined;
 }
-export class HostStore implements Store {
+/** The agent's store: the bucket `name` ('default' unless others are granted). */
+export class HostStore {
   constructor(name?: string);
-  get(key: string): Uint8Array | undefined;
-  set(key: string, value: Uint8Array): void;
-  setWithTtl(key: string, value: Uint8Array, ttlMs: number | bigint): void;
-  delete(key: string): void;
-  exists(key: string): boolean;
-  incrementWithin(key: string, delta: number | bigint, windowMs: number | bigint): bigint;
-  expiresIn(key: string): bigint | undefined;
 }
+export interface HostStore extends Store {}

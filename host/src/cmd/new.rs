@@ -42,6 +42,14 @@ macro_rules! template {
     };
 }
 
+/// The example guests are the Python, JavaScript and C templates: one
+/// source for both, so a scaffold is always what the tests build.
+macro_rules! example {
+    ($path:literal) => {
+        include_str!(concat!("../../../examples/guests/", $path))
+    };
+}
+
 const COMMON: &[Template] = &[
     file("cases.json", template!("cases.json")),
     file("blocklist.txt", template!("blocklist.txt")),
@@ -55,13 +63,13 @@ const RUST: &[Template] = &[
 ];
 
 const PYTHON: &[Template] = &[
-    file("app.py", template!("python/app.py")),
+    file("app.py", example!("python/app.py")),
     script("build.sh", template!("python/build.sh")),
     file("README.md", template!("python/README.md")),
 ];
 
 const JAVASCRIPT: &[Template] = &[
-    file("app.js", template!("javascript/app.js")),
+    file("app.js", example!("javascript/app.js")),
     file("package.json", template!("javascript/package.json")),
     script("build.sh", template!("javascript/build.sh")),
     file("README.md", template!("javascript/README.md")),
@@ -69,8 +77,7 @@ const JAVASCRIPT: &[Template] = &[
 ];
 
 const C: &[Template] = &[
-    // The example is the template: one source for both.
-    file("app.c", include_str!("../../../examples/guests/c/app.c")),
+    file("app.c", example!("c/app.c")),
     script("build.sh", template!("c/build.sh")),
     file("README.md", template!("c/README.md")),
 ];
