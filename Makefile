@@ -50,7 +50,8 @@ guest: setup $(COMPONENTIZE)
 	$(COMPONENTIZE) $(WASM_OUT)/guest_uascore.wasm target/guest_uascore.wasm
 	$(COMPONENTIZE) $(WASM_OUT)/guest_ratelimit.wasm target/guest_ratelimit.wasm
 
-## Test guests: the hostile guest, built as versions A, B and C, the
+## Test guests: the hostile guest, built as versions A, B and C (and A
+## and guest-iprep with `cargo build --target wasm32-wasip2`), the
 ## Python sandbox probe (componentize-py, as the Python example), and a
 ## JavaScript guest of the shared store (componentize-js, as the JS example).
 fixtures: setup $(COMPONENTIZE)
@@ -65,6 +66,10 @@ fixtures: setup $(COMPONENTIZE)
 	$(COMPONENTIZE) $(WASM_OUT)/guest_tables.wasm $(FIXTURES)/guest_tables.wasm
 	$(CARGO) build --release --target $(WASM_TARGET) -p guest-batch
 	$(COMPONENTIZE) $(WASM_OUT)/guest_batch.wasm $(FIXTURES)/guest_batch.wasm
+	$(CARGO) build --release --target wasm32-wasip2 -p guest-iprep
+	cp target/wasm32-wasip2/release/guest_iprep.wasm $(FIXTURES)/guest_iprep_wasip2.wasm
+	SPOA_FIXTURE_VERSION=A $(CARGO) build --release --target wasm32-wasip2 -p guest-hostile
+	cp target/wasm32-wasip2/release/guest_hostile.wasm $(FIXTURES)/guest_hostile_wasip2.wasm
 	tests/fixtures/guest-sandbox-py/build.sh
 	tests/fixtures/guest-kv-js/build.sh
 
@@ -132,6 +137,10 @@ bench: guest
 	@mkdir -p $(FIXTURES) && $(COMPONENTIZE) $(WASM_OUT)/guest_tables.wasm $(FIXTURES)/guest_tables.wasm
 	$(CARGO) build --release --target $(WASM_TARGET) -p guest-batch
 	$(COMPONENTIZE) $(WASM_OUT)/guest_batch.wasm $(FIXTURES)/guest_batch.wasm
+	$(CARGO) build --release --target wasm32-wasip2 -p guest-iprep
+	cp target/wasm32-wasip2/release/guest_iprep.wasm $(FIXTURES)/guest_iprep_wasip2.wasm
+	SPOA_FIXTURE_VERSION=A $(CARGO) build --release --target wasm32-wasip2 -p guest-hostile
+	cp target/wasm32-wasip2/release/guest_hostile.wasm $(FIXTURES)/guest_hostile_wasip2.wasm
 	$(CARGO) build --release -p spoa-bench --features spoa-bench/native
 	$(CARGO) build --release -p spoa-host --features native-iprep
 	./bench/run.sh

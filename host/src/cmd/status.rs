@@ -146,6 +146,9 @@ fn details(guest: &GuestStatus) -> Vec<String> {
     if let Some(until) = &guest.quarantined_until {
         lines.push(format!("quarantined until {until}"));
     }
+    if guest.calls_enter == crate::metrics::status::CallEntry::OnFibers {
+        lines.push("calls run on fibers (slower; the log says why)".into());
+    }
     if let Some(rollback) = &guest.rolled_back {
         lines.push(format!(
             "rolled back at {} from {} ({}) to {} ({})",
@@ -188,7 +191,7 @@ mod tests {
 
     use super::*;
     use crate::metrics::status::{
-        AgentStatus, GuestState, ModuleRef, ProbationStatus, ReloadRecord,
+        AgentStatus, CallEntry, GuestState, ModuleRef, ProbationStatus, ReloadRecord,
     };
 
     #[test]
@@ -207,6 +210,7 @@ mod tests {
             calls: 42,
             faults: 0,
             failures: BTreeMap::new(),
+            calls_enter: CallEntry::Directly,
         };
         let mut probation = guest("uascore", GuestState::Probation);
         probation.probation = Some(ProbationStatus {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::agent::FailureKind;
 use crate::metrics::status::{
-    GuestState, GuestStatus, ModuleRef, ProbationStatus, StatusSource, rfc3339,
+    CallEntry, GuestState, GuestStatus, ModuleRef, ProbationStatus, StatusSource, rfc3339,
 };
 
 use super::GuestExecutor;
@@ -55,6 +55,11 @@ impl GuestExecutor {
             calls: self.metrics.calls_total(),
             faults,
             failures,
+            calls_enter: if serving.module.enters_directly() {
+                CallEntry::Directly
+            } else {
+                CallEntry::OnFibers
+            },
         }
     }
 }

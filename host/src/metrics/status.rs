@@ -130,6 +130,24 @@ pub struct GuestStatus {
     /// Every unanswered message by kind, `spoa_guest_failures_total`'s
     /// `kind` (including `error`, `quarantined`, `overloaded`).
     pub failures: BTreeMap<String, u64>,
+    /// How the serving version's calls enter the guest.
+    #[serde(default)]
+    pub calls_enter: CallEntry,
+}
+
+/// How calls enter a guest: directly (the fast way), or on fibers, which
+/// can yield and wait in the host. A module moves to fibers for good once
+/// a direct call runs a whole tick or reaches an import that can wait (the
+/// log says which).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallEntry {
+    Directly,
+    OnFibers,
+    /// An older agent's status, which does not say.
+    #[default]
+    #[serde(other)]
+    Unknown,
 }
 
 /// Where the report finds the guests serving now.
@@ -218,11 +236,17 @@ mod tests {
                 calls: 1,
                 faults: 0,
                 failures: BTreeMap::new(),
+                calls_enter: CallEntry::OnFibers,
             }],
         };
         let json = serde_json::to_string(&report).expect("serializes");
         assert!(json.contains("\"state\":\"rolled_back\""), "{json}");
+        assert!(json.contains("\"calls_enter\":\"on_fibers\""), "{json}");
         let back: StatusReport = serde_json::from_str(&json).expect("parses");
         assert_eq!(back, report);
+        // An older agent's status, without the field.
+        let older = json.replace(",\"calls_enter\":\"on_fibers\"", "");
+        let back: StatusReport = serde_json::from_str(&older).expect("parses");
+        assert_eq!(back.guests[0].calls_enter, CallEntry::Unknown);
     }
 }

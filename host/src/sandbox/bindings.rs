@@ -34,10 +34,16 @@ pub const IMPORTS_THAT_WAIT: &[&str] = &["wasi:keyvalue", "spoa:agent/expiry"];
 /// Whether a call into the import `name` can wait in the host, and so needs
 /// a fiber: configuration, randomness, logging and IP tables answer at once.
 pub fn import_can_wait(name: &str) -> bool {
+    always_waits(name) || (name.starts_with("wasi:") && !name.starts_with("wasi:config/"))
+}
+
+/// Whether a component importing `name` runs every call on a fiber: the
+/// store's calls are what a guest imports it for. A WASI import that can
+/// wait does not put every call on a fiber: see [`super::direct`].
+pub fn always_waits(name: &str) -> bool {
     IMPORTS_THAT_WAIT
         .iter()
         .any(|prefix| name.starts_with(prefix))
-        || (name.starts_with("wasi:") && !name.starts_with("wasi:config/"))
 }
 
 pub use batch_import::spoa::agent::batch;

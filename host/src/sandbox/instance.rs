@@ -76,6 +76,8 @@ impl GuestFailure {
 /// (for components that cannot wait in the host) entered directly.
 pub(crate) struct GuestInstance {
     store: Store<GuestState>,
+    /// See [`GuestInstance::is_stubbed`].
+    stubbed: bool,
     /// Calls made on this instance (the smoke call's included).
     calls: u64,
     yielding: Handler,
@@ -160,6 +162,7 @@ impl GuestInstance {
         let mut state = state;
         state.ip_tables = module.settings.ip_tables.clone();
         state.counters = module.settings.counters.clone();
+        state.module_on_fibers = module.slow_call_seen.clone();
         if smoke {
             state.smoke_kv = Some(crate::kv::KvStore::scratch());
             state.smoke_counters = Some(state.counters.detached());
@@ -230,7 +233,13 @@ impl GuestInstance {
             }
         });
         store.set_epoch_deadline(1);
-        let instance = match module.instance_pre.instantiate_async(&mut store).await {
+        // An instance for direct calls, when its module needs stubs for them.
+        let stubbed = module.enters_directly() && module.direct_pre.is_some();
+        let pre = match &module.direct_pre {
+            Some(direct) if stubbed => direct,
+            _ => &module.instance_pre,
+        };
+        let instance = match pre.instantiate_async(&mut store).await {
             Ok(instance) => instance,
             Err(err) => {
                 return Err(match classify(&store, err) {
@@ -249,8 +258,10 @@ impl GuestInstance {
             .load(&mut store, &instance)
             .map_err(load_failed)?;
         let blocking = match &module.blocking_indices {
-            Some(indices) => Some(indices.load(&mut store, &instance).map_err(load_failed)?),
-            None => None,
+            Some(indices) if stubbed || module.direct_pre.is_none() => {
+                Some(indices.load(&mut store, &instance).map_err(load_failed)?)
+            }
+            _ => None,
         };
         let batch = match &module.batch {
             Some(index) => Some(
@@ -273,6 +284,7 @@ impl GuestInstance {
         }
         Ok(GuestInstance {
             store,
+            stubbed,
             calls: 0,
             yielding,
             blocking,
@@ -298,10 +310,22 @@ impl GuestInstance {
         self.calls
     }
 
-    /// Whether the last call was a direct call cut after a whole tick: its
-    /// message must be run again on a fiber, on a fresh instance.
+    /// Whether the last call was a direct call cut after a whole tick, or
+    /// at an import that can wait: its message must be run again on a
+    /// fiber, on a fresh instance.
     pub(crate) fn was_cut_for_fiber(&self) -> bool {
         self.store.data().cut_for_fiber
+    }
+
+    /// The import that cut the last call, if a stub did (not a tick).
+    pub(crate) fn cut_at_import(&self) -> Option<&str> {
+        self.store.data().cut_at_import.as_deref()
+    }
+
+    /// Whether the instance was linked for direct calls only (its waiting
+    /// WASI imports are stubs): it never serves a call on a fiber.
+    pub(crate) fn is_stubbed(&self) -> bool {
+        self.stubbed
     }
 
     /// Calls `handle-message` directly, without a fiber, when the component

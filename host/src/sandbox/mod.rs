@@ -9,6 +9,7 @@ mod cache;
 mod convert;
 mod counters;
 pub mod determinism;
+mod direct;
 mod engine;
 mod grants;
 mod instance;

@@ -52,6 +52,10 @@ pub struct GuestState {
     /// Set when a direct call was cut after a whole tick, to be run again on
     /// a fiber.
     pub cut_for_fiber: bool,
+    /// The import whose stub cut the direct call (see [`super::direct`]).
+    pub cut_at_import: Option<Arc<str>>,
+    /// The module's flag that its calls run on fibers from now on.
+    pub module_on_fibers: Arc<std::sync::atomic::AtomicBool>,
     /// The long-call slot the running call holds, once it has run past its
     /// first tick (see `Sandbox::long_calls`); released when the call ends.
     pub long_call_slot: Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
@@ -114,6 +118,8 @@ impl GuestState {
             deadline_ticks,
             direct_call: false,
             cut_for_fiber: false,
+            cut_at_import: None,
+            module_on_fibers: Default::default(),
             long_call_slot: Default::default(),
             config,
             kv: kv.store,
