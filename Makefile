@@ -131,7 +131,7 @@ test: test-deps guest fixtures examples host deb
 	exit $$status
 
 ## Load generator figures for BENCHMARKS.md (DURATION=10s by default;
-## ONLY=tables runs the IP-table section alone).
+## ONLY=tables, languages, deploys or agents runs that section alone).
 bench: guest
 	$(CARGO) build --release --target $(WASM_TARGET) -p guest-tables
 	@mkdir -p $(FIXTURES) && $(COMPONENTIZE) $(WASM_OUT)/guest_tables.wasm $(FIXTURES)/guest_tables.wasm

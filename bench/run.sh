@@ -119,6 +119,51 @@ deploys() {
     echo
 }
 
+# Beside the agents others wrote (bench/reference-agents.sh builds them):
+# msgs per agent CPU-s of guest-iprep (the wasm32-unknown-unknown build,
+# and the same code built with `cargo build --target wasm32-wasip2`), the
+# native path, the `spop` crate's example agent and HAProxy's C example
+# agent, at 4x16 and 16x64, in rounds that alternate them.
+start_other() {  # start_other ENV-ASSIGNMENT|- BINARY ARGS… (PORT is set first)
+    local env=$1; shift
+    if [ "$env" = - ]; then "$@" >>target/bench-agent.log 2>&1 & else env "$env" "$@" >>target/bench-agent.log 2>&1 & fi
+    AGENT_PID=$!
+    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && return 0; sleep 0.1; done
+    echo "agent did not start" >&2; exit 1
+}
+side_by_side() {
+    local agents; agents=$(bench/reference-agents.sh)
+    local spop c; spop=$(sed -n 's/^spop=//p' <<<"$agents"); c=$(sed -n 's/^c=//p' <<<"$agents")
+    for round in 1 2; do
+        for shape in "4 16" "16 64"; do
+            set -- $shape
+            start_agent --module "$GUEST"
+            run -d "$DURATION" -c "$1" -p "$2" --label "round $round, guest-iprep, $1x$2"
+            stop_agent
+            start_agent --module "$FIXTURES/guest_iprep_wasip2.wasm"
+            run -d "$DURATION" -c "$1" -p "$2" --label "round $round, guest-iprep built for wasm32-wasip2, $1x$2"
+            stop_agent
+            start_agent --native-iprep
+            run -d "$DURATION" -c "$1" -p "$2" --label "round $round, native path, $1x$2"
+            stop_agent
+            if [ -n "$spop" ]; then
+                PORT=$(free_port); start_other "SPOP_ADDR=127.0.0.1:$PORT" "$spop"
+                run -d "$DURATION" -c "$1" -p "$2" --label "round $round, spop $SPOP_LABEL example agent, $1x$2"
+                stop_agent
+            fi
+            if [ -n "$c" ]; then
+                PORT=$(free_port); start_other - "$c" -p "$PORT" -n "$(nproc)" -c pipelining
+                run -d "$DURATION" -c "$1" -p "$2" --label "round $round, HAProxy's C example agent, $1x$2"
+                stop_agent
+            fi
+        done
+    done
+    [ -n "$spop" ] || echo "the spop crate's example agent was not built (see above)"
+    [ -n "$c" ] || echo "HAProxy's C example agent was not built (see above)"
+}
+FIXTURES=target/fixtures
+SPOP_LABEL=0.13.1
+
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "kernel: $(uname -r); $($HOST --version)"
 echo "command: make bench (DURATION=$DURATION${ONLY:+, ONLY=$ONLY})"
@@ -135,6 +180,10 @@ if [ "${ONLY:-}" = deploys ]; then
 fi
 if [ "${ONLY:-}" = languages ]; then
     languages
+    exit 0
+fi
+if [ "${ONLY:-}" = agents ]; then
+    side_by_side
     exit 0
 fi
 
@@ -244,6 +293,7 @@ start_agent --module "$GUEST" --tls-cert "$PKI/server.pem" --tls-key "$PKI/serve
 run -d "$DURATION" -c 4 -p 16 --tls-ca "$PKI/ca.pem" --tls-cert "$PKI/client.pem" --tls-key "$PKI/client.key" --label "mutual TLS, 4x16"
 stop_agent
 
+side_by_side
 languages
 ip_tables
 deploys

@@ -15,7 +15,7 @@ use crate::kv::KvStore;
 use crate::metrics::Metrics;
 use crate::metrics::status::StatusSource;
 use crate::net::{AllowList, Listeners, TlsFiles, TlsServer, UnixSettings};
-use crate::planes::{ControlPlane, DataPlane, Planes, start_data_plane};
+use crate::planes::{ControlPlane, Planes, start_data_plane};
 use crate::settings::cli::ServeArgs;
 use crate::settings::file::{AgentConfig, single_guest};
 use crate::settings::serve::ServeSettings;
@@ -50,11 +50,11 @@ pub fn serve_blocking(args: ServeArgs) -> Result<()> {
         .context("starting the control plane")?;
     let planes = Planes {
         control: ControlPlane::from_handle(control.handle().clone()),
-        data: DataPlane::from_handle(data_plane.handle().clone()),
+        data: data_plane.plane(),
     };
     let result = control.block_on(serve_async(args, settings, config, planes));
     drop(control);
-    data_plane.shutdown_timeout(DATA_PLANE_STOP);
+    data_plane.stop(DATA_PLANE_STOP);
     result
 }
 
