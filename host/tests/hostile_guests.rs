@@ -378,3 +378,65 @@ fn check_accepts_a_good_module() {
     assert!(output.status.success(), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stdout).contains("ok:"));
 }
+
+/// Messages are lowered into the guest borrowed from the frame when their
+/// names are UTF-8, and converted (bad bytes replaced) when not: both reach
+/// the guest whole, alone (a direct call) and in a batch.
+#[test]
+fn strings_and_names_reach_the_guest_whole_whether_utf8_or_not() {
+    use bytes::Bytes;
+    use spoa_host::spop::Arg;
+    let agent = Agent::start(&artifact("fixtures/guest_batch.wasm"), &[]);
+    let mut client = SpopClient::pipelined(agent.addr());
+    let echo = |name: &'static [u8]| {
+        let mut msg = message(
+            "echo",
+            vec![("ip", TypedData::Ipv4(Ipv4Addr::new(192, 0, 2, 1)))],
+        );
+        msg.args.push(Arg {
+            name: Bytes::from_static(name),
+            value: TypedData::String(Bytes::from_static(b"\xffvalue\x00")),
+        });
+        msg.args.push(Arg {
+            name: Bytes::new(),
+            value: TypedData::Binary(Bytes::from_static(&[0, 1, 2, 255])),
+        });
+        msg
+    };
+    let expected = |name: &str| {
+        vec![
+            Action::SetVar {
+                scope: VarScope::Txn,
+                name: Bytes::from_static(b"ip"),
+                value: TypedData::Ipv4(Ipv4Addr::new(192, 0, 2, 1)),
+            },
+            Action::SetVar {
+                scope: VarScope::Txn,
+                name: Bytes::copy_from_slice(name.as_bytes()),
+                value: TypedData::String(Bytes::from_static(b"\xffvalue\x00")),
+            },
+            Action::SetVar {
+                scope: VarScope::Txn,
+                name: Bytes::from_static(b"arg2"),
+                value: TypedData::Binary(Bytes::from_static(&[0, 1, 2, 255])),
+            },
+        ]
+    };
+    let cases: [(&'static [u8], &str); 2] = [(b"ua", "ua"), (b"u\xffa", "u\u{fffd}a")];
+    for (frame_id, (name, seen)) in (1..).zip(cases) {
+        client.send(&notify_frame(1, frame_id, vec![echo(name)]));
+        assert_eq!(
+            client.recv_ack().actions,
+            expected(seen),
+            "alone, name {name:?}"
+        );
+    }
+    // One NOTIFY of two messages: one batch call (the fixture exports
+    // `handle-messages`).
+    for (frame_id, (name, seen)) in (10..).zip(cases) {
+        client.send(&notify_frame(1, frame_id, vec![echo(name), echo(b"ua")]));
+        let mut both = expected(seen);
+        both.extend(expected("ua"));
+        assert_eq!(client.recv_ack().actions, both, "in a batch, name {name:?}");
+    }
+}

@@ -5,6 +5,7 @@ use wasmtime::component::TypedFunc;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::{Handler, blocking, wit};
+use super::borrowed::{HandleOutput, MessageRef};
 use super::convert::{actions_from_wit, message_to_wit};
 use super::log::truncated;
 use super::module::LoadedModule;
@@ -16,6 +17,33 @@ pub(crate) const MAX_REASON_BYTES: usize = 512;
 
 /// The batch export's typed function.
 type BatchFunc = TypedFunc<(Vec<wit::Message>,), ()>;
+type BorrowedBatchFunc<'a> = TypedFunc<(Vec<MessageRef<'a>>,), ()>;
+
+/// A batch's messages, lowered borrowed when every name is UTF-8.
+enum BatchInput<'a> {
+    Borrowed(Vec<MessageRef<'a>>),
+    Owned(Vec<wit::Message>),
+}
+
+impl<'a> BatchInput<'a> {
+    fn of(messages: &'a [spop::Message]) -> BatchInput<'a> {
+        match messages
+            .iter()
+            .map(MessageRef::of)
+            .collect::<Option<Vec<_>>>()
+        {
+            Some(borrowed) => BatchInput::Borrowed(borrowed),
+            None => BatchInput::Owned(messages.iter().map(message_to_wit).collect()),
+        }
+    }
+}
+
+/// `func`, typed for borrowed messages.
+fn borrowed_batch<'a>(func: &BatchFunc) -> BorrowedBatchFunc<'a> {
+    // SAFETY: `func` was also typed for `Vec<MessageRef>` when the instance
+    // was made; the lifetime is no part of the component type.
+    unsafe { BorrowedBatchFunc::new_unchecked(*func.func()) }
+}
 
 /// How a batch call ended, beside the answers it gave (which stand).
 #[derive(Debug)]
@@ -82,6 +110,9 @@ pub(crate) struct GuestInstance {
     calls: u64,
     yielding: Handler,
     blocking: Option<blocking::Handler>,
+    /// `handle-message` for direct calls with a borrowed message (see
+    /// [`super::borrowed`]), typed when the instance was made.
+    direct_handle: Option<wasmtime::component::Func>,
     /// The optional `handle-messages` export.
     batch: Option<BatchFunc>,
 }
@@ -263,16 +294,31 @@ impl GuestInstance {
             }
             _ => None,
         };
+        let direct_handle = match &blocking {
+            Some(_) => instance
+                .get_typed_func::<(MessageRef<'static>,), HandleOutput>(
+                    &mut store,
+                    "handle-message",
+                )
+                .ok()
+                .map(|typed| *typed.func()),
+            None => None,
+        };
+        let wrong_batch_type = |err: wasmtime::Error| {
+            GuestFailure::Instantiate(format!("`handle-messages` has the wrong type: {err:#}"))
+        };
         let batch = match &module.batch {
-            Some(index) => Some(
+            Some(index) => {
+                // Typed for borrowed messages too: `borrowed_batch` relies on it.
                 instance
-                    .get_typed_func::<(Vec<wit::Message>,), ()>(&mut store, index)
-                    .map_err(|err| {
-                        GuestFailure::Instantiate(format!(
-                            "`handle-messages` has the wrong type: {err:#}"
-                        ))
-                    })?,
-            ),
+                    .get_typed_func::<(Vec<MessageRef<'static>>,), ()>(&mut store, index)
+                    .map_err(wrong_batch_type)?;
+                Some(
+                    instance
+                        .get_typed_func::<(Vec<wit::Message>,), ()>(&mut store, index)
+                        .map_err(wrong_batch_type)?,
+                )
+            }
             None => None,
         };
         if let Some(init) = &module.init {
@@ -288,6 +334,7 @@ impl GuestInstance {
             calls: 0,
             yielding,
             blocking,
+            direct_handle,
             batch,
         })
     }
@@ -336,11 +383,25 @@ impl GuestInstance {
         message: &spop::Message,
     ) -> Option<Result<Vec<spop::Action>, GuestFailure>> {
         let handler = self.blocking.as_ref()?;
-        let input = message_to_wit(message);
         self.calls += 1;
         start_call(&mut self.store);
         self.store.data_mut().direct_call = true;
-        let outcome = handler.call_handle_message(&mut self.store, &input);
+        let outcome = match (self.direct_handle, MessageRef::of(message)) {
+            (Some(func), Some(input)) => {
+                // SAFETY: `func` was typed with these very types when the
+                // instance was made; only the lifetime differs, and it is
+                // no part of the component type.
+                let typed = unsafe {
+                    wasmtime::component::TypedFunc::<(MessageRef<'_>,), HandleOutput>::new_unchecked(
+                        func,
+                    )
+                };
+                typed
+                    .call(&mut self.store, (input,))
+                    .map(|(result,)| result)
+            }
+            _ => handler.call_handle_message(&mut self.store, &message_to_wit(message)),
+        };
         self.store.data_mut().direct_call = false;
         Some(self.outcome(outcome))
     }
@@ -379,7 +440,10 @@ impl GuestInstance {
         let func = self.batch?;
         let input = self.start_batch(messages, false, share);
         self.store.data_mut().direct_call = true;
-        let outcome = func.call(&mut self.store, (input,));
+        let outcome = match input {
+            BatchInput::Borrowed(input) => borrowed_batch(&func).call(&mut self.store, (input,)),
+            BatchInput::Owned(input) => func.call(&mut self.store, (input,)),
+        };
         self.store.data_mut().direct_call = false;
         Some(self.batch_run(outcome))
     }
@@ -401,7 +465,14 @@ impl GuestInstance {
         };
         let input = self.start_batch(messages, true, share);
         self.store.data_mut().call_started = std::time::Instant::now();
-        let outcome = func.call_async(&mut self.store, (input,)).await;
+        let outcome = match input {
+            BatchInput::Borrowed(input) => {
+                borrowed_batch(&func)
+                    .call_async(&mut self.store, (input,))
+                    .await
+            }
+            BatchInput::Owned(input) => func.call_async(&mut self.store, (input,)).await,
+        };
         if let Ok(mut slot) = self.store.data().long_call_slot.lock() {
             slot.take();
         }
@@ -428,19 +499,19 @@ impl GuestInstance {
     }
 
     /// Resets the per-call state for a batch of `messages` and lowers them.
-    fn start_batch(
+    fn start_batch<'a>(
         &mut self,
-        messages: &[spop::Message],
+        messages: &'a [spop::Message],
         on_fiber: bool,
         share: std::time::Duration,
-    ) -> Vec<wit::Message> {
+    ) -> BatchInput<'a> {
         self.calls += messages.len() as u64;
         start_call(&mut self.store);
         self.store
             .data_mut()
             .batch
             .start(messages.len(), on_fiber, share);
-        messages.iter().map(message_to_wit).collect()
+        BatchInput::of(messages)
     }
 
     /// The answers a batch call gave before it was abandoned (its future

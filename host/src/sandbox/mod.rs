@@ -5,6 +5,7 @@
 
 mod batch;
 mod bindings;
+mod borrowed;
 mod cache;
 mod convert;
 mod counters;
