@@ -139,8 +139,6 @@ bench: guest
 	$(COMPONENTIZE) $(WASM_OUT)/guest_batch.wasm $(FIXTURES)/guest_batch.wasm
 	$(CARGO) build --release --target wasm32-wasip2 -p guest-iprep
 	cp target/wasm32-wasip2/release/guest_iprep.wasm $(FIXTURES)/guest_iprep_wasip2.wasm
-	SPOA_FIXTURE_VERSION=A $(CARGO) build --release --target wasm32-wasip2 -p guest-hostile
-	cp target/wasm32-wasip2/release/guest_hostile.wasm $(FIXTURES)/guest_hostile_wasip2.wasm
 	$(CARGO) build --release -p spoa-bench --features spoa-bench/native
 	$(CARGO) build --release -p spoa-host --features native-iprep
 	./bench/run.sh
