@@ -40,8 +40,9 @@ impl<'a> BatchInput<'a> {
 
 /// `func`, typed for borrowed messages.
 fn borrowed_batch<'a>(func: &BatchFunc) -> BorrowedBatchFunc<'a> {
-    // SAFETY: `func` was also typed for `Vec<MessageRef>` when the instance
-    // was made; the lifetime is no part of the component type.
+    // SAFETY: only called when `func` was also typed for `Vec<MessageRef>`
+    // when the instance was made (`batch_borrows`); the lifetime is no part
+    // of the component type.
     unsafe { BorrowedBatchFunc::new_unchecked(*func.func()) }
 }
 
@@ -115,6 +116,8 @@ pub(crate) struct GuestInstance {
     direct_handle: Option<wasmtime::component::Func>,
     /// The optional `handle-messages` export.
     batch: Option<BatchFunc>,
+    /// Whether `batch` was also typed for borrowed messages.
+    batch_borrows: bool,
 }
 
 /// What a call does at an epoch tick.
@@ -307,12 +310,13 @@ impl GuestInstance {
         let wrong_batch_type = |err: wasmtime::Error| {
             GuestFailure::Instantiate(format!("`handle-messages` has the wrong type: {err:#}"))
         };
+        let mut batch_borrows = false;
         let batch = match &module.batch {
             Some(index) => {
                 // Typed for borrowed messages too: `borrowed_batch` relies on it.
-                instance
+                batch_borrows = instance
                     .get_typed_func::<(Vec<MessageRef<'static>>,), ()>(&mut store, index)
-                    .map_err(wrong_batch_type)?;
+                    .is_ok();
                 Some(
                     instance
                         .get_typed_func::<(Vec<wit::Message>,), ()>(&mut store, index)
@@ -336,6 +340,7 @@ impl GuestInstance {
             blocking,
             direct_handle,
             batch,
+            batch_borrows,
         })
     }
 
@@ -511,7 +516,10 @@ impl GuestInstance {
             .data_mut()
             .batch
             .start(messages.len(), on_fiber, share);
-        BatchInput::of(messages)
+        match self.batch_borrows {
+            true => BatchInput::of(messages),
+            false => BatchInput::Owned(messages.iter().map(message_to_wit).collect()),
+        }
     }
 
     /// The answers a batch call gave before it was abandoned (its future

@@ -259,10 +259,13 @@ impl InstanceLease<'_> {
         let share = module.tick() / BATCH_SHARE_OF_TICK;
         let started = Instant::now();
         let direct = if module.enters_directly() {
-            self.instance
-                .take()
-                .or_else(|| module.take_idle())
-                .and_then(|instance| self.call_batch_directly(instance, messages, share))
+            let at_hand = match self.instance.take().or_else(|| module.take_idle()) {
+                Some(instance) => Some(instance),
+                // A failure here is reported by the call on a fiber, which
+                // tries again.
+                None => Box::pin(module.new_instance(false)).await.ok(),
+            };
+            at_hand.and_then(|instance| self.call_batch_directly(instance, messages, share))
         } else {
             None
         };
@@ -628,6 +631,18 @@ impl LoadedModule {
                 self.moved_to_fibers(&cut);
                 self.smoke_call(message).await?
             }
+            // A direct call that traps on an instance linked for direct
+            // calls: proven again on fibers, linked for real, before the
+            // module is refused or served.
+            (stubbed, Err(GuestFailure::Trap(reason))) if stubbed.is_stubbed() => {
+                tracing::info!(
+                    module = %self.label,
+                    reason = %reason,
+                    "the smoke call trapped in a direct call: this module's calls run on fibers"
+                );
+                self.slow_call_seen.store(true, Ordering::Relaxed);
+                self.smoke_call(message).await?
+            }
             called => called,
         };
         match outcome {
@@ -656,7 +671,16 @@ impl LoadedModule {
                 other => LoadError::Instantiate(other),
             })?;
         instance.use_smoke_store(true);
-        let outcome = self.bounded(instance.call_yielding(message)).await;
+        // An instance linked for direct calls is proven by one: a stub
+        // that does not link as the serving calls need fails here, not in
+        // every message.
+        let outcome = match instance.is_stubbed() {
+            true => match instance.call_directly(message) {
+                Some(outcome) => outcome,
+                None => self.bounded(instance.call_yielding(message)).await,
+            },
+            false => self.bounded(instance.call_yielding(message)).await,
+        };
         instance.use_smoke_store(false);
         Ok((instance, outcome))
     }
@@ -805,6 +829,11 @@ impl LoadedModule {
     /// fibers.
     fn moved_to_fibers(&self, cut: &GuestInstance) {
         self.slow_call_seen.store(true, Ordering::Relaxed);
+        // Instances linked for direct calls only serve no call from now on.
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|instance| !instance.is_stubbed());
         match cut.cut_at_import() {
             Some(import) => tracing::info!(
                 module = %self.label,
