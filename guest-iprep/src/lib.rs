@@ -4,6 +4,7 @@
 //! or to 0 when the address is in the IP table named `blocklist` (when the
 //! operator grants one: `--ip-table blocklist=PATH`).
 
+use std::cell::RefCell;
 use std::net::IpAddr;
 use std::sync::OnceLock;
 
@@ -48,6 +49,42 @@ pub fn actions_for(
     vec![Action::set(VarScope::Sess, IP_SCORE, score)]
 }
 
+/// Host randomness, drawn [`DRAWN_AT_ONCE`] values per host call: one call
+/// into the host per message was a tenth of what a message cost in a batch.
+/// Still the host's randomness, and still one value per score.
+struct DrawnRandomness {
+    values: [u64; DRAWN_AT_ONCE],
+    next: usize,
+}
+
+const DRAWN_AT_ONCE: usize = 32;
+
+impl DrawnRandomness {
+    fn next(&mut self, draw: impl FnOnce(u32) -> Vec<u8>) -> u64 {
+        if self.next == DRAWN_AT_ONCE {
+            let bytes = draw((DRAWN_AT_ONCE * 8) as u32);
+            for (value, chunk) in self.values.iter_mut().zip(bytes.chunks_exact(8)) {
+                *value = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+            }
+            self.next = 0;
+        }
+        let value = self.values[self.next];
+        self.next += 1;
+        value
+    }
+}
+
+thread_local! {
+    static DRAWN: RefCell<DrawnRandomness> = const {
+        RefCell::new(DrawnRandomness { values: [0; DRAWN_AT_ONCE], next: DRAWN_AT_ONCE })
+    };
+}
+
+/// The next random value from the host.
+fn host_random() -> u64 {
+    DRAWN.with_borrow_mut(|drawn| drawn.next(spoa_guest::random::get_random_bytes))
+}
+
 /// The block list, opened once per instance; `None` when none is granted.
 static BLOCK_LIST: OnceLock<Option<IpTable>> = OnceLock::new();
 
@@ -62,11 +99,7 @@ impl Guest for IpReputation {
     fn handle_message(msg: Message) -> Result<Vec<Action>, String> {
         let table = BLOCK_LIST.get_or_init(|| IpTable::open(BLOCKLIST).ok());
         let blocked = |ip| table.as_ref().is_some_and(|table| table.contains(ip));
-        Ok(actions_for(
-            &msg,
-            blocked,
-            spoa_guest::random::get_random_u64,
-        ))
+        Ok(actions_for(&msg, blocked, host_random))
     }
 }
 
@@ -85,6 +118,27 @@ mod tests {
                 value: TypedData::Ipv4((127, 0, 0, 1)),
             }],
         }
+    }
+
+    #[test]
+    fn randomness_is_drawn_once_per_32_scores_and_each_value_used_once() {
+        let mut drawn = DrawnRandomness {
+            values: [0; DRAWN_AT_ONCE],
+            next: DRAWN_AT_ONCE,
+        };
+        let mut draws = 0u64;
+        let mut draw = |len: u32| {
+            assert_eq!(len as usize, DRAWN_AT_ONCE * 8);
+            draws += 1;
+            // Value i of draw d is d * 1000 + i, so repeats would show.
+            (0..DRAWN_AT_ONCE as u64)
+                .flat_map(|i| (draws * 1000 + i).to_le_bytes())
+                .collect::<Vec<u8>>()
+        };
+        let values: Vec<u64> = (0..70).map(|_| drawn.next(&mut draw)).collect();
+        let expected: Vec<u64> = (0..70u64).map(|n| (n / 32 + 1) * 1000 + n % 32).collect();
+        assert_eq!(values, expected);
+        assert_eq!(draws, 3);
     }
 
     #[test]
