@@ -11,7 +11,10 @@
 //!   connection, and the batches it spawns, stay on the thread it was given,
 //!   so no message's wake-up crosses threads (a shared multi-threaded
 //!   runtime spent more of its time in those wake-ups than in the guest, at
-//!   4 connections of 16 messages in flight).
+//!   4 connections of 16 messages in flight). A new connection goes to the
+//!   shard serving the fewest, so connections that close (HAProxy's
+//!   `timeout idle`, a reload of HAProxy) never leave the survivors on
+//!   one thread while another idles.
 //!
 //! Nothing here knows what runs on them; every layer may use this leaf.
 
@@ -38,6 +41,8 @@ struct Shards {
     handles: Vec<Handle>,
     /// Where the next task from outside the plane goes (round robin).
     next: AtomicUsize,
+    /// Connections each shard serves now (see [`DataPlane::spawn_connection`]).
+    connections: Vec<AtomicUsize>,
 }
 
 thread_local! {
@@ -60,6 +65,37 @@ impl Shards {
         }
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
         &self.handles[index]
+    }
+
+    /// The shard serving the fewest connections; ties go round robin, so
+    /// a burst of connects is dealt out evenly too.
+    fn least_connections(&self) -> usize {
+        let shards = self.handles.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % shards;
+        (0..shards)
+            .map(|offset| (start + offset) % shards)
+            .min_by_key(|&index| self.connections[index].load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
+    fn new(handles: Vec<Handle>) -> Shards {
+        Shards {
+            connections: handles.iter().map(|_| AtomicUsize::new(0)).collect(),
+            handles,
+            next: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Counts a connection on its shard for as long as its task lives.
+struct OnShard {
+    shards: Arc<Shards>,
+    index: usize,
+}
+
+impl Drop for OnShard {
+    fn drop(&mut self) {
+        self.shards.connections[self.index].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -92,13 +128,7 @@ impl<K> Plane<K> {
     /// `handle` is this plane's runtime (the caller knows: it built it, or
     /// runs a test or a command where no guest runs).
     pub fn from_handle(handle: Handle) -> Plane<K> {
-        Plane(
-            Arc::new(Shards {
-                handles: vec![handle],
-                next: AtomicUsize::new(0),
-            }),
-            PhantomData,
-        )
+        Plane(Arc::new(Shards::new(vec![handle])), PhantomData)
     }
 
     /// Runs `work` on the plane: on this thread's shard when called from
@@ -144,6 +174,33 @@ impl DataPlane {
     {
         self.spawn(work).await.context("data-plane task failed")
     }
+
+    /// Runs a connection's task on the shard serving the fewest
+    /// connections (what it spawns then stays there).
+    pub fn spawn_connection<F>(&self, work: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let shards = &self.0;
+        let index = shards.least_connections();
+        shards.connections[index].fetch_add(1, Ordering::Relaxed);
+        let counted = OnShard {
+            shards: shards.clone(),
+            index,
+        };
+        shards.handles[index].spawn(async move {
+            let _counted = counted;
+            work.await
+        })
+    }
+
+    /// Connections each shard serves now.
+    #[cfg(test)]
+    fn connections(&self) -> Vec<usize> {
+        let counts = &self.0.connections;
+        counts.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+    }
 }
 
 /// The data plane's threads, each driving its shard until [`Self::stop`].
@@ -180,10 +237,9 @@ pub fn start_data_plane(threads: usize) -> Result<DataPlaneThreads> {
                 .context("starting the data plane")
         })
         .collect::<Result<Vec<Runtime>>>()?;
-    let shards = Arc::new(Shards {
-        handles: runtimes.iter().map(|rt| rt.handle().clone()).collect(),
-        next: AtomicUsize::new(0),
-    });
+    let shards = Arc::new(Shards::new(
+        runtimes.iter().map(|rt| rt.handle().clone()).collect(),
+    ));
     let mut stops = Vec::new();
     let mut joins = Vec::new();
     for (index, runtime) in runtimes.into_iter().enumerate() {
@@ -242,5 +298,63 @@ mod tests {
             assert_eq!(outer, spawned, "spawned from a shard, run on it");
         }
         threads.stop(Duration::from_millis(100));
+    }
+
+    /// A connection that keeps its shard until `close` fires, reporting
+    /// the thread it runs on.
+    fn connection(plane: &DataPlane) -> (ThreadId, tokio::sync::oneshot::Sender<()>) {
+        let (close, closed) = tokio::sync::oneshot::channel::<()>();
+        let (sent, got) = mpsc::channel();
+        plane.spawn_connection(async move {
+            let _ = sent.send(std::thread::current().id());
+            let _ = closed.await;
+        });
+        (got.recv().expect("the connection ran"), close)
+    }
+
+    #[test]
+    fn a_new_connection_goes_to_the_shard_serving_the_fewest() {
+        let threads = start_data_plane(2).expect("data plane");
+        let plane = threads.plane();
+        let opened: Vec<_> = (0..4).map(|_| connection(&plane)).collect();
+        assert_eq!(
+            plane.connections(),
+            [2, 2],
+            "four connects, dealt out evenly"
+        );
+        // Both connections of one shard close: round robin would put the
+        // next two on different shards; the fewest puts both on the empty one.
+        let emptied = opened[0].0;
+        let mut kept = Vec::new();
+        for (thread, close) in opened {
+            match thread == emptied {
+                true => drop(close),
+                false => kept.push(close),
+            }
+        }
+        assert!(
+            eventually(|| plane.connections().contains(&0)),
+            "closed connections leave their count: {:?}",
+            plane.connections()
+        );
+        for _ in 0..2 {
+            let (thread, close) = connection(&plane);
+            assert_eq!(thread, emptied, "to the shard with none");
+            kept.push(close);
+        }
+        assert_eq!(plane.connections(), [2, 2]);
+        drop(kept);
+        threads.stop(Duration::from_millis(100));
+    }
+
+    fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !condition() {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
     }
 }

@@ -256,7 +256,7 @@ impl Connection {
         state.ctx = Arc::new((*state.ctx).clone());
         let detached = stream.detach()?;
         let data_plane = state.ctx.data_plane.clone();
-        Ok(data_plane.spawn(async move {
+        Ok(data_plane.spawn_connection(async move {
             let stream = match detached.attach() {
                 Ok(stream) => stream,
                 Err(err) => {
