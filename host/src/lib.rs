@@ -46,3 +46,22 @@ pub mod settings;
 pub mod spop;
 pub mod tables;
 pub mod watch;
+
+/// Helpers for the unit tests of every layer.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::time::{Duration, Instant};
+
+    /// Polls `condition` for up to `limit`: a loaded machine may delay
+    /// what the test waits for, never forever.
+    pub(crate) fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            if condition() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        condition()
+    }
+}

@@ -347,14 +347,7 @@ mod tests {
         threads.stop(Duration::from_millis(100));
     }
 
-    fn eventually(mut condition: impl FnMut() -> bool) -> bool {
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !condition() {
-            if std::time::Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        true
+    fn eventually(condition: impl FnMut() -> bool) -> bool {
+        crate::test_support::eventually(Duration::from_secs(5), condition)
     }
 }

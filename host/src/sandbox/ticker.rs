@@ -178,17 +178,9 @@ fn run(weak: &wasmtime::EngineWeak, pace: &TickPace) {
 mod tests {
     use super::*;
 
-    /// Polls `condition` for up to two seconds: a loaded machine may delay
-    /// the ticker, never forever.
-    fn eventually(mut condition: impl FnMut() -> bool) -> bool {
-        let until = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < until {
-            if condition() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        false
+    /// A loaded machine may delay the ticker, never forever.
+    fn eventually(condition: impl FnMut() -> bool) -> bool {
+        crate::test_support::eventually(Duration::from_secs(2), condition)
     }
 
     #[test]
