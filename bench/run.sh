@@ -189,6 +189,12 @@ fi
 
 # One guest call without the network, per instance mode and native.
 ./target/release/spoa-callcost "$GUEST"
+# The same message in batches (handle-messages), per message: what a batch
+# saves of the entry, and the floor of a message that does nothing.
+for size in 16 64; do
+    ./target/release/spoa-callcost "$GUEST" --only reuse --batch "$size" | tail -1
+done
+./target/release/spoa-callcost "$GUEST" --only reuse --batch 16 --message other --expect-actions 0 | tail -1
 echo
 
 # Before/after in one run: OLD_HOST=/path/to/an/older/spoa-host make bench

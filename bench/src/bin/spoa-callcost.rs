@@ -1,7 +1,8 @@
 //! `spoa-callcost [MODULE]`: the cost of one `handle-message` call, per
 //! instance mode (and natively, with the `native` feature), with no network:
 //! what the sandbox itself costs. Calls run as the agent runs them (async,
-//! on a guest runtime), one at a time.
+//! on a guest runtime), one at a time. `--batch N` times batches of N
+//! messages through `handle-messages` instead, per message.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -41,6 +42,10 @@ struct Args {
     /// the difference of the two, with the machine's noise in both.
     #[arg(long, value_name = "MESSAGE")]
     baseline: Option<String>,
+    /// Also time batches of this many messages through `handle-messages`
+    /// (a guest with the batch export), per message.
+    #[arg(long, value_name = "MESSAGES")]
+    batch: Option<usize>,
     #[command(flatten)]
     sandbox: SandboxArgs,
     /// The guests' key-value store (`--kv redis://…` to measure Redis).
@@ -106,6 +111,16 @@ fn main() -> Result<()> {
                 };
                 return compare(&module, &message, &base, args.duration).await;
             }
+            if let Some(size) = args.batch {
+                return measure_batches(
+                    &module,
+                    &message,
+                    size,
+                    args.expect_actions,
+                    args.duration,
+                )
+                .await;
+            }
             measure(label, args.duration, args.expect_actions, async || {
                 module.call(&message).await.map_err(anyhow::Error::from)
             })
@@ -165,6 +180,58 @@ async fn compare(
         with.len(),
         name(message),
         median(&mut differences),
+    );
+    Ok(())
+}
+
+/// Batches of `size` copies of `message`, each answered by one
+/// `handle-messages` call on a leased instance, timed per message.
+async fn measure_batches(
+    module: &spoa_host::sandbox::LoadedModule,
+    message: &Message,
+    size: usize,
+    expect_actions: usize,
+    duration: Duration,
+) -> Result<()> {
+    let messages = vec![message.clone(); size.max(1)];
+    // A batch call that used its share of the tick returns early: the rest
+    // go to the next call, as in the agent.
+    let batch = async || -> Result<()> {
+        let mut lease = module.lease();
+        let mut rest = &messages[..];
+        while !rest.is_empty() {
+            let answered = lease.call_batch(rest).await;
+            if answered.then_one_by_one != 0 || answered.outcomes.is_empty() {
+                bail!(
+                    "a batch of {} left {} messages to run one by one",
+                    rest.len(),
+                    answered.then_one_by_one
+                );
+            }
+            rest = &rest[answered.outcomes.len()..];
+            for outcome in answered.outcomes {
+                let actions = outcome?;
+                if actions.len() != expect_actions {
+                    bail!("expected {expect_actions} actions, got {actions:?}");
+                }
+            }
+        }
+        Ok(())
+    };
+    for _ in 0..100 {
+        batch().await?;
+    }
+    let started = Instant::now();
+    let mut batches = 0u64;
+    while started.elapsed() < duration {
+        batch().await?;
+        batches += 1;
+    }
+    let per_message =
+        started.elapsed().as_nanos() as f64 / (batches * messages.len() as u64) as f64;
+    println!(
+        "  batches of {:<3} (handle-messages)      {per_message:>9.0} ns/message  ({batches} batches)",
+        messages.len()
     );
     Ok(())
 }
