@@ -100,23 +100,29 @@ fn a_burst_enters_the_guest_in_batches_no_larger_than_the_cap() {
     );
 }
 
-/// One NOTIFY of five messages, the third one `culprit`: the two before it
-/// keep their answers from the batch, the culprit gets none (its failure
-/// kind through --error-var), and the two after it are handled again one by
-/// one (`txn.batch` = 0), on an instance that has not run the batch (but
-/// for `skip`, which leaves its instance sound).
+/// The agent's arguments for the failure tests: a deadline of `timeout`,
+/// the failure kind in `txn.err`, a small memory cap, and `more`.
+fn failure_agent(timeout: &str, more: &[&str]) -> Agent {
+    let mut args = vec![
+        "--guest-timeout",
+        timeout,
+        "--error-var",
+        "err",
+        "--guest-memory",
+        "32MiB",
+    ];
+    args.extend_from_slice(more);
+    Agent::start(&batch_guest(), &args)
+}
+
+/// One NOTIFY of five messages, the third one `culprit`, each answer handed
+/// to the host as soon as it is ready (`--guest-answer-group 1`): the two
+/// before it keep their answers from the batch, the culprit gets none (its
+/// failure kind through --error-var), and the two after it are handled
+/// again one by one (`txn.batch` = 0), on an instance that has not run the
+/// batch (but for `skip`, which leaves its instance sound).
 fn one_failure_in_a_batch(culprit: &str, expected_kind: &str) {
-    let agent = Agent::start(
-        &batch_guest(),
-        &[
-            "--guest-timeout",
-            "50ms",
-            "--error-var",
-            "err",
-            "--guest-memory",
-            "32MiB",
-        ],
-    );
+    let agent = failure_agent("50ms", &["--guest-answer-group", "1"]);
     warm_up(agent.addr());
     let mut session = Session::connect(agent.addr());
     let mut messages: Vec<_> = (0..5).map(|_| message("count", vec![])).collect();
@@ -209,6 +215,64 @@ fn a_trap_after_the_last_answer_of_a_batch_costs_no_message() {
         };
         assert_eq!(names, expected, "frame {}: {vars:?}", ack.frame_id);
     }
+}
+
+/// Five messages, the second one `culprit`, with answers held back in
+/// groups (the default for a packed batch, after the warm-up measured cheap
+/// messages): the guest fails before it hands over any answer of the group,
+/// so the host cannot tell which message failed. Every message of the group
+/// runs again one by one (`txn.batch` = 0), and only the culprit, failing
+/// again, gets the failure; the messages after it run on another instance
+/// than the one before it. (`timeout`: the memory hog fails twice, and on a
+/// loaded machine must reach its cap before its deadline both times.)
+fn one_failure_in_a_group_of_held_answers(culprit: &str, expected_kind: &str, timeout: &str) {
+    let agent = failure_agent(timeout, &[]);
+    warm_up(agent.addr());
+    let mut session = Session::connect(agent.addr());
+    let mut messages: Vec<_> = (0..5).map(|_| message("count", vec![])).collect();
+    messages[1] = message(culprit, vec![]);
+    let ack = session.notify(messages);
+    let vars = vars(&ack);
+    let names: Vec<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "count", "batch", "err", "count", "batch", "count", "batch", "count", "batch"
+        ],
+        "{culprit}: {vars:?}"
+    );
+    assert_eq!(
+        values_of(&ack, "batch"),
+        [0, 0, 0, 0],
+        "{culprit}: the group ran again one by one: {vars:?}"
+    );
+    assert_eq!(
+        vars[2].1,
+        TypedData::String(expected_kind.as_bytes().to_vec().into()),
+        "{culprit}"
+    );
+    let counts = values_of(&ack, "count");
+    assert!(
+        counts[1] <= counts[0],
+        "{culprit}: after the culprit, another instance: {counts:?}"
+    );
+    let next = session.notify(vec![message("count", vec![])]);
+    assert_eq!(values_of(&next, "count").len(), 1, "{culprit}");
+}
+
+#[test]
+fn a_trap_among_held_answers_costs_only_its_message() {
+    one_failure_in_a_group_of_held_answers("trap", "trap", "50ms");
+}
+
+#[test]
+fn a_timeout_among_held_answers_costs_only_its_message() {
+    one_failure_in_a_group_of_held_answers("loop", "timeout", "50ms");
+}
+
+#[test]
+fn a_memory_blow_up_among_held_answers_costs_only_its_message() {
+    one_failure_in_a_group_of_held_answers("hog", "memory", "2s");
 }
 
 #[test]

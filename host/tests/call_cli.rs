@@ -223,8 +223,9 @@ fn a_second_load_takes_the_compiled_code_from_the_cache() {
 /// `wasi:keyvalue`), 0.1.2 (before `ip-table` and `init`) and 0.1.3 (16d1a0d,
 /// before `batch`: it exports `init` and opens an IP table, but has no
 /// `handle-messages`), 0.1.4 (47a4c30, before `metrics`: it exports
-/// `handle-messages`), and the rate-limit guest at 0.1.2 (it imports
-/// `wasi:keyvalue` and `expiry`).
+/// `handle-messages`), 0.1.5 (6880cc2, before `packed`: it exports
+/// `handle-messages` but not `handle-packed-messages`), and the rate-limit
+/// guest at 0.1.2 (it imports `wasi:keyvalue` and `expiry`).
 #[test]
 fn guests_built_against_older_0_1_worlds_still_load() {
     for (fixture, world) in [
@@ -233,6 +234,7 @@ fn guests_built_against_older_0_1_worlds_still_load() {
         ("guest_iprep_0_1_2.wasm", "spoa:agent/random@0.1.2"),
         ("guest_iprep_0_1_3.wasm", "spoa:agent/ip-table@0.1.3"),
         ("guest_iprep_0_1_4.wasm", "spoa:agent/batch@0.1.4"),
+        ("guest_iprep_0_1_5.wasm", "spoa:agent/batch@0.1.5"),
         ("guest_ratelimit_0_1_2.wasm", "spoa:agent/expiry@0.1.2"),
     ] {
         let module = support::source_fixture(&format!("prebuilt/{fixture}"));

@@ -5,12 +5,12 @@
 // for unit tests under Node.js (both plain JavaScript).
 // The WIT types arrive as jco represents them: a variant is `{ tag, val }`,
 // an enum is its case name as a string, u64 is a BigInt.
-import { getRandomU64 } from 'spoa:agent/random@0.1.5';
-import { log as hostLog } from 'spoa:agent/log@0.1.5';
-import { open as hostOpenTable } from 'spoa:agent/ip-table@0.1.5';
-import { answer as hostAnswer } from 'spoa:agent/batch@0.1.5';
-import { increment as hostIncrement } from 'spoa:agent/metrics@0.1.5';
-import { setWithTtl, incrementWithin, expiresIn } from 'spoa:agent/expiry@0.1.5';
+import { getRandomU64 } from 'spoa:agent/random@0.1.6';
+import { log as hostLog } from 'spoa:agent/log@0.1.6';
+import { open as hostOpenTable } from 'spoa:agent/ip-table@0.1.6';
+import { answer as hostAnswer } from 'spoa:agent/batch@0.1.6';
+import { increment as hostIncrement } from 'spoa:agent/metrics@0.1.6';
+import { setWithTtl, incrementWithin, expiresIn } from 'spoa:agent/expiry@0.1.6';
 import { get as configGet } from 'wasi:config/store@0.2.0-rc.1';
 import { open as kvOpen } from 'wasi:keyvalue/store@0.2.0-draft';
 export { parse as parseHeaders, find as findHeader, HeadersError } from './headers.js';

@@ -1,6 +1,6 @@
 //! Write `spoa-host` SPOE message handlers in Rust.
 //!
-//! This crate runs `wit_bindgen::generate!` on the `handler-with-batch` world
+//! This crate runs `wit_bindgen::generate!` on the `handler-with-packed-batch` world
 //! of `spoa:agent` and adds a few helpers, so a guest depends on it alone:
 //!
 //! ```
@@ -34,14 +34,15 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 #[cfg(any(feature = "arena", test))]
 pub mod arena;
 pub mod headers;
+pub mod packed;
 pub mod store;
 
-/// The raw output of `wit_bindgen::generate!` for the `handler-with-batch`
-/// world. Guests implement [`Guest`](crate::Guest) and export it with
+/// The raw output of `wit_bindgen::generate!` for the
+/// `handler-with-packed-batch` world. Guests implement [`Guest`](crate::Guest) and export it with
 /// [`export_handler!`](crate::export_handler), not these directly.
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "handler-with-batch",
+        world: "handler-with-packed-batch",
         path: "wit",
         // The world imports `wasi:config/store` from another package: generate
         // its bindings here too (else wit-bindgen wants a `with` mapping).
@@ -107,26 +108,96 @@ pub mod metrics {
     }
 }
 
-/// Answers of a batch call (`spoa:agent/batch`, 0.1.4).
+/// Answers of a batch call (`spoa:agent/batch`, 0.1.4, and
+/// `spoa:agent/packed`, 0.1.6).
 pub mod batch {
+    use std::cell::RefCell;
+
     use crate::Action;
+    use crate::packed::HeldAnswers;
+
+    thread_local! {
+        /// The answers of a packed batch not yet handed over (`None` in a
+        /// `handle-messages` call).
+        static HELD: RefCell<Option<HeldAnswers>> = const { RefCell::new(None) };
+    }
 
     /// Gives the host the answer to message `index` of the batch being
     /// handled. Answers go in order, once each; one out of turn traps the
     /// guest (costing that message). `false`: return from
     /// `handle_messages` now, the host enters the guest again with the
     /// messages left.
+    ///
+    /// In a packed batch (the host's default for this SDK) answers are
+    /// held back and handed over `answer-every` at a time, as the host
+    /// asked: `false` can only come with the last of a group.
     pub fn answer(index: usize, answer: &Result<Vec<Action>, String>) -> bool {
-        let index = u32::try_from(index).unwrap_or(u32::MAX);
-        crate::bindings::spoa::agent::batch::answer(
-            index,
-            answer.as_ref().map(Vec::as_slice).map_err(String::as_str),
+        let held = HELD.with(|held| {
+            let mut held = held.borrow_mut();
+            let group = held.as_mut()?;
+            if group.next() != index {
+                // Out of turn: what was held goes first, and the host
+                // refuses this one.
+                return Some(hand_over(group).then(|| out_of_turn(index, answer)));
+            }
+            Some(Some(!group.hold(answer) || hand_over(group)))
+        });
+        match held {
+            Some(Some(go_on)) => go_on,
+            Some(None) => false,
+            None => {
+                let index = u32::try_from(index).unwrap_or(u32::MAX);
+                crate::bindings::spoa::agent::batch::answer(
+                    index,
+                    answer.as_ref().map(Vec::as_slice).map_err(String::as_str),
+                )
+            }
+        }
+    }
+
+    /// Hands the held answers over; whether to go on.
+    fn hand_over(held: &mut HeldAnswers) -> bool {
+        match held.take() {
+            Some((first, bytes)) => crate::bindings::spoa::agent::packed::answer(
+                u32::try_from(first).unwrap_or(u32::MAX),
+                &bytes,
+            ),
+            None => true,
+        }
+    }
+
+    fn out_of_turn(index: usize, answer: &Result<Vec<Action>, String>) -> bool {
+        let mut bytes = Vec::new();
+        crate::packed::encode_answer(answer, &mut bytes);
+        crate::bindings::spoa::agent::packed::answer(
+            u32::try_from(index).unwrap_or(u32::MAX),
+            &bytes,
         )
+    }
+
+    /// The body of the `handle-packed-messages` export: decodes the
+    /// messages, runs them through [`Guest::handle_messages`](crate::Guest::handle_messages)
+    /// (whose answers [`answer`] holds back), and hands over what is left.
+    #[doc(hidden)]
+    pub fn handle_packed<G: crate::Guest + ?Sized>(count: u32, messages: &[u8], answer_every: u32) {
+        let messages = match crate::packed::decode_messages(messages, count) {
+            Ok(messages) => messages,
+            // The host builds these bytes from checked messages: this is
+            // not a guest's to recover from.
+            Err(malformed) => panic!("packed messages do not decode: {}", malformed.0),
+        };
+        HELD.with(|held| *held.borrow_mut() = Some(HeldAnswers::new(answer_every)));
+        G::handle_messages(messages);
+        HELD.with(|held| {
+            if let Some(mut group) = held.borrow_mut().take() {
+                hand_over(&mut group);
+            }
+        });
     }
 }
 
 /// Exports a type implementing [`Guest`] as the component's `init`,
-/// `handle-message` and `handle-messages`:
+/// `handle-message`, `handle-messages` and `handle-packed-messages`:
 /// `spoa_guest::export_handler!(MyGuest);`, once per guest crate.
 #[macro_export]
 macro_rules! export_handler {
@@ -145,6 +216,13 @@ macro_rules! export_handler {
                 }
                 fn handle_messages(msgs: ::std::vec::Vec<$crate::Message>) {
                     <$guest as $crate::Guest>::handle_messages(msgs)
+                }
+                fn handle_packed_messages(
+                    count: u32,
+                    messages: ::std::vec::Vec<u8>,
+                    answer_every: u32,
+                ) {
+                    $crate::batch::handle_packed::<$guest>(count, &messages, answer_every)
                 }
             }
             $crate::bindings::export_world!(SpoaGuestExport);

@@ -230,7 +230,7 @@ async fn measure_batches(
     let per_message =
         started.elapsed().as_nanos() as f64 / (batches * messages.len() as u64) as f64;
     println!(
-        "  batches of {:<3} (handle-messages)      {per_message:>9.0} ns/message  ({batches} batches)",
+        "  batches of {:<3} (batch export)         {per_message:>9.0} ns/message  ({batches} batches)",
         messages.len()
     );
     Ok(())

@@ -1,14 +1,18 @@
-//! The host side of a batch call (`handle-messages`, 0.1.4): the answers a
-//! guest gives through `batch.answer`, checked and kept in order, each
+//! The host side of a batch call (`handle-messages`, 0.1.4, and
+//! `handle-packed-messages`, 0.1.6): the answers a guest gives through
+//! `batch.answer` or `packed.answer`, checked and kept in order, each
 //! message's budget restarted at the previous answer.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::bindings::{batch, wit};
+use bytes::Bytes;
+
+use super::bindings::{batch, packed, wit};
 use super::convert::actions_from_wit;
 use super::instance::{GuestFailure, MAX_REASON_BYTES};
 use super::log::truncated;
+use super::packed::parse_answers;
 use super::state::GuestState;
 use crate::spop;
 
@@ -74,30 +78,28 @@ impl BatchAnswers {
     }
 }
 
-impl batch::Host for GuestState {
-    fn answer(
-        &mut self,
-        index: u32,
-        answer: Result<Vec<wit::Action>, String>,
-    ) -> wasmtime::Result<bool> {
-        let batch = &mut self.batch;
+impl GuestState {
+    /// Refuses answers that do not start at the first message unanswered.
+    fn check_turn(&self, first: u32) -> wasmtime::Result<()> {
+        let batch = &self.batch;
         let next = batch.answers.len() as u32;
-        if index != next || index >= batch.expected {
+        if first != next || first >= batch.expected {
             wasmtime::bail!(
-                "batch.answer for message {index} out of turn ({next} of {} answered)",
+                "batch answer for message {first} out of turn ({next} of {} answered)",
                 batch.expected
             );
         }
-        batch.answers.push(match answer {
-            Ok(actions) => actions_from_wit(actions).map_err(GuestFailure::InvalidOutput),
-            Err(reason) => Err(GuestFailure::Returned(
-                truncated(&reason, MAX_REASON_BYTES).to_owned(),
-            )),
-        });
-        // The next message has a whole call's budget, and a direct call is
-        // cut only when one message runs a whole tick; a guest that goes on
-        // after it was asked to return is not given new ticks (its direct
-        // call is cut within a tick, and it moves to fibers).
+        Ok(())
+    }
+
+    /// After answers were given: the next message has a whole call's
+    /// budget, and whether the guest is to go on.
+    fn answers_given(&mut self) -> bool {
+        let batch = &mut self.batch;
+        // A direct call is cut only when one message (or group of answers
+        // held back) runs a whole tick; a guest that goes on after it was
+        // asked to return is not given new ticks (its direct call is cut
+        // within a tick, and it moves to fibers).
         if !batch.asked_to_return {
             self.ticks_seen = 0;
         }
@@ -112,8 +114,38 @@ impl batch::Host for GuestState {
             && batch.share_ends.is_some_and(|end| now >= end)
         {
             batch.asked_to_return = true;
-            return Ok(false);
+            return false;
         }
-        Ok(true)
+        true
+    }
+}
+
+impl batch::Host for GuestState {
+    fn answer(
+        &mut self,
+        index: u32,
+        answer: Result<Vec<wit::Action>, String>,
+    ) -> wasmtime::Result<bool> {
+        self.check_turn(index)?;
+        self.batch.answers.push(match answer {
+            Ok(actions) => actions_from_wit(actions).map_err(GuestFailure::InvalidOutput),
+            Err(reason) => Err(GuestFailure::Returned(
+                truncated(&reason, MAX_REASON_BYTES).to_owned(),
+            )),
+        });
+        Ok(self.answers_given())
+    }
+}
+
+impl packed::Host for GuestState {
+    fn answer(&mut self, first: u32, answers: Vec<u8>) -> wasmtime::Result<bool> {
+        self.check_turn(first)?;
+        let batch = &mut self.batch;
+        let room = batch.expected as usize - batch.answers.len();
+        // Answers before one that does not parse stand; the trap costs
+        // what a trap in the batch costs.
+        parse_answers(Bytes::from(answers), room, &mut batch.answers)
+            .map_err(wasmtime::Error::msg)?;
+        Ok(self.answers_given())
     }
 }

@@ -46,7 +46,7 @@ pub fn always_waits(name: &str) -> bool {
         .any(|prefix| name.starts_with(prefix))
 }
 
-pub use batch_import::spoa::agent::batch;
+pub use batch_import::spoa::agent::{batch, packed};
 pub use spoa::agent::expiry;
 pub use spoa::agent::ip_table;
 pub use spoa::agent::log::Level;
@@ -69,7 +69,7 @@ pub mod blocking {
             package spoa:blocking;
 
             world handler-export {
-                use spoa:agent/types@0.1.5.{message, action};
+                use spoa:agent/types@0.1.6.{message, action};
                 export handle-message: func(msg: message) -> result<list<action>, string>;
             }
         ",
@@ -80,9 +80,9 @@ pub mod blocking {
     pub use HandlerExportIndices as HandlerIndices;
 }
 
-/// The `batch` interface (0.1.4), linked beside the `handler` world's
-/// imports: a component of `handler-with-batch` imports it, one of an
-/// older world does not.
+/// The `batch` (0.1.4) and `packed` (0.1.6) interfaces, linked beside the
+/// `handler` world's imports: a component of `handler-with-batch` or
+/// `handler-with-packed-batch` imports them, one of an older world does not.
 pub mod batch_import {
     wasmtime::component::bindgen!({
         world: "spoa:host-batch/imports",
@@ -91,7 +91,8 @@ pub mod batch_import {
             package spoa:host-batch;
 
             world imports {
-                import spoa:agent/batch@0.1.5;
+                import spoa:agent/batch@0.1.6;
+                import spoa:agent/packed@0.1.6;
             }
         ",
         // An answer out of turn traps the guest.
@@ -145,6 +146,7 @@ mod tests {
             "spoa:agent/types@0.1.3",
             "spoa:agent/batch@0.1.4",
             "spoa:agent/metrics@0.1.5",
+            "spoa:agent/packed@0.1.6",
         ] {
             assert!(!import_can_wait(name), "{name}");
         }

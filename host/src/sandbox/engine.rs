@@ -45,6 +45,10 @@ pub struct SandboxConfig {
     pub max_calls_per_instance: u64,
     /// Most messages one call of the batch export (`handle-messages`) takes.
     pub max_batch: u32,
+    /// Most answers the guest of a packed batch (`handle-packed-messages`)
+    /// may hold back before it hands them to the host together; 1 hands
+    /// each over at once.
+    pub max_answer_group: u32,
     /// Most guest calls in progress at once; also sizes the instance pool.
     pub max_concurrent_calls: u32,
     /// Where compiled modules are cached (`None`: compile at every load).
@@ -158,6 +162,12 @@ impl Sandbox {
         )
         .map_err(anyhow::Error::from)
         .context("linking the batch import")?;
+        super::bindings::packed::add_to_linker::<GuestState, HasSelf<GuestState>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(anyhow::Error::from)
+        .context("linking the packed import")?;
         super::wasi::add_to_linker(&mut linker)?;
         Ok(Sandbox {
             engine,

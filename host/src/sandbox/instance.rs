@@ -9,6 +9,7 @@ use super::borrowed::{HandleOutput, MessageRef};
 use super::convert::{actions_from_wit, message_to_wit};
 use super::log::truncated;
 use super::module::LoadedModule;
+use super::packed::pack_messages;
 use super::state::{GuestState, KvAccess};
 use crate::spop;
 
@@ -19,23 +20,56 @@ pub(crate) const MAX_REASON_BYTES: usize = 512;
 type BatchFunc = TypedFunc<(Vec<wit::Message>,), ()>;
 type BorrowedBatchFunc<'a> = TypedFunc<(Vec<MessageRef<'a>>,), ()>;
 
-/// A batch's messages, lowered borrowed when every name is UTF-8.
+/// The packed batch export's type (`handle-packed-messages`, 0.1.6).
+type PackedFunc<'a> = TypedFunc<(u32, &'a [u8], u32), ()>;
+
+/// The batch export an instance is entered through, when it has one.
+#[derive(Clone, Copy)]
+enum BatchExport {
+    /// `handle-messages`, and whether it was also typed for borrowed
+    /// messages.
+    Typed { func: BatchFunc, borrows: bool },
+    /// `handle-packed-messages`: one list of bytes in, several answers per
+    /// host call out.
+    Packed(wasmtime::component::Func),
+}
+
+/// A batch's messages as its export takes them: lowered borrowed when
+/// every name is UTF-8, or packed into bytes.
 enum BatchInput<'a> {
-    Borrowed(Vec<MessageRef<'a>>),
-    Owned(Vec<wit::Message>),
+    Borrowed(BatchFunc, Vec<MessageRef<'a>>),
+    Owned(BatchFunc, Vec<wit::Message>),
+    Packed {
+        func: wasmtime::component::Func,
+        count: u32,
+        bytes: Vec<u8>,
+        answer_every: u32,
+    },
 }
 
 impl<'a> BatchInput<'a> {
-    fn of(messages: &'a [spop::Message]) -> BatchInput<'a> {
+    /// Whether the guest may hold answers back.
+    fn is_grouped(&self) -> bool {
+        matches!(self, BatchInput::Packed { answer_every, .. } if *answer_every > 1)
+    }
+
+    fn typed(func: BatchFunc, messages: &'a [spop::Message]) -> BatchInput<'a> {
         match messages
             .iter()
             .map(MessageRef::of)
             .collect::<Option<Vec<_>>>()
         {
-            Some(borrowed) => BatchInput::Borrowed(borrowed),
-            None => BatchInput::Owned(messages.iter().map(message_to_wit).collect()),
+            Some(borrowed) => BatchInput::Borrowed(func, borrowed),
+            None => BatchInput::Owned(func, messages.iter().map(message_to_wit).collect()),
         }
     }
+}
+
+/// `func`, typed for a packed batch.
+fn packed_batch<'a>(func: wasmtime::component::Func) -> PackedFunc<'a> {
+    // SAFETY: only called with a `func` typed as `PackedFunc` when the
+    // instance was made; the lifetime is no part of the component type.
+    unsafe { PackedFunc::new_unchecked(func) }
 }
 
 /// `func`, typed for borrowed messages.
@@ -66,6 +100,10 @@ pub(crate) struct BatchRun {
     /// Whether `batch.answer` asked the guest to return early (its share
     /// of the thread was used): the messages left are not its fault.
     pub asked_to_return: bool,
+    /// Whether the guest held answers back (a packed batch answered in
+    /// groups): after a failure, any of the unanswered messages may have
+    /// caused it.
+    pub grouped: bool,
 }
 
 /// Why a message got no actions from the guest.
@@ -114,10 +152,11 @@ pub(crate) struct GuestInstance {
     /// `handle-message` for direct calls with a borrowed message (see
     /// [`super::borrowed`]), typed when the instance was made.
     direct_handle: Option<wasmtime::component::Func>,
-    /// The optional `handle-messages` export.
-    batch: Option<BatchFunc>,
-    /// Whether `batch` was also typed for borrowed messages.
-    batch_borrows: bool,
+    /// The optional batch export: `handle-packed-messages` when the
+    /// component has it, else `handle-messages`.
+    batch: Option<BatchExport>,
+    /// The bytes of the last packed batch, kept for the next.
+    packed_bytes: Vec<u8>,
 }
 
 /// What a call does at an epoch tick.
@@ -310,20 +349,27 @@ impl GuestInstance {
         let wrong_batch_type = |err: wasmtime::Error| {
             GuestFailure::Instantiate(format!("`handle-messages` has the wrong type: {err:#}"))
         };
-        let mut batch_borrows = false;
-        let batch = match &module.batch {
-            Some(index) => {
+        let batch = match (&module.packed_batch, &module.batch) {
+            (Some(index), _) => Some(BatchExport::Packed(
+                *instance
+                    .get_typed_func::<(u32, &[u8], u32), ()>(&mut store, index)
+                    .map_err(|err| {
+                        GuestFailure::Instantiate(format!(
+                            "`handle-packed-messages` has the wrong type: {err:#}"
+                        ))
+                    })?
+                    .func(),
+            )),
+            (None, Some(index)) => Some(BatchExport::Typed {
                 // Typed for borrowed messages too: `borrowed_batch` relies on it.
-                batch_borrows = instance
+                borrows: instance
                     .get_typed_func::<(Vec<MessageRef<'static>>,), ()>(&mut store, index)
-                    .is_ok();
-                Some(
-                    instance
-                        .get_typed_func::<(Vec<wit::Message>,), ()>(&mut store, index)
-                        .map_err(wrong_batch_type)?,
-                )
-            }
-            None => None,
+                    .is_ok(),
+                func: instance
+                    .get_typed_func::<(Vec<wit::Message>,), ()>(&mut store, index)
+                    .map_err(wrong_batch_type)?,
+            }),
+            (None, None) => None,
         };
         if let Some(init) = &module.init {
             let budget = InitBudget {
@@ -340,7 +386,7 @@ impl GuestInstance {
             blocking,
             direct_handle,
             batch,
-            batch_borrows,
+            packed_bytes: Vec::new(),
         })
     }
 
@@ -440,17 +486,32 @@ impl GuestInstance {
         &mut self,
         messages: &[spop::Message],
         share: std::time::Duration,
+        answer_every: u32,
     ) -> Option<BatchRun> {
         self.blocking.as_ref()?;
-        let func = self.batch?;
-        let input = self.start_batch(messages, false, share);
+        let export = self.batch?;
+        let input = self.start_batch(export, messages, false, share, answer_every);
+        let grouped = input.is_grouped();
         self.store.data_mut().direct_call = true;
         let outcome = match input {
-            BatchInput::Borrowed(input) => borrowed_batch(&func).call(&mut self.store, (input,)),
-            BatchInput::Owned(input) => func.call(&mut self.store, (input,)),
+            BatchInput::Borrowed(func, input) => {
+                borrowed_batch(&func).call(&mut self.store, (input,))
+            }
+            BatchInput::Owned(func, input) => func.call(&mut self.store, (input,)),
+            BatchInput::Packed {
+                func,
+                count,
+                bytes,
+                answer_every,
+            } => {
+                let outcome =
+                    packed_batch(func).call(&mut self.store, (count, &bytes, answer_every));
+                self.packed_bytes = bytes;
+                outcome
+            }
         };
         self.store.data_mut().direct_call = false;
-        Some(self.batch_run(outcome))
+        Some(self.batch_run(outcome, grouped))
     }
 
     /// Calls `handle-messages` on a fiber; see [`Self::call_yielding`].
@@ -458,33 +519,48 @@ impl GuestInstance {
         &mut self,
         messages: &[spop::Message],
         share: std::time::Duration,
+        answer_every: u32,
     ) -> BatchRun {
-        let Some(func) = self.batch else {
+        let Some(export) = self.batch else {
             return BatchRun {
                 answers: Vec::new(),
                 stop: BatchStop::Failed(GuestFailure::Instantiate(
-                    "the component has no `handle-messages` export".into(),
+                    "the component has no batch export".into(),
                 )),
                 asked_to_return: false,
+                grouped: false,
             };
         };
-        let input = self.start_batch(messages, true, share);
+        let input = self.start_batch(export, messages, true, share, answer_every);
+        let grouped = input.is_grouped();
         self.store.data_mut().call_started = std::time::Instant::now();
         let outcome = match input {
-            BatchInput::Borrowed(input) => {
+            BatchInput::Borrowed(func, input) => {
                 borrowed_batch(&func)
                     .call_async(&mut self.store, (input,))
                     .await
             }
-            BatchInput::Owned(input) => func.call_async(&mut self.store, (input,)).await,
+            BatchInput::Owned(func, input) => func.call_async(&mut self.store, (input,)).await,
+            BatchInput::Packed {
+                func,
+                count,
+                bytes,
+                answer_every,
+            } => {
+                let outcome = packed_batch(func)
+                    .call_async(&mut self.store, (count, &bytes, answer_every))
+                    .await;
+                self.packed_bytes = bytes;
+                outcome
+            }
         };
         if let Ok(mut slot) = self.store.data().long_call_slot.lock() {
             slot.take();
         }
-        self.batch_run(outcome)
+        self.batch_run(outcome, grouped)
     }
 
-    fn batch_run(&mut self, outcome: wasmtime::Result<()>) -> BatchRun {
+    fn batch_run(&mut self, outcome: wasmtime::Result<()>, grouped: bool) -> BatchRun {
         let (answers, asked_to_return) = self.store.data_mut().batch.finish();
         let stop = match outcome {
             Ok(()) => BatchStop::Returned,
@@ -495,6 +571,7 @@ impl GuestInstance {
             answers,
             stop,
             asked_to_return,
+            grouped,
         }
     }
 
@@ -506,9 +583,11 @@ impl GuestInstance {
     /// Resets the per-call state for a batch of `messages` and lowers them.
     fn start_batch<'a>(
         &mut self,
+        export: BatchExport,
         messages: &'a [spop::Message],
         on_fiber: bool,
         share: std::time::Duration,
+        answer_every: u32,
     ) -> BatchInput<'a> {
         self.calls += messages.len() as u64;
         start_call(&mut self.store);
@@ -516,9 +595,26 @@ impl GuestInstance {
             .data_mut()
             .batch
             .start(messages.len(), on_fiber, share);
-        match self.batch_borrows {
-            true => BatchInput::of(messages),
-            false => BatchInput::Owned(messages.iter().map(message_to_wit).collect()),
+        match export {
+            BatchExport::Packed(func) => {
+                let mut bytes = std::mem::take(&mut self.packed_bytes);
+                pack_messages(messages, &mut bytes);
+                let count = u32::try_from(messages.len()).unwrap_or(u32::MAX);
+                BatchInput::Packed {
+                    func,
+                    count,
+                    bytes,
+                    answer_every: answer_every.clamp(1, count.max(1)),
+                }
+            }
+            BatchExport::Typed {
+                func,
+                borrows: true,
+            } => BatchInput::typed(func, messages),
+            BatchExport::Typed {
+                func,
+                borrows: false,
+            } => BatchInput::Owned(func, messages.iter().map(message_to_wit).collect()),
         }
     }
 

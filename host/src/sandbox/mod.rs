@@ -17,6 +17,7 @@ mod instance;
 mod kv;
 mod log;
 mod module;
+mod packed;
 mod state;
 mod tables;
 mod ticker;

@@ -127,7 +127,7 @@ pub enum LoadError {
     #[error("compiling the component: {0:#}")]
     Compile(anyhow::Error),
     #[error(
-        "{0:#}; the host provides spoa:agent (random, log, expiry, ip-table, metrics, batch), \
+        "{0:#}; the host provides spoa:agent (random, log, expiry, ip-table, metrics, batch, packed), \
          wasi:config/store, wasi:keyvalue@0.2.0-draft (store, atomics, batch) and WASI 0.2 \
          (with nothing granted); nothing else can be imported"
     )]
@@ -196,6 +196,9 @@ pub struct LoadedModule {
     pub(crate) init: Option<wasmtime::component::ComponentExportIndex>,
     /// The optional `handle-messages` export (`handler-with-batch`).
     pub(crate) batch: Option<wasmtime::component::ComponentExportIndex>,
+    /// The optional `handle-packed-messages` export
+    /// (`handler-with-packed-batch`), entered instead of `batch`.
+    pub(crate) packed_batch: Option<wasmtime::component::ComponentExportIndex>,
     /// What a message of this module has cost lately in a batch call, in
     /// nanoseconds (a moving average; 0 until measured): a batch is given
     /// about as many messages as it can answer in its share of a tick, so a
@@ -209,6 +212,11 @@ pub struct LoadedModule {
 /// waits for at most a tick, not the burst, and the thread is given up at
 /// every tick as a long call gives it up.
 const BATCH_SHARE_OF_TICK: u32 = 1;
+
+/// A packed batch's guest may hold its answers back for about this
+/// fraction of a tick (`answer-every`): ACKs wait that much at most for the
+/// host call their answers share.
+const ANSWER_GROUP_SHARE_OF_TICK: u64 = 4;
 
 /// What a batch call answered, in order, and how many of the messages
 /// after those must now run one by one (through [`InstanceLease::call`]),
@@ -257,6 +265,7 @@ impl InstanceLease<'_> {
     pub async fn call_batch(&mut self, messages: &[spop::Message]) -> BatchAnswered {
         let module = self.module;
         let share = module.tick() / BATCH_SHARE_OF_TICK;
+        let answer_every = module.answer_every();
         let started = Instant::now();
         let direct = if module.enters_directly() {
             let at_hand = match self.instance.take().or_else(|| module.take_idle()) {
@@ -265,18 +274,21 @@ impl InstanceLease<'_> {
                 // tries again.
                 None => Box::pin(module.new_instance(false)).await.ok(),
             };
-            at_hand.and_then(|instance| self.call_batch_directly(instance, messages, share))
+            at_hand.and_then(|instance| {
+                self.call_batch_directly(instance, messages, share, answer_every)
+            })
         } else {
             None
         };
         let run = match direct {
             Some(run) => run,
-            None => Box::pin(self.call_batch_slowly(messages, share)).await,
+            None => Box::pin(self.call_batch_slowly(messages, share, answer_every)).await,
         };
         let BatchRun {
             answers: mut outcomes,
             stop,
             asked_to_return,
+            grouped,
         } = run;
         let answered = outcomes.len().min(messages.len());
         module.record_batch_cost(started.elapsed(), answered);
@@ -297,6 +309,10 @@ impl InstanceLease<'_> {
                 ))));
                 answered + 1
             }
+            // Answers were held back: any of the unanswered messages may
+            // have failed, so all of them run again, and the one that
+            // fails again gets its failure then.
+            BatchStop::Failed(_) if grouped => answered,
             BatchStop::Failed(failure) => {
                 outcomes.push(Err(failure));
                 answered + 1
@@ -317,8 +333,9 @@ impl InstanceLease<'_> {
         mut instance: GuestInstance,
         messages: &[spop::Message],
         share: Duration,
+        answer_every: u32,
     ) -> Option<BatchRun> {
-        let Some(run) = instance.call_batch_directly(messages, share) else {
+        let Some(run) = instance.call_batch_directly(messages, share, answer_every) else {
             self.instance = Some(instance);
             return None;
         };
@@ -331,7 +348,12 @@ impl InstanceLease<'_> {
     }
 
     /// A batch call on a fiber, held to the budget of all its messages.
-    async fn call_batch_slowly(&mut self, messages: &[spop::Message], share: Duration) -> BatchRun {
+    async fn call_batch_slowly(
+        &mut self,
+        messages: &[spop::Message],
+        share: Duration,
+        answer_every: u32,
+    ) -> BatchRun {
         let module = self.module;
         let mut instance = match module.instance_for_fiber(self.instance.take()) {
             Some(instance) => instance,
@@ -342,6 +364,7 @@ impl InstanceLease<'_> {
                         answers: Vec::new(),
                         stop: BatchStop::Failed(failure),
                         asked_to_return: false,
+                        grouped: false,
                     };
                 }
             },
@@ -349,10 +372,14 @@ impl InstanceLease<'_> {
         let run = if module.host_can_wait {
             let progress = instance.batch_progress();
             let per_message = module.wall_clock_bound(module.sandbox.config.call_timeout);
-            let call = instance.call_batch_yielding(messages, share);
+            let call = instance.call_batch_yielding(messages, share, answer_every);
             held_to_each_answer(call, &progress, per_message).await
         } else {
-            Some(instance.call_batch_yielding(messages, share).await)
+            Some(
+                instance
+                    .call_batch_yielding(messages, share, answer_every)
+                    .await,
+            )
         };
         let run = match run {
             Some(run) => run,
@@ -360,6 +387,7 @@ impl InstanceLease<'_> {
                 answers: instance.take_batch_answers(),
                 stop: BatchStop::Failed(GuestFailure::Timeout),
                 asked_to_return: false,
+                grouped: answer_every > 1,
             },
         };
         self.keep_after_batch(instance, &run.stop);
@@ -452,6 +480,7 @@ struct Prepared {
     host_can_wait: bool,
     init: Option<wasmtime::component::ComponentExportIndex>,
     batch: Option<wasmtime::component::ComponentExportIndex>,
+    packed_batch: Option<wasmtime::component::ComponentExportIndex>,
     from_cache: bool,
 }
 
@@ -520,6 +549,7 @@ impl Sandbox {
             host_can_wait,
             init,
             batch,
+            packed_batch,
             from_cache,
         } = tokio::task::spawn_blocking(move || this.prepare(&bytes, &digest))
             .await
@@ -548,6 +578,7 @@ impl Sandbox {
             host_can_wait,
             init,
             batch,
+            packed_batch,
             batch_cost_ns: AtomicU64::new(0),
         });
         module.smoke_test().await?;
@@ -588,6 +619,7 @@ impl Sandbox {
             direct_pre,
             init: find_init(&component),
             batch: component.get_export_index(None, "handle-messages"),
+            packed_batch: component.get_export_index(None, "handle-packed-messages"),
             instance_pre,
             indices,
             blocking_indices,
@@ -795,7 +827,7 @@ impl LoadedModule {
     /// `--guest-batch` (a batch call that runs its share of a tick returns
     /// early, so slow messages do not make long entries).
     pub fn batch_size(&self, remaining: usize) -> usize {
-        if self.batch.is_none() || remaining <= 1 {
+        if (self.batch.is_none() && self.packed_batch.is_none()) || remaining <= 1 {
             return remaining.min(1);
         }
         let cap = self.sandbox.config.max_batch.max(1) as usize;
@@ -806,6 +838,20 @@ impl LoadedModule {
         // Never fewer than two once batches are possible: an estimate
         // inflated by a busy machine must not turn batching off.
         fits.max(2).min(cap).min(remaining)
+    }
+
+    /// How many answers the guest of a packed batch may hold back before it
+    /// hands them over: as many as it answers in its share of a tick, by
+    /// what its messages cost lately (1 until measured).
+    fn answer_every(&self) -> u32 {
+        match self.batch_cost_ns.load(Ordering::Relaxed) {
+            0 => 1,
+            cost => {
+                let every = self.tick().as_nanos() as u64 / ANSWER_GROUP_SHARE_OF_TICK / cost;
+                let cap = self.sandbox.config.max_answer_group.max(1);
+                u32::try_from(every).unwrap_or(u32::MAX).clamp(1, cap)
+            }
+        }
     }
 
     /// Folds what a batch call took per message into the moving average.

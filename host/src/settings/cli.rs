@@ -527,6 +527,15 @@ pub struct SandboxArgs {
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub guest_batch: u32,
 
+    /// Most answers a guest with the packed batch export (0.1.6; every
+    /// guest of the Rust SDK) may hold back and hand to the host in one
+    /// call. The host asks for fewer when messages are slow (a group waits
+    /// at most a quarter of an epoch tick). 1: each answer at once, and a
+    /// failure costs exactly the message being handled, with nothing run
+    /// twice (see the WIT's `handle-packed-messages`).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub guest_answer_group: u32,
+
     /// Most batches of guest calls running at once; more wait in line. Also
     /// the most instances kept per module.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -620,6 +629,7 @@ impl SandboxArgs {
             max_concurrent_calls: self.guest_concurrency,
             max_calls_per_instance: self.guest_max_calls,
             max_batch: self.guest_batch,
+            max_answer_group: self.guest_answer_group,
             cache_dir: if self.no_cache {
                 None
             } else {

@@ -151,6 +151,8 @@ struct GuestTable {
     max_calls: Option<u64>,
     /// Most messages per batch call (default: `--guest-batch`).
     batch: Option<u32>,
+    /// Most answers a packed batch holds back (default: `--guest-answer-group`).
+    answer_group: Option<u32>,
     #[serde(default)]
     on_failure: FailureTable,
     shadow: Option<ShadowTable>,
@@ -509,6 +511,9 @@ fn resolve_sandbox(table: &GuestTable, defaults: &SandboxArgs) -> Result<Sandbox
     }
     if let Some(batch) = within(table.batch, 1..=4096, "batch")? {
         sandbox.max_batch = batch;
+    }
+    if let Some(group) = within(table.answer_group, 1..=4096, "answer-group")? {
+        sandbox.max_answer_group = group;
     }
     if let Some(max_calls) = table.max_calls {
         if max_calls == 0 {

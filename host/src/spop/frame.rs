@@ -218,7 +218,7 @@ pub struct Message {
 }
 
 impl Message {
-    fn decode(src: &mut Bytes) -> Result<Message, DecodeError> {
+    pub fn decode(src: &mut Bytes) -> Result<Message, DecodeError> {
         let name = decode_bytes(src)?;
         if !src.has_remaining() {
             return Err(DecodeError::Invalid("message without NB-ARGS"));
@@ -235,7 +235,7 @@ impl Message {
         Ok(Message { name, args })
     }
 
-    fn encode(&self, dst: &mut impl BufMut) {
+    pub fn encode(&self, dst: &mut impl BufMut) {
         encode_bytes(&self.name, dst);
         // `encode_frame` refuses messages of more than 255 arguments.
         dst.put_u8(u8::try_from(self.args.len()).unwrap_or(u8::MAX));
@@ -331,7 +331,7 @@ pub enum Action {
 }
 
 impl Action {
-    fn decode(src: &mut Bytes) -> Result<Action, DecodeError> {
+    pub fn decode(src: &mut Bytes) -> Result<Action, DecodeError> {
         if src.remaining() < 3 {
             return Err(DecodeError::Invalid("truncated action"));
         }
