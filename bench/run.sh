@@ -121,8 +121,8 @@ deploys() {
 
 # Beside the agents others wrote (bench/reference-agents.sh builds them):
 # msgs per agent CPU-s of guest-iprep (the wasm32-unknown-unknown build,
-# and the same code built with `cargo build --target wasm32-wasip2`), the
-# native path, the `spop` crate's example agent and HAProxy's C example
+# and the same code built with `cargo build --target wasm32-wasip2`, and
+# built against 0.1.5: typed batches), the native path, the `spop` crate's example agent and HAProxy's C example
 # agent, at 4x16 and 16x64, in rounds that alternate them.
 start_other() {  # start_other ENV-ASSIGNMENT|- BINARY ARGS… (PORT is set first)
     local env=$1; shift
@@ -142,6 +142,9 @@ side_by_side() {
             stop_agent
             start_agent --module "$FIXTURES/guest_iprep_wasip2.wasm"
             run -d "$DURATION" -c "$1" -p "$2" --label "round $round, guest-iprep built for wasm32-wasip2, $1x$2"
+            stop_agent
+            start_agent --module tests/fixtures/prebuilt/guest_iprep_0_1_5.wasm
+            run -d "$DURATION" -c "$1" -p "$2" --label "round $round, guest-iprep built against 0.1.5 (typed batches, no packed export), $1x$2"
             stop_agent
             start_agent --native-iprep
             run -d "$DURATION" -c "$1" -p "$2" --label "round $round, native path, $1x$2"

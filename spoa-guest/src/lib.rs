@@ -137,14 +137,14 @@ pub mod batch {
             let group = held.as_mut()?;
             if group.next() != index {
                 // Out of turn: what was held goes first, and the host
-                // refuses this one.
-                return Some(hand_over(group).then(|| out_of_turn(index, answer)));
+                // refuses this one (it traps the guest).
+                hand_over(group);
+                return Some(out_of_turn(index, answer));
             }
-            Some(Some(!group.hold(answer) || hand_over(group)))
+            Some(!group.hold(answer) || hand_over(group))
         });
         match held {
-            Some(Some(go_on)) => go_on,
-            Some(None) => false,
+            Some(go_on) => go_on,
             None => {
                 let index = u32::try_from(index).unwrap_or(u32::MAX);
                 crate::bindings::spoa::agent::batch::answer(

@@ -575,6 +575,12 @@ impl GuestInstance {
         }
     }
 
+    /// Whether a batch of `messages` given `answer_every` lets the guest
+    /// hold answers back (a packed batch answered in groups).
+    pub(crate) fn holds_answers(&self, messages: usize, answer_every: u32) -> bool {
+        matches!(self.batch, Some(BatchExport::Packed(_))) && answer_every > 1 && messages > 1
+    }
+
     /// What the wall-clock watchdog of a batch call on a fiber reads.
     pub(crate) fn batch_progress(&self) -> super::batch::Progress {
         self.store.data().batch.progress.clone()

@@ -387,7 +387,7 @@ impl InstanceLease<'_> {
                 answers: instance.take_batch_answers(),
                 stop: BatchStop::Failed(GuestFailure::Timeout),
                 asked_to_return: false,
-                grouped: answer_every > 1,
+                grouped: instance.holds_answers(messages.len(), answer_every),
             },
         };
         self.keep_after_batch(instance, &run.stop);

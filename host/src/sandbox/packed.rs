@@ -8,6 +8,12 @@ use super::instance::{GuestFailure, MAX_REASON_BYTES};
 use super::log::truncated;
 use crate::spop::{self, varint};
 
+/// Most actions one answer may carry: more is that message's
+/// `InvalidOutput` (an ACK could not carry them anyway), and they are read
+/// past, not kept, so a guest cannot make the host hold more actions than
+/// this per message.
+pub(crate) const MAX_ACTIONS_PER_ANSWER: u64 = 255;
+
 /// The first byte of an answer.
 const ANSWER_OK: u8 = 0x00;
 const ANSWER_ERR: u8 = 0x01;
@@ -85,19 +91,26 @@ fn parse_actions(src: &mut Bytes) -> Result<PackedAnswer, &'static str> {
     if count > (src.remaining() / 4) as u64 {
         return Err("NB-ACTIONS larger than the answer");
     }
-    let mut actions = Vec::with_capacity(count as usize);
-    let mut invalid = None;
+    let mut invalid = (count > MAX_ACTIONS_PER_ANSWER)
+        .then(|| format!("{count} actions for one message (at most {MAX_ACTIONS_PER_ANSWER})"));
+    let mut actions = Vec::with_capacity(if invalid.is_some() {
+        0
+    } else {
+        count.min(16) as usize
+    });
     for _ in 0..count {
         let action = spop::Action::decode(src).map_err(|_| "an action does not parse")?;
+        if invalid.is_some() {
+            // The answer is refused already: read past the rest.
+            continue;
+        }
         let name = match &action {
             spop::Action::SetVar { name, .. } | spop::Action::UnsetVar { name, .. } => name,
         };
-        if invalid.is_none()
-            && let Err(reason) = spop::check_var_name(name)
-        {
-            invalid = Some(reason);
+        match spop::check_var_name(name) {
+            Ok(()) => actions.push(action),
+            Err(reason) => invalid = Some(reason),
         }
-        actions.push(action);
     }
     Ok(match invalid {
         Some(reason) => Err(GuestFailure::InvalidOutput(reason)),
@@ -163,6 +176,23 @@ mod tests {
         let answers = parse(bytes, 2).expect("parses");
         assert!(matches!(answers[0], Err(GuestFailure::InvalidOutput(_))));
         assert_eq!(answers[1], Ok(vec![]));
+    }
+
+    #[test]
+    fn too_many_actions_cost_their_message_only() {
+        let unset = Action::UnsetVar {
+            scope: VarScope::Txn,
+            name: Bytes::from_static(b"f"),
+        };
+        let actions = vec![unset; MAX_ACTIONS_PER_ANSWER as usize + 1];
+        let mut bytes = ok_answer(&actions);
+        bytes.extend(ok_answer(&actions[..MAX_ACTIONS_PER_ANSWER as usize]));
+        let answers = parse(bytes, 2).expect("parses");
+        assert!(matches!(answers[0], Err(GuestFailure::InvalidOutput(_))));
+        assert_eq!(
+            answers[1].as_ref().map(Vec::len),
+            Ok(MAX_ACTIONS_PER_ANSWER as usize)
+        );
     }
 
     #[test]
