@@ -396,3 +396,36 @@ fn a_batch_on_a_fiber_after_a_pause_answers_every_message() {
         );
     }
 }
+
+/// The load log names the export a burst enters the guest through: the
+/// packed batch for an SDK guest of 0.1.6, the typed batch for one built
+/// against 0.1.5 (which has no packed export), one call per message for
+/// one of 0.1.0 (which has no batch export).
+#[test]
+fn the_load_log_names_the_export_each_world_is_entered_through() {
+    for (module, export) in [
+        (batch_guest(), "handle-packed-messages"),
+        (
+            support::source_fixture("prebuilt/guest_iprep_0_1_5.wasm"),
+            "handle-messages",
+        ),
+        (
+            support::source_fixture("prebuilt/guest_iprep_0_1_0.wasm"),
+            "handle-message",
+        ),
+    ] {
+        let agent = Agent::start(&module, &[]);
+        let expected = format!("entered_by=\"{export}\"");
+        // The log is read from the agent's stderr as it comes.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !agent.log_text().contains(&expected) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            agent.log_text().contains(&expected),
+            "{}: {expected} in {}",
+            module.display(),
+            agent.log_text()
+        );
+    }
+}

@@ -45,6 +45,7 @@ pub fn log_loaded(guest: &str, module: &LoadedModule, reason: &str, took: Durati
         sha256 = %id.sha256,
         from_cache = id.from_cache,
         took_ms = took.as_secs_f64() * 1e3,
+        entered_by = module.entered_by(),
         reason,
         "module loaded"
     );

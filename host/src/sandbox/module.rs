@@ -840,6 +840,16 @@ impl LoadedModule {
         fits.max(2).min(cap).min(remaining)
     }
 
+    /// Which export a read burst's messages enter the guest through, for
+    /// the load log: the packed batch, the typed batch, or one call each.
+    pub fn entered_by(&self) -> &'static str {
+        match (&self.packed_batch, &self.batch) {
+            (Some(_), _) => "handle-packed-messages",
+            (None, Some(_)) => "handle-messages",
+            (None, None) => "handle-message",
+        }
+    }
+
     /// How many answers the guest of a packed batch may hold back before it
     /// hands them over: as many as it answers in its share of a tick, by
     /// what its messages cost lately (1 until measured).
