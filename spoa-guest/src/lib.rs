@@ -155,13 +155,18 @@ pub mod batch {
         }
     }
 
+    /// Answers from message `first` on, to the host; whether to go on.
+    fn send(first: usize, answers: &[u8]) -> bool {
+        crate::bindings::spoa::agent::packed::answer(
+            u32::try_from(first).unwrap_or(u32::MAX),
+            answers,
+        )
+    }
+
     /// Hands the held answers over; whether to go on.
     fn hand_over(held: &mut HeldAnswers) -> bool {
         match held.take() {
-            Some((first, bytes)) => crate::bindings::spoa::agent::packed::answer(
-                u32::try_from(first).unwrap_or(u32::MAX),
-                &bytes,
-            ),
+            Some((first, bytes)) => send(first, &bytes),
             None => true,
         }
     }
@@ -169,10 +174,7 @@ pub mod batch {
     fn out_of_turn(index: usize, answer: &Result<Vec<Action>, String>) -> bool {
         let mut bytes = Vec::new();
         crate::packed::encode_answer(answer, &mut bytes);
-        crate::bindings::spoa::agent::packed::answer(
-            u32::try_from(index).unwrap_or(u32::MAX),
-            &bytes,
-        )
+        send(index, &bytes)
     }
 
     /// The body of the `handle-packed-messages` export: decodes the

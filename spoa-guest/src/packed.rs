@@ -248,10 +248,10 @@ pub fn encode_answer(answer: &Result<Vec<Action>, String>, out: &mut Vec<u8>) {
 /// Answers held back until `answer-every` of them are ready.
 pub(crate) struct HeldAnswers {
     /// The index of the first answer in `bytes`.
-    pub first: usize,
-    pub held: usize,
-    pub every: usize,
-    pub bytes: Vec<u8>,
+    first: usize,
+    held: usize,
+    every: usize,
+    bytes: Vec<u8>,
 }
 
 impl HeldAnswers {

@@ -48,11 +48,6 @@ enum BatchInput<'a> {
 }
 
 impl<'a> BatchInput<'a> {
-    /// Whether the guest may hold answers back.
-    fn is_grouped(&self) -> bool {
-        matches!(self, BatchInput::Packed { answer_every, .. } if *answer_every > 1)
-    }
-
     fn typed(func: BatchFunc, messages: &'a [spop::Message]) -> BatchInput<'a> {
         match messages
             .iter()
@@ -346,18 +341,16 @@ impl GuestInstance {
                 .map(|typed| *typed.func()),
             None => None,
         };
-        let wrong_batch_type = |err: wasmtime::Error| {
-            GuestFailure::Instantiate(format!("`handle-messages` has the wrong type: {err:#}"))
+        let wrong_type = |export: &'static str| {
+            move |err: wasmtime::Error| {
+                GuestFailure::Instantiate(format!("`{export}` has the wrong type: {err:#}"))
+            }
         };
         let batch = match (&module.packed_batch, &module.batch) {
             (Some(index), _) => Some(BatchExport::Packed(
                 *instance
                     .get_typed_func::<(u32, &[u8], u32), ()>(&mut store, index)
-                    .map_err(|err| {
-                        GuestFailure::Instantiate(format!(
-                            "`handle-packed-messages` has the wrong type: {err:#}"
-                        ))
-                    })?
+                    .map_err(wrong_type("handle-packed-messages"))?
                     .func(),
             )),
             (None, Some(index)) => Some(BatchExport::Typed {
@@ -367,7 +360,7 @@ impl GuestInstance {
                     .is_ok(),
                 func: instance
                     .get_typed_func::<(Vec<wit::Message>,), ()>(&mut store, index)
-                    .map_err(wrong_batch_type)?,
+                    .map_err(wrong_type("handle-messages"))?,
             }),
             (None, None) => None,
         };
@@ -490,8 +483,8 @@ impl GuestInstance {
     ) -> Option<BatchRun> {
         self.blocking.as_ref()?;
         let export = self.batch?;
+        let grouped = self.holds_answers(messages.len(), answer_every);
         let input = self.start_batch(export, messages, false, share, answer_every);
-        let grouped = input.is_grouped();
         self.store.data_mut().direct_call = true;
         let outcome = match input {
             BatchInput::Borrowed(func, input) => {
@@ -531,8 +524,8 @@ impl GuestInstance {
                 grouped: false,
             };
         };
+        let grouped = self.holds_answers(messages.len(), answer_every);
         let input = self.start_batch(export, messages, true, share, answer_every);
-        let grouped = input.is_grouped();
         self.store.data_mut().call_started = std::time::Instant::now();
         let outcome = match input {
             BatchInput::Borrowed(func, input) => {
