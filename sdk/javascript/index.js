@@ -37,7 +37,28 @@ export function answerEach(msgs, handle) {
 
 /** The value (`{ tag, val }`) of the argument `name`, or undefined. */
 export function arg(msg, name) {
-  return msg.args.find((a) => a.name === name)?.value;
+  // A plain loop: a closure per call costs in an interpreter.
+  const args = msg.args;
+  for (let i = 0; i < args.length; i++) {
+    if (args[i].name === name) return args[i].value;
+  }
+  return undefined;
+}
+
+/**
+ * An address as ipArg gives it. `bits` is computed when first read: BigInt
+ * arithmetic is slow without a JIT, and a lookup in an IP table takes the
+ * address's parts as they came.
+ */
+class Address {
+  constructor(version, parts) {
+    this.version = version;
+    this.parts = parts;
+  }
+
+  get bits() {
+    return joinBits(this.parts, this.version === 4 ? 8n : 16n);
+  }
 }
 
 /**
@@ -46,8 +67,8 @@ export function arg(msg, name) {
  */
 export function ipArg(msg, name) {
   const v = arg(msg, name);
-  if (v?.tag === 'ipv4') return { version: 4, bits: joinBits(v.val, 8n) };
-  if (v?.tag === 'ipv6') return { version: 6, bits: joinBits(v.val, 16n) };
+  if (v?.tag === 'ipv4') return new Address(4, v.val);
+  if (v?.tag === 'ipv6') return new Address(6, v.val);
   return undefined;
 }
 
@@ -107,6 +128,7 @@ export function openTable(name) {
 
 /** An address from `ipArg` as the host's `ip-address`. */
 function witAddress(ip) {
+  if (ip instanceof Address) return { tag: ip.version === 4 ? 'ipv4' : 'ipv6', val: ip.parts };
   const parts = ip.version === 4 ? 4 : 8;
   const width = ip.version === 4 ? 8n : 16n;
   const mask = (1n << width) - 1n;
