@@ -152,6 +152,38 @@ fn all_messages_of_one_notify_share_one_ack_and_others_get_nothing() {
     assert!(ack.actions.is_empty());
 }
 
+/// HAProxy up to 3.2.0 sends a NOTIFY without a message when none of its
+/// group's messages applies (3.4 skips it): the ACK comes at once, empty,
+/// with the frame's ids, and the NOTIFYs around it are answered as usual.
+#[test]
+fn a_notify_without_messages_gets_an_empty_ack_with_its_ids() {
+    let agent = Agent::start(&iprep_guest(), &[]);
+    let mut client = SpopClient::pipelined(agent.addr());
+    client.send(&notify_frame(
+        401,
+        1,
+        vec![check_client_ip(Ipv4Addr::LOCALHOST)],
+    ));
+    client.send(&notify_frame(403, 1, vec![]));
+    client.send(&notify_frame(
+        405,
+        1,
+        vec![check_client_ip(Ipv4Addr::LOCALHOST)],
+    ));
+    let mut acks: Vec<_> = (0..3).map(|_| client.recv_ack()).collect();
+    acks.sort_by_key(|ack| ack.stream_id);
+    assert_eq!(
+        acks.iter()
+            .map(|ack| (ack.stream_id, ack.frame_id))
+            .collect::<Vec<_>>(),
+        [(401, 1), (403, 1), (405, 1)]
+    );
+    assert!(acks[1].actions.is_empty(), "{:?}", acks[1]);
+    for scored in [&acks[0], &acks[2]] {
+        assert!(score_of(scored).is_some(), "{scored:?}");
+    }
+}
+
 #[test]
 fn haproxy_disconnect_is_answered_with_status_0() {
     let agent = Agent::start(&iprep_guest(), &[]);

@@ -16,8 +16,8 @@ export type Scope = 'proc' | 'sess' | 'txn' | 'req' | 'res';
 export type Action =
   | { tag: 'set-var'; val: { scope: Scope; name: string; value: TypedData } }
   | { tag: 'unset-var'; val: { scope: Scope; name: string } };
-/** `bits` is computed when read; `parts` are the address's bytes (IPv4) or 16-bit groups (IPv6). */
-export interface Address { version: 4 | 6; readonly bits: bigint; parts: number[] }
+/** `bits` is computed when read; `parts` (set by `ipArg`) are the address's bytes (IPv4) or 16-bit groups (IPv6). An address built by hand needs only `version` and `bits`. */
+export interface Address { version: 4 | 6; readonly bits: bigint; parts?: number[] }
 export interface Table {
   contains(ip: unknown): boolean;
   lookupFields(ip: unknown, paths: string[]): unknown;
