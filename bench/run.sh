@@ -123,7 +123,7 @@ deploys() {
 # msgs per agent CPU-s of guest-iprep (the wasm32-unknown-unknown build,
 # and the same code built with `cargo build --target wasm32-wasip2`, and
 # built against 0.1.5: typed batches), the native path (both also with one
-# worker thread), the `spop` crate's example agent and HAProxy's C example
+# worker thread, and over a Unix socket), the `spop` crate's example agent and HAProxy's C example
 # agent, at 4x16 and 16x64, in rounds that alternate them.
 start_other() {  # start_other ENV-ASSIGNMENT|- BINARY ARGS… (PORT is set first)
     local env=$1; shift
@@ -158,6 +158,14 @@ side_by_side() {
             stop_agent
             start_agent --native-iprep --workers 1
             run -d "$DURATION" -c "$1" -p "$2" --label "round $round, native path, --workers 1, $1x$2"
+            stop_agent
+            # Over a Unix socket (HAProxy: `server … unix@PATH`), default workers.
+            local sock=target/bench-agent.sock
+            start_agent --module "$GUEST" --unix "$sock"
+            run --unix "$sock" -d "$DURATION" -c "$1" -p "$2" --label "round $round, guest-iprep over a Unix socket, $1x$2"
+            stop_agent
+            start_agent --native-iprep --unix "$sock"
+            run --unix "$sock" -d "$DURATION" -c "$1" -p "$2" --label "round $round, native path over a Unix socket, $1x$2"
             stop_agent
             if [ -n "$spop" ]; then
                 PORT=$(free_port); start_other "SPOP_ADDR=127.0.0.1:$PORT" "$spop"

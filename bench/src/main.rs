@@ -32,6 +32,11 @@ struct Args {
     /// The agent to load.
     #[arg(long, default_value = "127.0.0.1:12345")]
     addr: SocketAddr,
+    /// Load the agent over this Unix socket (its `--unix PATH`) instead of
+    /// `--addr`. Only the measured connections: idle connections, spinners
+    /// and health checks keep to `--addr`.
+    #[arg(long, conflicts_with = "tls_ca")]
+    unix: Option<std::path::PathBuf>,
     /// Concurrent SPOP connections.
     #[arg(short = 'c', long, default_value_t = 4)]
     connections: usize,
@@ -94,7 +99,7 @@ struct Args {
     burst_us: i64,
 }
 
-/// A byte stream to the agent: TCP, or TLS over TCP.
+/// A byte stream to the agent: TCP, TLS over TCP, or a Unix socket.
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
@@ -187,16 +192,25 @@ async fn run(args: Args) -> Result<()> {
     });
     let tls = tls_connector(&args)?;
     let mut tasks = Vec::new();
+    let (pipeline, messages) = (args.pipeline, args.messages);
     for id in 0..args.connections {
-        tasks.push(tokio::spawn(drive_connection(
-            args.addr,
-            tls.clone(),
-            id as u64,
-            args.pipeline,
-            args.messages,
-            measure_from,
-            measure_until,
-        )));
+        let target = match &args.unix {
+            Some(path) => Target::Unix(path.clone()),
+            None => Target::Tcp(args.addr),
+        };
+        let tls = tls.clone();
+        tasks.push(tokio::spawn(async move {
+            let stream = open(target, tls).await?;
+            drive_connection(
+                stream,
+                id as u64,
+                pipeline,
+                messages,
+                measure_from,
+                measure_until,
+            )
+            .await
+        }));
     }
     // CPU and memory are sampled at the edges of the measured window.
     tokio::time::sleep_until(measure_from.into()).await;
@@ -371,18 +385,26 @@ fn check_client_ip(i: u64) -> Message {
     }
 }
 
-async fn drive_connection(
-    addr: SocketAddr,
-    tls: Option<tokio_rustls::TlsConnector>,
-    stream_id: u64,
-    pipeline: usize,
-    messages: usize,
-    measure_from: Instant,
-    measure_until: Instant,
-) -> Result<ConnectionStats> {
+/// Where a measured connection goes.
+enum Target {
+    Tcp(SocketAddr),
+    Unix(std::path::PathBuf),
+}
+
+/// A connection to the agent: a Unix socket, or TCP (with TLS when given).
+async fn open(target: Target, tls: Option<tokio_rustls::TlsConnector>) -> Result<Box<dyn Io>> {
+    let addr = match target {
+        Target::Tcp(addr) => addr,
+        Target::Unix(path) => {
+            let unix = tokio::net::UnixStream::connect(&path)
+                .await
+                .with_context(|| format!("connecting to {}", path.display()))?;
+            return Ok(Box::new(unix));
+        }
+    };
     let tcp = TcpStream::connect(addr).await.context("connecting")?;
     tcp.set_nodelay(true)?;
-    let mut stream: Box<dyn Io> = match tls {
+    Ok(match tls {
         Some(connector) => {
             let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
             Box::new(
@@ -393,7 +415,17 @@ async fn drive_connection(
             )
         }
         None => Box::new(tcp),
-    };
+    })
+}
+
+async fn drive_connection(
+    mut stream: Box<dyn Io>,
+    stream_id: u64,
+    pipeline: usize,
+    messages: usize,
+    measure_from: Instant,
+    measure_until: Instant,
+) -> Result<ConnectionStats> {
     let mut codec = SpopCodec::new(16 * 1024 * 1024);
     let mut read_buf = BytesMut::with_capacity(64 * 1024);
     let mut write_buf = BytesMut::with_capacity(64 * 1024);
