@@ -34,8 +34,8 @@ struct Args {
     addr: SocketAddr,
     /// Load the agent over this Unix socket (its `--unix PATH`) instead of
     /// `--addr`. Only the measured connections: idle connections, spinners
-    /// and health checks keep to `--addr`.
-    #[arg(long, conflicts_with = "tls_ca")]
+    /// and health checks keep to `--addr` (and `--burst` is TCP only).
+    #[arg(long, conflicts_with_all = ["tls_ca", "tls_cert", "burst"])]
     unix: Option<std::path::PathBuf>,
     /// Concurrent SPOP connections.
     #[arg(short = 'c', long, default_value_t = 4)]

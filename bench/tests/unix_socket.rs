@@ -20,6 +20,8 @@ fn host_binary() -> PathBuf {
         .and_then(Path::parent)
         .expect("target/PROFILE/deps");
     let host = profile.join("spoa-host");
+    // `make test` builds it in the same `cargo test --workspace`; run alone,
+    // this test takes whatever `spoa-host` was built last.
     assert!(
         host.exists(),
         "{} is missing: run the tests with `make test` (or build `-p spoa-host` first)",
@@ -47,7 +49,9 @@ fn load_over_a_unix_socket_is_answered_in_full() {
     );
     let dir = tempfile::tempdir().expect("temp dir");
     let socket = dir.path().join("agent.sock");
-    let _agent = Agent(
+    let log_path = dir.path().join("agent.log");
+    let log = std::fs::File::create(&log_path).expect("agent log");
+    let mut agent = Agent(
         Command::new(host_binary())
             .arg("--module")
             .arg(&module)
@@ -55,16 +59,21 @@ fn load_over_a_unix_socket_is_answered_in_full() {
             .arg(&socket)
             .arg("--no-cache")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("spoa-host starts"),
     );
+    let agent_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let started = Instant::now();
     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        if let Ok(Some(status)) = agent.0.try_wait() {
+            panic!("the agent exited ({status}):\n{}", agent_log());
+        }
         assert!(
             started.elapsed() < Duration::from_secs(20),
-            "the agent never listened on {}",
-            socket.display()
+            "the agent never listened on {}:\n{}",
+            socket.display(),
+            agent_log()
         );
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -46,9 +46,10 @@ export function arg(msg, name) {
 }
 
 /**
- * An address as ipArg gives it. `bits` is computed when first read: BigInt
- * arithmetic is slow without a JIT, and a lookup in an IP table takes the
- * address's parts as they came.
+ * An address as ipArg gives it. `bits` is a getter, computed at each read:
+ * BigInt arithmetic is slow without a JIT, and a lookup in an IP table takes
+ * the address's `parts` as they came. A copy (`{ ...ip }`) keeps `version`
+ * and `parts`, not `bits`.
  */
 class Address {
   constructor(version, parts) {
@@ -62,8 +63,9 @@ class Address {
 }
 
 /**
- * The argument `name` as an address: `{ version: 4 | 6, bits: BigInt }`,
- * or undefined if it is missing or not an ipv4/ipv6 value.
+ * The argument `name` as an address (`version` 4 or 6, `bits` a BigInt,
+ * `parts` its bytes or 16-bit groups), or undefined if it is missing or not
+ * an ipv4/ipv6 value.
  */
 export function ipArg(msg, name) {
   const v = arg(msg, name);
@@ -128,7 +130,8 @@ export function openTable(name) {
 
 /** An address from `ipArg` as the host's `ip-address`. */
 function witAddress(ip) {
-  if (ip instanceof Address) return { tag: ip.version === 4 ? 'ipv4' : 'ipv6', val: ip.parts };
+  // ipArg's addresses, and copies of them, carry their parts.
+  if (Array.isArray(ip.parts)) return { tag: ip.version === 4 ? 'ipv4' : 'ipv6', val: ip.parts };
   const parts = ip.version === 4 ? 4 : 8;
   const width = ip.version === 4 ? 8n : 16n;
   const mask = (1n << width) - 1n;
