@@ -123,8 +123,9 @@ deploys() {
 # msgs per agent CPU-s of guest-iprep (the wasm32-unknown-unknown build,
 # and the same code built with `cargo build --target wasm32-wasip2`, and
 # built against 0.1.5: typed batches), the native path (both also with one
-# worker thread, and over a Unix socket), the `spop` crate's example agent and HAProxy's C example
-# agent, at 4x16 and 16x64, in rounds that alternate them.
+# worker thread, and over a Unix socket), the `spop` crate's example agent
+# and HAProxy's C example agent, at 4x16 and 16x64, in rounds that
+# alternate them.
 start_other() {  # start_other ENV-ASSIGNMENT|- BINARY ARGS… (PORT is set first)
     local env=$1; shift
     if [ "$env" = - ]; then "$@" >>target/bench-agent.log 2>&1 & else env "$env" "$@" >>target/bench-agent.log 2>&1 & fi
@@ -160,12 +161,11 @@ side_by_side() {
             run -d "$DURATION" -c "$1" -p "$2" --label "round $round, native path, --workers 1, $1x$2"
             stop_agent
             # Over a Unix socket (HAProxy: `server … unix@PATH`), default workers.
-            local sock=target/bench-agent.sock
-            start_agent --module "$GUEST" --unix "$sock"
-            run --unix "$sock" -d "$DURATION" -c "$1" -p "$2" --label "round $round, guest-iprep over a Unix socket, $1x$2"
+            start_agent --module "$GUEST" --unix "$AGENT_SOCKET"
+            run --unix "$AGENT_SOCKET" -d "$DURATION" -c "$1" -p "$2" --label "round $round, guest-iprep over a Unix socket, $1x$2"
             stop_agent
-            start_agent --native-iprep --unix "$sock"
-            run --unix "$sock" -d "$DURATION" -c "$1" -p "$2" --label "round $round, native path over a Unix socket, $1x$2"
+            start_agent --native-iprep --unix "$AGENT_SOCKET"
+            run --unix "$AGENT_SOCKET" -d "$DURATION" -c "$1" -p "$2" --label "round $round, native path over a Unix socket, $1x$2"
             stop_agent
             if [ -n "$spop" ]; then
                 PORT=$(free_port); start_other "SPOP_ADDR=127.0.0.1:$PORT" "$spop"
@@ -183,6 +183,7 @@ side_by_side() {
     [ -n "$c" ] || echo "HAProxy's C example agent was not built (see above)"
 }
 FIXTURES=target/fixtures
+AGENT_SOCKET=target/bench-agent.sock
 SPOP_LABEL=0.13.1
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
