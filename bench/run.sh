@@ -125,7 +125,7 @@ deploys() {
 # built against 0.1.5: typed batches), the native path (both also with one
 # worker thread, and over a Unix socket), the `spop` crate's example agent
 # and HAProxy's C example agent, at 4x16 and 16x64, in rounds that
-# alternate them.
+# alternate them; guest-iprep and the native path also with --no-rebalance.
 start_other() {  # start_other ENV-ASSIGNMENT|- BINARY ARGS… (PORT is set first)
     local env=$1; shift
     if [ "$env" = - ]; then "$@" >>target/bench-agent.log 2>&1 & else env "$env" "$@" >>target/bench-agent.log 2>&1 & fi
@@ -150,6 +150,15 @@ side_by_side() {
             stop_agent
             start_agent --native-iprep
             run -d "$DURATION" -c "$1" -p "$2" --label "round $round, native path, $1x$2"
+            stop_agent
+            # Connections kept where they were placed (main before the
+            # data plane moved them by load: docs/operators.md, "Sizing the
+            # data plane").
+            start_agent --module "$GUEST" --no-rebalance
+            run -d "$DURATION" -c "$1" -p "$2" --label "round $round, guest-iprep, --no-rebalance, $1x$2"
+            stop_agent
+            start_agent --native-iprep --no-rebalance
+            run -d "$DURATION" -c "$1" -p "$2" --label "round $round, native path, --no-rebalance, $1x$2"
             stop_agent
             # One data-plane thread, the load generator on the other core:
             # what a worker's sleeps and wake-ups cost (docs/operators.md,

@@ -292,18 +292,7 @@ fn report(args: &Args, total: &ConnectionStats, cpu: Option<(f64, f64)>, rss_kib
 }
 
 fn hello() -> Frame {
-    Frame::HaproxyHello(
-        KvList::new()
-            .with(
-                "supported-versions",
-                TypedData::String(Bytes::from_static(b"2.0")),
-            )
-            .with("max-frame-size", TypedData::Uint32(16380))
-            .with(
-                "capabilities",
-                TypedData::String(Bytes::from_static(b"pipelining")),
-            ),
-    )
+    Frame::HaproxyHello(KvList::haproxy_hello(16380, "pipelining"))
 }
 
 /// `count` NOTIFYs in one write, five times: when the first, median and

@@ -5,7 +5,9 @@
 //! - once HELLO is done, the connection moves to the data plane (its socket
 //!   re-registered with the data plane's reactor): NOTIFY frames go to the
 //!   [`Handler`] as one batch per read burst, answered on the same thread,
-//!   with no hand-off between threads per message.
+//!   with no hand-off between threads per message. Asked to (see
+//!   `planes::balance`), it moves to another data-plane thread the same
+//!   way, between two read bursts, with no batch of its own unanswered.
 
 use std::future::Future;
 use std::io;
@@ -24,8 +26,9 @@ use super::dispatch::{self, NotifyBatch, Outbox};
 use super::handler::Handler;
 use super::hello::{Negotiated, agent_hello, negotiate};
 use crate::metrics::Metrics;
+use crate::net::Detached;
 use crate::net::{Peer, Transport};
-use crate::planes::DataPlane;
+use crate::planes::{DataPlane, Seat};
 use crate::spop::codec::encode_frame;
 use crate::spop::{DecodeError, Disconnect, Frame, FrameType, KvList, SpopCodec, Status};
 
@@ -137,6 +140,17 @@ enum Next {
     End(End),
 }
 
+/// Why [`Connection::serve_notifies`] returned.
+enum Served {
+    Ended(End),
+    /// Asked to move to this data-plane shard, with nothing in flight.
+    Moving(usize),
+}
+
+/// Tells the accepting task that the connection ended, wherever it was
+/// served last; dropped unsent, the task serving it failed.
+struct Ended(tokio::sync::oneshot::Sender<()>);
+
 /// What one read attempt produced.
 enum ReadOutcome {
     Data,
@@ -172,9 +186,9 @@ pub async fn serve_connection(
     };
     match connection.handshake_phase(&shutdown).await {
         Ok(negotiated) => match connection.into_data_plane(negotiated, shutdown) {
-            Ok(task) => {
-                if let Err(join) = task.await {
-                    tracing::error!(%peer, "connection task failed: {join}");
+            Ok(ended) => {
+                if ended.await.is_err() {
+                    tracing::error!(%peer, "connection task failed");
                 }
             }
             Err(err) => {
@@ -189,6 +203,58 @@ pub async fn serve_connection(
 struct Connection {
     stream: Transport,
     state: ConnectionState,
+}
+
+/// What a connection keeps from one data-plane shard to the next.
+struct OnShard {
+    negotiated: Negotiated,
+    shutdown: CancellationToken,
+    ended: Ended,
+}
+
+impl OnShard {
+    /// Serves the connection on the shard `seat` is on, until it ends or
+    /// moves on (boxed: a move starts this again on the next shard).
+    fn serve(
+        self,
+        detached: Detached,
+        state: ConnectionState,
+        seat: Seat,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let stream = match detached.attach() {
+                Ok(stream) => stream,
+                Err(err) => {
+                    tracing::warn!(peer = %state.peer, "could not register the connection: {err}");
+                    let _ = self.ended.0.send(());
+                    return;
+                }
+            };
+            let mut connection = Connection { stream, state };
+            match connection
+                .serve_notifies(&self.negotiated, &self.shutdown, &seat)
+                .await
+            {
+                Served::Ended(end) => {
+                    connection.finish(end).await;
+                    let _ = self.ended.0.send(());
+                }
+                Served::Moving(shard) => {
+                    let Connection { stream, state } = connection;
+                    match stream.detach() {
+                        Ok(detached) => {
+                            tracing::trace!(peer = %state.peer, shard, "connection moves to another worker");
+                            seat.move_to(shard, move |seat| self.serve(detached, state, seat));
+                        }
+                        Err(err) => {
+                            tracing::warn!(peer = %state.peer, "could not move the connection: {err}");
+                            let _ = self.ended.0.send(());
+                        }
+                    }
+                }
+            }
+        })
+    }
 }
 
 /// Everything of a connection but its socket: what moves with it from the
@@ -244,30 +310,27 @@ impl Connection {
 
     /// Moves the connection, with whatever it already buffered, to a task on
     /// the data plane, its socket registered with that runtime's reactor so
-    /// its readiness never goes through the control plane.
+    /// its readiness never goes through the control plane. The receiver
+    /// hears when it ends.
     fn into_data_plane(
         self,
         negotiated: Negotiated,
         shutdown: CancellationToken,
-    ) -> io::Result<tokio::task::JoinHandle<()>> {
+    ) -> io::Result<tokio::sync::oneshot::Receiver<()>> {
         let Connection { stream, mut state } = self;
         // A copy of its own: every batch holds a reference, and a count
         // shared by every connection would bounce between the cores.
         state.ctx = Arc::new((*state.ctx).clone());
         let detached = stream.detach()?;
+        let (ended, on_end) = tokio::sync::oneshot::channel();
+        let on_shard = OnShard {
+            negotiated,
+            shutdown,
+            ended: Ended(ended),
+        };
         let data_plane = state.ctx.data_plane.clone();
-        Ok(data_plane.spawn_connection(async move {
-            let stream = match detached.attach() {
-                Ok(stream) => stream,
-                Err(err) => {
-                    tracing::warn!(peer = %state.peer, "could not register the connection: {err}");
-                    return;
-                }
-            };
-            let mut connection = Connection { stream, state };
-            let end = connection.serve_notifies(&negotiated, &shutdown).await;
-            connection.finish(end).await;
-        }))
+        data_plane.spawn_connection(move |seat| on_shard.serve(detached, state, seat));
+        Ok(on_end)
     }
 
     /// Reads the first frame, which must be HAPROXY-HELLO.
@@ -312,7 +375,8 @@ impl Connection {
         &mut self,
         negotiated: &Negotiated,
         shutdown: &CancellationToken,
-    ) -> End {
+        seat: &Seat,
+    ) -> Served {
         let mut in_flight = FuturesUnordered::new();
         let outbox = self.state.outbox.clone();
         let end = loop {
@@ -321,6 +385,14 @@ impl Connection {
             }
             if let Err(err) = self.flush().await {
                 break End::Io(err);
+            }
+            // Between two bursts, every batch answered and its ACKs
+            // written: all the connection is moves with it.
+            if in_flight.is_empty()
+                && !shutdown.is_cancelled()
+                && let Some(shard) = seat.claim_move()
+            {
+                return Served::Moving(shard);
             }
             let idle = if in_flight.is_empty() {
                 self.state.ctx.settings.idle_timeout
@@ -381,7 +453,7 @@ impl Connection {
                 _ = outbox.ready() => self.take_acks(),
             }
         }
-        end
+        Served::Ended(end)
     }
 
     /// Answers every whole frame in the read buffer, grouped by the handler
@@ -678,4 +750,209 @@ fn is_disconnection(err: &io::Error) -> bool {
             | io::ErrorKind::BrokenPipe
             | io::ErrorKind::UnexpectedEof
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::io::{Read, Write};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::thread::ThreadId;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::agent::{AnswerSink, Batch, BatchFuture};
+    use crate::planes::start_data_plane;
+    use crate::spop::{Action, Arg, Message, Notify, TypedData, VarScope};
+
+    /// Answers each message with the number it carries, noting the threads
+    /// that answered.
+    #[derive(Default)]
+    struct Echo {
+        threads: Mutex<(Option<ThreadId>, HashSet<ThreadId>, usize)>,
+    }
+
+    impl Handler for Echo {
+        fn handle_batch<'a>(
+            &'a self,
+            messages: Batch<'a>,
+            answers: AnswerSink<'a>,
+        ) -> BatchFuture<'a> {
+            let thread = std::thread::current().id();
+            {
+                let mut seen = self.threads.lock().expect("not poisoned");
+                if seen.0.is_some_and(|last| last != thread) {
+                    seen.2 += 1;
+                }
+                seen.0 = Some(thread);
+                seen.1.insert(thread);
+            }
+            for message in messages {
+                let value = message
+                    .args
+                    .first()
+                    .map_or(TypedData::Null, |arg| arg.value.clone());
+                let action = Action::SetVar {
+                    scope: VarScope::Txn,
+                    name: Bytes::from_static(b"n"),
+                    value,
+                };
+                answers.answered("echo", Ok(vec![action]));
+            }
+            Box::pin(std::future::ready(()))
+        }
+    }
+
+    fn encoded(frame: &Frame) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        encode_frame(frame, &mut out).expect("encodes");
+        out.to_vec()
+    }
+
+    fn notify(number: u64) -> Frame {
+        Frame::Notify(Notify {
+            stream_id: number,
+            frame_id: 1,
+            messages: vec![Message {
+                name: Bytes::from_static(b"m"),
+                args: vec![Arg {
+                    name: Bytes::from_static(b"n"),
+                    value: TypedData::Uint64(number),
+                }],
+            }],
+        })
+    }
+
+    /// Reads frames from `stream` until `count` have come.
+    fn read_frames(
+        stream: &mut std::net::TcpStream,
+        buf: &mut BytesMut,
+        count: usize,
+    ) -> Vec<Frame> {
+        let codec = SpopCodec::new(16380);
+        let mut frames = Vec::new();
+        let mut chunk = [0u8; 16384];
+        while frames.len() < count {
+            match codec.next_frame_bytes(buf).expect("a valid frame") {
+                Some(body) => frames.push(Frame::decode(body.freeze()).expect("decodes")),
+                None => {
+                    let read = stream.read(&mut chunk).expect("the agent answers");
+                    assert_ne!(read, 0, "the agent closed after {} frames", frames.len());
+                    buf.extend_from_slice(&chunk[..read]);
+                }
+            }
+        }
+        frames
+    }
+
+    #[test]
+    fn a_connection_moved_between_shards_again_and_again_answers_every_notify() {
+        let threads = start_data_plane(2, false).expect("data plane");
+        let plane = threads.plane();
+        let control = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("control plane");
+        let echo = Arc::new(Echo::default());
+        let ctx = Arc::new(AgentContext {
+            handler: echo.clone(),
+            data_plane: plane.clone(),
+            metrics: Arc::new(Metrics::new()),
+            settings: ConnectionSettings {
+                max_frame_size: 16380,
+                hello_timeout: Duration::from_secs(5),
+                idle_timeout: None,
+            },
+        });
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        listener.set_nonblocking(true).expect("non-blocking");
+        let addr = listener.local_addr().expect("its address");
+        let shutdown = CancellationToken::new();
+        let served = control.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("registered");
+            let (stream, peer) = listener.accept().await.expect("accepted");
+            serve_connection(Transport::Tcp(stream), Peer::Tcp(peer), ctx, shutdown).await;
+        });
+
+        // Asks for a move to the other shard every 100 µs, whatever the
+        // connection is doing.
+        let stop = Arc::new(AtomicBool::new(false));
+        let mover = {
+            let (stop, plane) = (stop.clone(), plane.clone());
+            std::thread::spawn(move || {
+                for to in (0..2).cycle() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    plane.ask_move(to, usize::MAX);
+                    plane.ask_move(1 - to, to);
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            })
+        };
+
+        let mut client = std::net::TcpStream::connect(addr).expect("connects");
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let hello = crate::spop::KvList::haproxy_hello(16380, "pipelining");
+        client
+            .write_all(&encoded(&Frame::HaproxyHello(hello)))
+            .expect("sends");
+        let mut buf = BytesMut::new();
+        let agent_hello = read_frames(&mut client, &mut buf, 1);
+        assert!(
+            matches!(agent_hello[..], [Frame::AgentHello(_)]),
+            "{agent_hello:?}"
+        );
+
+        const BURST: u64 = 8;
+        for round in 0..300u64 {
+            let numbers = round * BURST..(round + 1) * BURST;
+            let bytes: Vec<u8> = numbers.clone().flat_map(|n| encoded(&notify(n))).collect();
+            // In two writes, the first ending inside a frame: a move may
+            // take a partial frame with it.
+            let cut = bytes.len() / 2 + 3;
+            client.write_all(&bytes[..cut]).expect("sends");
+            std::thread::sleep(Duration::from_micros(50));
+            client.write_all(&bytes[cut..]).expect("sends");
+            let mut answered: Vec<u64> = read_frames(&mut client, &mut buf, BURST as usize)
+                .into_iter()
+                .map(|frame| match frame {
+                    Frame::Ack(ack) => {
+                        let expected = Action::SetVar {
+                            scope: VarScope::Txn,
+                            name: Bytes::from_static(b"n"),
+                            value: TypedData::Uint64(ack.stream_id),
+                        };
+                        assert_eq!(
+                            ack.actions,
+                            [expected],
+                            "the ACK of NOTIFY {}",
+                            ack.stream_id
+                        );
+                        ack.stream_id
+                    }
+                    other => panic!("expected an ACK, got {other:?}"),
+                })
+                .collect();
+            answered.sort_unstable();
+            assert_eq!(answered, numbers.collect::<Vec<_>>(), "round {round}");
+        }
+        stop.store(true, Ordering::Relaxed);
+        mover.join().expect("the mover stops");
+
+        let (_, seen, switches) = echo.threads.lock().expect("not poisoned").clone();
+        assert_eq!(seen.len(), 2, "answered on both shards");
+        assert!(switches >= 50, "the connection moved {switches} times");
+        drop(client);
+        control
+            .block_on(served)
+            .expect("the connection's task ends");
+        drop(control);
+        threads.stop(Duration::from_millis(100));
+    }
 }

@@ -38,7 +38,7 @@ pub fn serve_blocking(args: ServeArgs) -> Result<()> {
         None => None,
     };
     let settings = ServeSettings::resolve(&args, config.as_ref()).map_err(anyhow::Error::msg)?;
-    let data_plane = start_data_plane(settings.workers)?;
+    let data_plane = start_data_plane(settings.workers, settings.rebalance)?;
     let priority = args.control_priority;
     priority.apply_to_this_thread();
     let control = tokio::runtime::Builder::new_multi_thread()
@@ -71,6 +71,7 @@ async fn serve_async(
         metrics_address,
         max_frame_size,
         workers: data_plane_threads,
+        rebalance: _,
         kv: kv_spec,
         record,
     } = settings;
@@ -92,6 +93,7 @@ async fn serve_async(
     tracing::info!(store = %kv.describe(), "guest key-value store");
     metrics.watch_kv(kv.clone());
     metrics.watch_ip_tables(ip_tables.clone());
+    metrics.watch_data_plane(planes.data.clone());
     let recorder = record
         .map(|spec| crate::record::Recorder::start(&spec, metrics.record_counters()))
         .transpose()?;

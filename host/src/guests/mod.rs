@@ -342,6 +342,7 @@ impl ConfigReloader {
         let settings_changed = config.address != self.config.address
             || config.port != self.config.port
             || config.workers != self.config.workers
+            || config.rebalance != self.config.rebalance
             || config.max_frame_size != self.config.max_frame_size
             || config.metrics_address != self.config.metrics_address
             || config.kv != self.config.kv;

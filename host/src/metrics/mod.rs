@@ -22,6 +22,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry};
 
 use crate::kv::{KvFailureCause, KvStats, KvStore};
+use crate::planes::DataPlane;
 use crate::sandbox::{LoadFailureCause, ModuleIdentity};
 use crate::spop::{FrameType, Status};
 use crate::tables::IpTables;
@@ -50,6 +51,11 @@ struct GuestLabels {
 struct GuestCounterLabels {
     guest: String,
     name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    worker: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -146,6 +152,10 @@ pub struct Metrics {
     kv_store: Mutex<Option<KvStore>>,
     tables: tables::TableSeries,
     ip_tables: Mutex<Option<IpTables>>,
+    worker_connections: Family<WorkerLabels, Gauge>,
+    connections_moved: Counter,
+    /// The data plane whose threads' connections are read at each scrape.
+    data_plane: Mutex<Option<DataPlane>>,
     started_at: SystemTime,
     /// The guests serving now, for `/status`. Weak: the router holds these
     /// metrics.
@@ -286,6 +296,14 @@ impl Metrics {
         let mut r = Registrar(&mut registry);
         let connections_current = r.series("connections_current", "Connections currently open");
         let connections_total = r.series("connections", "Connections accepted");
+        let worker_connections = r.series(
+            "worker_connections",
+            "Connections each data-plane thread (--workers) serves now",
+        );
+        let connections_moved = r.series(
+            "connection_moves",
+            "Connections moved from one data-plane thread to another, as their load showed (--no-rebalance: none)",
+        );
         let refused: Family<ReasonLabels, Counter<u64, AtomicU64>> = r.series(
             "connections_refused",
             "Connections refused, by reason: max_connections (status 13), allow_list (closed before a byte is read), tls (failed handshake)",
@@ -364,6 +382,9 @@ impl Metrics {
             kv_store: Mutex::new(None),
             tables: table_series,
             ip_tables: Mutex::new(None),
+            worker_connections,
+            connections_moved,
+            data_plane: Mutex::new(None),
             started_at: SystemTime::now(),
             guests_now: Mutex::new(None),
         }
@@ -407,6 +428,11 @@ impl Metrics {
     /// Shows the figures of `tables` (`spoa_ip_table_*`) from now on.
     pub fn watch_ip_tables(&self, tables: IpTables) {
         *self.ip_tables.lock().unwrap_or_else(|p| p.into_inner()) = Some(tables);
+    }
+
+    /// Shows how `plane`'s threads share the connections from now on.
+    pub fn watch_data_plane(&self, plane: DataPlane) {
+        *self.data_plane.lock().unwrap_or_else(|p| p.into_inner()) = Some(plane);
     }
 
     /// Shows `store`'s figures (`spoa_kv_*`) from now on.
@@ -480,6 +506,16 @@ impl Metrics {
         }
         if let Some(tables) = &*self.ip_tables.lock().unwrap_or_else(|p| p.into_inner()) {
             self.tables.update(tables);
+        }
+        if let Some(plane) = &*self.data_plane.lock().unwrap_or_else(|p| p.into_inner()) {
+            for (worker, connections) in plane.connections_per_worker().into_iter().enumerate() {
+                self.worker_connections
+                    .get_or_create(&WorkerLabels {
+                        worker: worker.to_string(),
+                    })
+                    .set(connections as i64);
+            }
+            raise_to(&self.connections_moved, plane.connections_moved());
         }
         // A quarantine ends on the clock, not at the next message: a guest
         // that gets none would stay at 1 until one came.

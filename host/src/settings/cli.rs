@@ -319,6 +319,13 @@ pub struct ServeArgs {
     #[arg(short = 'n', long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
 
+    /// Keep each connection on the worker it was given. By default the
+    /// workers' load moves connections between them: onto fewer workers
+    /// while they wait for work more than they do it, apart again when one
+    /// is saturated.
+    #[arg(long)]
+    pub no_rebalance: bool,
+
     /// Debug logging (same as RUST_LOG=debug; RUST_LOG wins when set).
     #[arg(short = 'd', long)]
     pub debug: bool,

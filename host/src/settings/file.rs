@@ -42,6 +42,8 @@ struct FileConfig {
     address: Option<IpAddr>,
     port: Option<u16>,
     workers: Option<u16>,
+    /// `false`, as `--no-rebalance`.
+    rebalance: Option<bool>,
     max_frame_size: Option<u32>,
     metrics_address: Option<SocketAddr>,
     /// `kv = "redis://…"` or `"memory"`, as `--kv`.
@@ -270,6 +272,7 @@ pub struct AgentConfig {
     pub address: Option<IpAddr>,
     pub port: Option<u16>,
     pub workers: Option<u16>,
+    pub rebalance: Option<bool>,
     pub max_frame_size: Option<u32>,
     pub metrics_address: Option<SocketAddr>,
     /// The shared store's settings (the command line's flags win).
@@ -363,6 +366,7 @@ impl AgentConfig {
             address: file.address,
             port: file.port,
             workers: file.workers,
+            rebalance: file.rebalance,
             max_frame_size: file.max_frame_size,
             metrics_address: file.metrics_address,
             haproxy: file.haproxy,

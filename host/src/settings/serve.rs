@@ -19,6 +19,8 @@ pub struct ServeSettings {
     pub max_frame_size: u32,
     /// Data-plane threads.
     pub workers: usize,
+    /// Whether connections move between them as their load shows.
+    pub rebalance: bool,
     pub kv: KvBackendSpec,
     /// What to record, if anything.
     pub record: Option<crate::record::RecordSpec>,
@@ -55,6 +57,7 @@ impl ServeSettings {
                 file.and_then(|c| c.workers).map(usize::from),
                 || std::thread::available_parallelism().map_or(1, |n| n.get()),
             ),
+            rebalance: !args.no_rebalance && file.and_then(|c| c.rebalance).unwrap_or(true),
             kv: args
                 .kv
                 .settings()

@@ -124,6 +124,21 @@ impl KvList {
                 TypedData::String(Bytes::copy_from_slice(message.as_bytes())),
             )
     }
+
+    /// A HAPROXY-HELLO payload as a peer speaking SPOP 2.0 sends it (the
+    /// benchmark's and tests' clients).
+    pub fn haproxy_hello(max_frame_size: u32, capabilities: &'static str) -> KvList {
+        KvList::new()
+            .with(
+                "supported-versions",
+                TypedData::String(Bytes::from_static(b"2.0")),
+            )
+            .with("max-frame-size", TypedData::Uint32(max_frame_size))
+            .with(
+                "capabilities",
+                TypedData::String(Bytes::from_static(capabilities.as_bytes())),
+            )
+    }
 }
 
 /// The payload of a HELLO frame (HAPROXY-HELLO or AGENT-HELLO), typed.

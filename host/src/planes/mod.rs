@@ -14,16 +14,21 @@
 //!   4 connections of 16 messages in flight). A new connection goes to the
 //!   shard serving the fewest, so connections that close (HAProxy's
 //!   `timeout idle`, a reload of HAProxy) never leave the survivors on
-//!   one thread while another idles.
+//!   one thread while another idles. Then [`balance`] moves connections
+//!   between shards as their load shows: onto fewer shards while they wait
+//!   for work more than they do it, apart when one is saturated.
 //!
 //! Nothing here knows what runs on them; every layer may use this leaf.
+
+mod balance;
 
 use std::cell::Cell;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tokio::runtime::{Handle, Runtime};
@@ -43,7 +48,14 @@ struct Shards {
     next: AtomicUsize,
     /// Connections each shard serves now (see [`DataPlane::spawn_connection`]).
     connections: Vec<AtomicUsize>,
+    /// Per shard, the shard one of its connections is asked to move to
+    /// ([`NO_MOVE`]: none), claimed by the first connection that can.
+    moves: Vec<AtomicUsize>,
+    /// Connections moved from one shard to another so far.
+    moved: AtomicU64,
 }
+
+const NO_MOVE: usize = usize::MAX;
 
 thread_local! {
     /// The shard this thread runs, as (its plane's `Shards` address, its
@@ -81,19 +93,79 @@ impl Shards {
     fn new(handles: Vec<Handle>) -> Shards {
         Shards {
             connections: handles.iter().map(|_| AtomicUsize::new(0)).collect(),
+            moves: handles.iter().map(|_| AtomicUsize::new(NO_MOVE)).collect(),
+            moved: AtomicU64::new(0),
             handles,
             next: AtomicUsize::new(0),
         }
     }
+
+    /// Seats a connection on shard `index` and starts its task there.
+    fn seat<W, F>(self: &Arc<Self>, index: usize, work: W) -> JoinHandle<F::Output>
+    where
+        W: FnOnce(Seat) -> F,
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.connections[index].fetch_add(1, Ordering::Relaxed);
+        let seat = Seat {
+            shards: self.clone(),
+            index,
+        };
+        self.handles[index].spawn(work(seat))
+    }
+
+    /// What each shard has done so far.
+    fn readings(&self) -> Vec<(Duration, u64)> {
+        self.handles
+            .iter()
+            .map(|handle| {
+                let metrics = handle.metrics();
+                (
+                    metrics.worker_total_busy_duration(0),
+                    metrics.worker_park_count(0),
+                )
+            })
+            .collect()
+    }
 }
 
-/// Counts a connection on its shard for as long as its task lives.
-struct OnShard {
+/// A connection's place on a shard: counted there for as long as it
+/// lives, and where the balancer asks it to move.
+#[derive(Debug)]
+pub struct Seat {
     shards: Arc<Shards>,
     index: usize,
 }
 
-impl Drop for OnShard {
+impl Seat {
+    /// The shard this connection is asked to move to, if it is (the
+    /// request is then its own: no other connection takes it).
+    pub fn claim_move(&self) -> Option<usize> {
+        let request = &self.shards.moves[self.index];
+        if request.load(Ordering::Relaxed) == NO_MOVE {
+            return None;
+        }
+        let target = request.swap(NO_MOVE, Ordering::Relaxed);
+        (target != NO_MOVE && target != self.index && target < self.shards.handles.len())
+            .then_some(target)
+    }
+
+    /// Continues the connection as `work` on shard `target`, seated there.
+    pub fn move_to<W, F>(self, target: usize, work: W) -> JoinHandle<F::Output>
+    where
+        W: FnOnce(Seat) -> F,
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let shards = self.shards.clone();
+        shards.moved.fetch_add(1, Ordering::Relaxed);
+        drop(self);
+        shards.seat(target, work)
+    }
+}
+
+impl Drop for Seat {
     fn drop(&mut self) {
         self.shards.connections[self.index].fetch_sub(1, Ordering::Relaxed);
     }
@@ -175,39 +247,43 @@ impl DataPlane {
         self.spawn(work).await.context("data-plane task failed")
     }
 
-    /// Runs a connection's task on the shard serving the fewest
-    /// connections (what it spawns then stays there).
-    pub fn spawn_connection<F>(&self, work: F) -> JoinHandle<F::Output>
+    /// Runs a connection's task, `work` given its [`Seat`], on the shard
+    /// serving the fewest connections (what it spawns then stays there).
+    pub fn spawn_connection<W, F>(&self, work: W) -> JoinHandle<F::Output>
     where
+        W: FnOnce(Seat) -> F,
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let shards = &self.0;
-        let index = shards.least_connections();
-        shards.connections[index].fetch_add(1, Ordering::Relaxed);
-        let counted = OnShard {
-            shards: shards.clone(),
-            index,
-        };
-        shards.handles[index].spawn(async move {
-            let _counted = counted;
-            work.await
-        })
+        self.0.seat(self.0.least_connections(), work)
     }
 
-    /// Connections each shard serves now.
-    #[cfg(test)]
-    fn connections(&self) -> Vec<usize> {
+    /// Connections each data-plane thread serves now.
+    pub fn connections_per_worker(&self) -> Vec<usize> {
         let counts = &self.0.connections;
         counts.iter().map(|c| c.load(Ordering::Relaxed)).collect()
     }
+
+    /// Connections moved from one data-plane thread to another so far.
+    pub fn connections_moved(&self) -> u64 {
+        self.0.moved.load(Ordering::Relaxed)
+    }
+
+    /// Asks a connection of shard `from` to move to shard `to`, as the
+    /// balancer does (`usize::MAX`: withdraws the request).
+    #[cfg(test)]
+    pub(crate) fn ask_move(&self, from: usize, to: usize) {
+        self.0.moves[from].store(to, Ordering::Relaxed);
+    }
 }
 
-/// The data plane's threads, each driving its shard until [`Self::stop`].
+/// The data plane's threads, each driving its shard until [`Self::stop`],
+/// and the balancer's.
 pub struct DataPlaneThreads {
     plane: DataPlane,
     stops: Vec<tokio::sync::oneshot::Sender<Duration>>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    balancer: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
 }
 
 impl DataPlaneThreads {
@@ -218,6 +294,11 @@ impl DataPlaneThreads {
     /// Stops every shard, giving its tasks still running up to `grace`.
     /// Call it outside any runtime.
     pub fn stop(self, grace: Duration) {
+        // First: no connection moves while the shards stop.
+        if let Some((stop, thread)) = self.balancer {
+            drop(stop);
+            let _ = thread.join();
+        }
         for stop in self.stops {
             let _ = stop.send(grace);
         }
@@ -227,8 +308,9 @@ impl DataPlaneThreads {
     }
 }
 
-/// Starts the data plane with `threads` shards, a thread each.
-pub fn start_data_plane(threads: usize) -> Result<DataPlaneThreads> {
+/// Starts the data plane with `threads` shards, a thread each, and with
+/// `rebalance` a thread moving connections between them (see [`balance`]).
+pub fn start_data_plane(threads: usize, rebalance: bool) -> Result<DataPlaneThreads> {
     let runtimes = (0..threads.max(1))
         .map(|_| {
             tokio::runtime::Builder::new_current_thread()
@@ -256,11 +338,56 @@ pub fn start_data_plane(threads: usize) -> Result<DataPlaneThreads> {
         stops.push(stop);
         joins.push(thread);
     }
+    let balancer = match rebalance && shards.handles.len() > 1 {
+        true => {
+            let (stop, stopped) = mpsc::channel();
+            let watched = shards.clone();
+            let thread = std::thread::Builder::new()
+                .name("spoa-balance".into())
+                .spawn(move || run_balancer(&watched, &stopped))
+                .context("starting the data plane's balancer")?;
+            Some((stop, thread))
+        }
+        false => None,
+    };
     Ok(DataPlaneThreads {
         plane: Plane(shards, PhantomData),
         stops,
         threads: joins,
+        balancer,
     })
+}
+
+/// Samples the shards every [`balance::WINDOW`] and asks for the moves the
+/// [`balance::Balancer`] makes, until `stopped` disconnects.
+fn run_balancer(shards: &Shards, stopped: &mpsc::Receiver<()>) {
+    let mut balancer = balance::Balancer::default();
+    let mut before = (Instant::now(), shards.readings());
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(balance::WINDOW) {
+        let now = (Instant::now(), shards.readings());
+        let seconds = now.0.duration_since(before.0).as_secs_f64().max(1e-3);
+        let samples: Vec<_> = (now.1.iter().zip(&before.1))
+            .zip(&shards.connections)
+            .map(
+                |((&(busy, sleeps), &(busy_before, sleeps_before)), connections)| {
+                    balance::ShardSample {
+                        busy: busy.saturating_sub(busy_before).as_secs_f64() / seconds,
+                        sleeps_per_s: sleeps.saturating_sub(sleeps_before) as f64 / seconds,
+                        connections: connections.load(Ordering::Relaxed),
+                    }
+                },
+            )
+            .collect();
+        before = now;
+        // A request no connection could take in a window is stale.
+        for request in &shards.moves {
+            request.store(NO_MOVE, Ordering::Relaxed);
+        }
+        if let Some(chosen) = balancer.next(&samples) {
+            tracing::debug!(?chosen, ?samples, "moving a connection between workers");
+            shards.moves[chosen.from].store(chosen.to, Ordering::Relaxed);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -278,7 +405,7 @@ mod tests {
 
     #[test]
     fn work_from_outside_goes_round_robin_and_work_from_a_shard_stays_there() {
-        let threads = start_data_plane(2).expect("data plane");
+        let threads = start_data_plane(2, false).expect("data plane");
         let plane = threads.plane();
         let (first, second) = (thread_of(&plane), thread_of(&plane));
         assert_ne!(first, second, "two tasks from outside, two shards");
@@ -305,7 +432,8 @@ mod tests {
     fn connection(plane: &DataPlane) -> (ThreadId, tokio::sync::oneshot::Sender<()>) {
         let (close, closed) = tokio::sync::oneshot::channel::<()>();
         let (sent, got) = mpsc::channel();
-        plane.spawn_connection(async move {
+        plane.spawn_connection(|seat| async move {
+            let _seated = seat;
             let _ = sent.send(std::thread::current().id());
             let _ = closed.await;
         });
@@ -314,11 +442,11 @@ mod tests {
 
     #[test]
     fn a_new_connection_goes_to_the_shard_serving_the_fewest() {
-        let threads = start_data_plane(2).expect("data plane");
+        let threads = start_data_plane(2, false).expect("data plane");
         let plane = threads.plane();
         let opened: Vec<_> = (0..4).map(|_| connection(&plane)).collect();
         assert_eq!(
-            plane.connections(),
+            plane.connections_per_worker(),
             [2, 2],
             "four connects, dealt out evenly"
         );
@@ -333,16 +461,16 @@ mod tests {
             }
         }
         assert!(
-            eventually(|| plane.connections().contains(&0)),
+            eventually(|| plane.connections_per_worker().contains(&0)),
             "closed connections leave their count: {:?}",
-            plane.connections()
+            plane.connections_per_worker()
         );
         for _ in 0..2 {
             let (thread, close) = connection(&plane);
             assert_eq!(thread, emptied, "to the shard with none");
             kept.push(close);
         }
-        assert_eq!(plane.connections(), [2, 2]);
+        assert_eq!(plane.connections_per_worker(), [2, 2]);
         drop(kept);
         threads.stop(Duration::from_millis(100));
     }
