@@ -70,14 +70,16 @@ class Batches:
     `err`, as it does from `handle_message`."""
 
     def handle_messages(self, msgs: List[Message]) -> None:
+        # Looked up once per batch, not once per message.
+        handle, give = self.handle_message, _batch.answer
         for index, msg in enumerate(msgs):
             try:
-                answer = Ok(self.handle_message(msg))
+                answer = Ok(handle(msg))
             except Err as err:
                 answer = err
             # False: the batch has had its share of the thread; the host
             # calls again with the messages left.
-            if not _batch.answer(index, answer):
+            if not give(index, answer):
                 return
 
 
@@ -90,18 +92,35 @@ def arg(msg: Message, name: str) -> Optional[types.TypedData]:
     return None
 
 
+class IPv4Address(ipaddress.IPv4Address):
+    """An `ipaddress.IPv4Address` that keeps the parts it came in, so a
+    table lookup hands them back as they are."""
+
+    __slots__ = ("_parts",)
+
+
+class IPv6Address(ipaddress.IPv6Address):
+    """An `ipaddress.IPv6Address` that keeps the parts it came in."""
+
+    __slots__ = ("_parts",)
+
+
 def ip_arg(msg: Message, name: str) -> Optional[Address]:
     """The argument `name` as an ipaddress address, or None if missing or not an IP."""
     value = arg(msg, name)
     # From an int, not bytes: ipaddress checks an int in one comparison.
     if isinstance(value, types.TypedData_Ipv4):
-        a, b, c, d = value.value
-        return ipaddress.IPv4Address((a << 24) | (b << 16) | (c << 8) | d)
+        a, b, c, d = parts = value.value
+        ip = IPv4Address((a << 24) | (b << 16) | (c << 8) | d)
+        ip._parts = parts
+        return ip
     if isinstance(value, types.TypedData_Ipv6):
         number = 0
         for group in value.value:
             number = (number << 16) | group
-        return ipaddress.IPv6Address(number)
+        ip6 = IPv6Address(number)
+        ip6._parts = value.value
+        return ip6
     return None
 
 
@@ -141,9 +160,23 @@ def config(key: str, default: str) -> str:
     return default if value is None else value
 
 
+_RANDOM_DRAWS = 64
+_random_pool: Any = memoryview(b"").cast("Q")
+_random_next = 0
+
+
 def random_below(n: int) -> int:
     """A uniform random integer in 0..n-1 from the host (multiply-shift)."""
-    return (_random.get_random_u64() * n) >> 64
+    global _random_pool, _random_next
+    # The host's bytes for 64 draws in one call: a host call costs more
+    # than the draw. Filled at the first draw, never at build time, so no
+    # two instances share a pool.
+    if _random_next == len(_random_pool):
+        _random_pool = memoryview(_random.get_random_bytes(8 * _RANDOM_DRAWS)).cast("Q")
+        _random_next = 0
+    draw = _random_pool[_random_next]
+    _random_next += 1
+    return (draw * n) >> 64
 
 
 def log(level: str, message: str) -> None:
@@ -152,6 +185,11 @@ def log(level: str, message: str) -> None:
 
 
 def _wit_address(ip: Address) -> _ip_table.IpAddress:
+    parts = getattr(ip, "_parts", None)
+    if parts is not None:
+        if len(parts) == 4:
+            return _ip_table.IpAddress_Ipv4(parts)
+        return _ip_table.IpAddress_Ipv6(parts)
     number = int(ip)
     if isinstance(ip, ipaddress.IPv4Address):
         return _ip_table.IpAddress_Ipv4(
