@@ -1,7 +1,7 @@
 //! The data plane's threads and the connections they serve, on the real
 //! agent: connections under a light load end up on one worker, a saturated
-//! worker hands one of its connections to an idle one, and `--no-rebalance`
-//! keeps them where they were placed.
+//! worker hands one of its connections to an idle one (TLS sessions too),
+//! and `--no-rebalance` keeps them where they were placed.
 
 mod support;
 
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use spoa_host::spop::Ack;
 use support::agent::Agent;
 use support::http::{metric_value, scrape_metrics};
+use support::pki::{Pki, tls_client_config, tls_connect};
 use support::spop_client::{SpopClient, check_client_ip, notify_frame, set_vars};
 use support::{artifact, eventually, iprep_guest};
 
@@ -25,7 +26,7 @@ fn scored(ack: &Ack) -> bool {
 }
 
 /// Sends NOTIFY `id` and checks its ACK carries a score.
-fn one_notify(client: &mut SpopClient, id: u64) {
+fn one_notify<S: std::io::Read + std::io::Write>(client: &mut SpopClient<S>, id: u64) {
     client.send(&notify_frame(id, 1, vec![check_client_ip(IP)]));
     let ack = client.recv_ack();
     assert_eq!(ack.stream_id, id, "the ACK answers this NOTIFY");
@@ -33,7 +34,7 @@ fn one_notify(client: &mut SpopClient, id: u64) {
 }
 
 /// One NOTIFY every 5 ms on each of `clients` for `run`.
-fn light_load(clients: &mut [SpopClient], run: Duration) {
+fn light_load<S: std::io::Read + std::io::Write>(clients: &mut [SpopClient<S>], run: Duration) {
     let started = Instant::now();
     let mut id = 0;
     while started.elapsed() < run {
@@ -115,6 +116,36 @@ fn connections_under_a_light_load_move_onto_one_worker() {
         metric_value(&page, "spoa_connection_moves_total") >= 1.0,
         "{page}"
     );
+}
+
+#[test]
+fn tls_connections_move_with_their_sessions() {
+    let pki = Pki::new();
+    let tls_args = pki.server_args();
+    let tls_args: Vec<&str> = tls_args.iter().map(String::as_str).collect();
+    let (agent, metrics) = start(&iprep_guest(), &tls_args);
+    let config = tls_client_config(&pki);
+    let mut clients: Vec<_> = (0..2)
+        .map(|_| {
+            let mut client = tls_connect(&config, agent.addr());
+            client.hello("pipelining");
+            client
+        })
+        .collect();
+    assert_eq!(
+        workers(&scrape_metrics(metrics)),
+        [1.0, 1.0],
+        "placed one per worker"
+    );
+    light_load(&mut clients, Duration::from_secs(3));
+    let page = scrape_metrics(metrics);
+    assert_eq!(
+        sorted(workers(&page)),
+        [0.0, 2.0],
+        "both on one worker:\n{page}"
+    );
+    // Both sessions still carry NOTIFYs after the move.
+    light_load(&mut clients, Duration::from_millis(600));
 }
 
 #[test]

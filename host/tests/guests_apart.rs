@@ -13,14 +13,14 @@
 
 mod support;
 
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use spoa_host::spop::Frame;
 use support::agent::Agent;
-use support::pki::Pki;
+use support::pki::{Pki, tls_client_config, tls_connect};
 use support::spop_client::{
     SpopClient, check_client_ip, hello_frame, message, notify_frame, score_of,
 };
@@ -192,44 +192,6 @@ fn spinning_guests_do_not_delay_the_network() {
 fn percentile(mut samples: Vec<Duration>, percent: usize) -> Duration {
     samples.sort();
     samples[(samples.len() * percent).div_ceil(100) - 1]
-}
-
-type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
-
-/// A client configuration trusting the test CA, presenting `client.pem`.
-fn tls_client_config(pki: &Pki) -> Arc<rustls::ClientConfig> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_file_iter(pki.path("ca.pem")).expect("ca.pem") {
-        roots
-            .add(ca.expect("a CA certificate"))
-            .expect("a usable CA");
-    }
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(pki.path("client.pem"))
-        .expect("client.pem")
-        .map(|cert| cert.expect("a certificate"))
-        .collect();
-    let key = PrivateKeyDer::from_pem_file(pki.path("client.key")).expect("client.key");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .expect("the client certificate");
-    Arc::new(config)
-}
-
-fn tls_connect(config: &Arc<rustls::ClientConfig>, addr: SocketAddr) -> SpopClient<TlsStream> {
-    let socket = TcpStream::connect(addr).expect("connecting to the agent");
-    socket
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("a read timeout");
-    let _ = socket.set_nodelay(true);
-    let server = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("a name");
-    let session = rustls::ClientConnection::new(config.clone(), server).expect("a session");
-    SpopClient::over(rustls::StreamOwned::new(session, socket))
 }
 
 /// A TLS health check as HAProxy's `check` over `ssl` makes it: connect,

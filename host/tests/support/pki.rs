@@ -2,8 +2,13 @@
 //! certificate for 127.0.0.1 signed by it, client certificates signed by it,
 //! one from another CA, and an X.509 v1 one.
 
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::spop_client::SpopClient;
 
 /// A CA, a server certificate for 127.0.0.1 signed by it, a client
 /// certificate signed by it, and a client certificate from another CA.
@@ -142,4 +147,42 @@ impl Pki {
         .flat_map(|(flag, file)| [flag.to_string(), self.path(file)])
         .collect()
     }
+}
+
+pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// A client configuration trusting the test CA, presenting `client.pem`.
+pub fn tls_client_config(pki: &Pki) -> Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(pki.path("ca.pem")).expect("ca.pem") {
+        roots
+            .add(ca.expect("a CA certificate"))
+            .expect("a usable CA");
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(pki.path("client.pem"))
+        .expect("client.pem")
+        .map(|cert| cert.expect("a certificate"))
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(pki.path("client.key")).expect("client.key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("the client certificate");
+    Arc::new(config)
+}
+
+pub fn tls_connect(config: &Arc<rustls::ClientConfig>, addr: SocketAddr) -> SpopClient<TlsStream> {
+    let socket = TcpStream::connect(addr).expect("connecting to the agent");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("a read timeout");
+    let _ = socket.set_nodelay(true);
+    let server = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("a name");
+    let session = rustls::ClientConnection::new(config.clone(), server).expect("a session");
+    SpopClient::over(rustls::StreamOwned::new(session, socket))
 }
