@@ -379,6 +379,9 @@ impl Connection {
     ) -> Served {
         let mut in_flight = FuturesUnordered::new();
         let outbox = self.state.outbox.clone();
+        // Asked to move: the connection reads nothing more until its
+        // batches are answered, then moves between two bursts.
+        let mut moving_to = None;
         let end = loop {
             if let Some(end) = self.dispatch_buffered(negotiated, &mut in_flight) {
                 break end;
@@ -386,11 +389,13 @@ impl Connection {
             if let Err(err) = self.flush().await {
                 break End::Io(err);
             }
-            // Between two bursts, every batch answered and its ACKs
-            // written: all the connection is moves with it.
-            if in_flight.is_empty()
-                && !shutdown.is_cancelled()
-                && let Some(shard) = seat.claim_move()
+            if moving_to.is_none() && !shutdown.is_cancelled() {
+                moving_to = seat.claim_move();
+            }
+            // Every batch answered and its ACKs written: what the
+            // connection holds is its state, which moves with it.
+            if let Some(shard) = moving_to
+                && in_flight.is_empty()
             {
                 return Served::Moving(shard);
             }
@@ -399,7 +404,7 @@ impl Connection {
             } else {
                 None
             };
-            let can_read = in_flight.len() < MAX_IN_FLIGHT;
+            let can_read = in_flight.len() < MAX_IN_FLIGHT && moving_to.is_none();
             tokio::select! {
                 biased;
                 Some(answered) = in_flight.next(), if !in_flight.is_empty() => {
@@ -767,11 +772,13 @@ mod tests {
     use crate::planes::start_data_plane;
     use crate::spop::{Action, Arg, Message, Notify, TypedData, VarScope};
 
-    /// Answers each message with the number it carries, noting the threads
-    /// that answered.
+    /// Answers each message with the number it carries, every third batch
+    /// after a wait (so it continues as a task of its own, in flight when a
+    /// move is asked for), noting the threads that answered.
     #[derive(Default)]
     struct Echo {
-        threads: Mutex<(Option<ThreadId>, HashSet<ThreadId>, usize)>,
+        batches: std::sync::atomic::AtomicUsize,
+        threads: Mutex<HashSet<ThreadId>>,
     }
 
     impl Handler for Echo {
@@ -780,28 +787,26 @@ mod tests {
             messages: Batch<'a>,
             answers: AnswerSink<'a>,
         ) -> BatchFuture<'a> {
-            let thread = std::thread::current().id();
-            {
-                let mut seen = self.threads.lock().expect("not poisoned");
-                if seen.0.is_some_and(|last| last != thread) {
-                    seen.2 += 1;
+            let waits = self.batches.fetch_add(1, Ordering::Relaxed) % 3 == 2;
+            Box::pin(async move {
+                if waits {
+                    tokio::time::sleep(Duration::from_micros(300)).await;
                 }
-                seen.0 = Some(thread);
-                seen.1.insert(thread);
-            }
-            for message in messages {
-                let value = message
-                    .args
-                    .first()
-                    .map_or(TypedData::Null, |arg| arg.value.clone());
-                let action = Action::SetVar {
-                    scope: VarScope::Txn,
-                    name: Bytes::from_static(b"n"),
-                    value,
-                };
-                answers.answered("echo", Ok(vec![action]));
-            }
-            Box::pin(std::future::ready(()))
+                let thread = std::thread::current().id();
+                self.threads.lock().expect("not poisoned").insert(thread);
+                for message in messages {
+                    let value = message
+                        .args
+                        .first()
+                        .map_or(TypedData::Null, |arg| arg.value.clone());
+                    let action = Action::SetVar {
+                        scope: VarScope::Txn,
+                        name: Bytes::from_static(b"n"),
+                        value,
+                    };
+                    answers.answered("echo", Ok(vec![action]));
+                }
+            })
         }
     }
 
@@ -887,8 +892,8 @@ mod tests {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    plane.ask_move(to, usize::MAX);
-                    plane.ask_move(1 - to, to);
+                    plane.ask_move(to, None);
+                    plane.ask_move(1 - to, Some(to));
                     std::thread::sleep(Duration::from_micros(100));
                 }
             })
@@ -945,13 +950,17 @@ mod tests {
         stop.store(true, Ordering::Relaxed);
         mover.join().expect("the mover stops");
 
-        let (_, seen, switches) = echo.threads.lock().expect("not poisoned").clone();
-        assert_eq!(seen.len(), 2, "answered on both shards");
-        assert!(switches >= 50, "the connection moved {switches} times");
+        let seen = echo.threads.lock().expect("not poisoned").len();
+        assert_eq!(seen, 2, "answered on both shards");
+        let moves = plane.connections_moved();
+        assert!(moves >= 50, "the connection moved {moves} times");
         drop(client);
-        control
-            .block_on(served)
-            .expect("the connection's task ends");
+        let ended =
+            control.block_on(async { tokio::time::timeout(Duration::from_secs(10), served).await });
+        assert!(
+            matches!(ended, Ok(Ok(()))),
+            "the connection's task ends: {ended:?}"
+        );
         drop(control);
         threads.stop(Duration::from_millis(100));
     }

@@ -55,8 +55,9 @@ const LIGHT_PAIR: f64 = 0.3;
 /// still slept 19,000 times a second.
 const FRAGMENTED_PAIR: f64 = 1.2;
 const FRAGMENTED_SLEEPS: f64 = 2000.0;
-/// A merge never lands on a shard already busy this fraction of the time:
-/// the connections it takes would leave it no room for a burst.
+/// A merge never leaves the receiving shard busier than this, counting
+/// the donor's busy time shared evenly among its connections: more would
+/// leave it no room for a burst.
 const RECEIVER_BUSY: f64 = 0.85;
 /// A shard busy at least this fraction that sleeps fewer than
 /// [`SATURATED_SLEEPS`] times a second always has work waiting: it is
@@ -72,21 +73,52 @@ const CONFIRM_WINDOWS: u32 = 2;
 /// the load the move made.
 const SETTLE_WINDOWS: u32 = 2;
 /// Windows without a merge after a spread, so a load at the edge does not
-/// make connections go back and forth.
+/// make connections go back and forth: doubled at each spread up to
+/// [`MAX_NO_MERGE`], back to this after [`MAX_NO_MERGE`] windows without one.
 const NO_MERGE_AFTER_SPREAD: u32 = 50;
+const MAX_NO_MERGE: u32 = 600;
 
 /// Turns samples into moves, one at a time.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Balancer {
     proposal: Option<(Move, u32)>,
     settling: u32,
     merges_held: u32,
+    /// How long the next spread holds merges back.
+    merge_hold: u32,
+    windows_since_spread: u32,
+    /// What the last move changed, restored if no connection took it.
+    before_last_move: Option<Held>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    merges_held: u32,
+    merge_hold: u32,
+    windows_since_spread: u32,
+}
+
+impl Default for Balancer {
+    fn default() -> Balancer {
+        Balancer {
+            proposal: None,
+            settling: 0,
+            merges_held: 0,
+            merge_hold: NO_MERGE_AFTER_SPREAD,
+            windows_since_spread: 0,
+            before_last_move: None,
+        }
+    }
 }
 
 impl Balancer {
     /// The move to make after this window's `samples`, if any.
     pub(crate) fn next(&mut self, samples: &[ShardSample]) -> Option<Move> {
         self.merges_held = self.merges_held.saturating_sub(1);
+        self.windows_since_spread = self.windows_since_spread.saturating_add(1);
+        if self.windows_since_spread >= MAX_NO_MERGE {
+            self.merge_hold = NO_MERGE_AFTER_SPREAD;
+        }
         if self.settling > 0 {
             self.settling -= 1;
             self.proposal = None;
@@ -94,8 +126,14 @@ impl Balancer {
         }
         let proposed =
             propose(samples).filter(|m| m.kind == MoveKind::Spread || self.merges_held == 0);
+        // The same kind of move off the same shard: with several shards of
+        // about the same load, the one it goes to may change with noise.
         let held = match (proposed, self.proposal) {
-            (Some(now), Some((before, windows))) if now == before => windows + 1,
+            (Some(now), Some((before, windows)))
+                if (now.kind, now.from) == (before.kind, before.from) =>
+            {
+                windows + 1
+            }
             (Some(_), _) => 1,
             (None, _) => 0,
         };
@@ -103,10 +141,29 @@ impl Balancer {
         let chosen = proposed.filter(|_| held >= CONFIRM_WINDOWS)?;
         self.proposal = None;
         self.settling = SETTLE_WINDOWS;
+        self.before_last_move = Some(Held {
+            merges_held: self.merges_held,
+            merge_hold: self.merge_hold,
+            windows_since_spread: self.windows_since_spread,
+        });
         if chosen.kind == MoveKind::Spread {
-            self.merges_held = NO_MERGE_AFTER_SPREAD;
+            self.merges_held = self.merge_hold;
+            self.merge_hold = (self.merge_hold * 2).min(MAX_NO_MERGE);
+            self.windows_since_spread = 0;
         }
         Some(chosen)
+    }
+
+    /// No connection took the last move in its window (none of the shard's
+    /// connections was between two bursts): it did not happen, so neither
+    /// its settling nor the merges a spread holds back apply.
+    pub(crate) fn not_taken(&mut self) {
+        if let Some(held) = self.before_last_move.take() {
+            self.settling = 0;
+            self.merges_held = held.merges_held;
+            self.merge_hold = held.merge_hold;
+            self.windows_since_spread = held.windows_since_spread;
+        }
     }
 }
 
@@ -161,8 +218,9 @@ fn merge(samples: &[ShardSample]) -> Option<Move> {
             .filter(|(_, s)| s.connections > 0)
     };
     let (from, donor) = serving().min_by(|a, b| a.1.busy.total_cmp(&b.1.busy))?;
+    let moved_share = donor.busy / donor.connections as f64;
     let (to, receiver) = serving()
-        .filter(|&(index, s)| index != from && s.busy <= RECEIVER_BUSY)
+        .filter(|&(index, s)| index != from && s.busy + moved_share <= RECEIVER_BUSY)
         .max_by(|a, b| a.1.busy.total_cmp(&b.1.busy))?;
     let pair = donor.busy + receiver.busy;
     let light = pair <= LIGHT_PAIR;
@@ -242,6 +300,12 @@ mod tests {
             moves(&[shard(0.9, 7_000.0, 15), shard(0.2, 2_600.0, 1)], 20),
             []
         );
+        // A slow guest at a moderate rate sleeps often too, but its work
+        // would not fit one thread.
+        assert_eq!(
+            moves(&[shard(0.55, 3_000.0, 1), shard(0.55, 3_000.0, 1)], 20),
+            []
+        );
     }
 
     #[test]
@@ -284,13 +348,48 @@ mod tests {
     }
 
     #[test]
+    fn a_move_no_connection_took_holds_nothing_back() {
+        let mut balancer = Balancer::default();
+        let saturated = [shard(0.0, 0.0, 0), shard(1.0, 12.0, 4)];
+        assert!((0..3).find_map(|_| balancer.next(&saturated)).is_some());
+        balancer.not_taken();
+        // Asked again without settling first.
+        assert_eq!(
+            balancer.next(&saturated),
+            None,
+            "a new proposal holds one window"
+        );
+        let again = balancer.next(&saturated).map(|m| m.kind);
+        assert_eq!(again, Some(MoveKind::Spread));
+        // And a merge is not held back by a spread that did not happen.
+        balancer.not_taken();
+        let light = [shard(0.05, 40.0, 3), shard(0.1, 60.0, 1)];
+        let merged = (0..3).find_map(|_| balancer.next(&light)).map(|m| m.kind);
+        assert_eq!(merged, Some(MoveKind::Merge));
+    }
+
+    #[test]
+    fn spreads_in_a_row_hold_merges_back_longer() {
+        let mut balancer = Balancer::default();
+        let saturated = [shard(0.0, 0.0, 0), shard(1.0, 12.0, 4)];
+        let edge = [shard(0.3, 3_000.0, 1), shard(0.4, 3_000.0, 3)];
+        let windows_to_merge =
+            |balancer: &mut Balancer| (1..=2000).find(|_| balancer.next(&edge).is_some());
+        assert!((0..3).find_map(|_| balancer.next(&saturated)).is_some());
+        let first = windows_to_merge(&mut balancer).expect("merged at last");
+        assert!((0..6).find_map(|_| balancer.next(&saturated)).is_some());
+        let second = windows_to_merge(&mut balancer).expect("merged at last");
+        assert!(second > first + 40, "{first} then {second} windows");
+    }
+
+    #[test]
     fn after_a_spread_the_load_is_not_merged_back_at_once() {
         let mut balancer = Balancer::default();
         let saturated = [shard(0.0, 0.0, 0), shard(1.0, 12.0, 4)];
         let spread = (0..3).find_map(|_| balancer.next(&saturated));
         assert_eq!(spread.map(|m| m.kind), Some(MoveKind::Spread));
         // At the edge the spread load may look fragmented: it stays apart.
-        let edge = [shard(0.5, 3_000.0, 1), shard(0.6, 3_000.0, 3)];
+        let edge = [shard(0.3, 3_000.0, 1), shard(0.4, 3_000.0, 3)];
         let made: Vec<_> = (0..NO_MERGE_AFTER_SPREAD - 3)
             .filter_map(|_| balancer.next(&edge))
             .collect();

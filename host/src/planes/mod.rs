@@ -270,10 +270,10 @@ impl DataPlane {
     }
 
     /// Asks a connection of shard `from` to move to shard `to`, as the
-    /// balancer does (`usize::MAX`: withdraws the request).
+    /// balancer does (`None`: withdraws the request).
     #[cfg(test)]
-    pub(crate) fn ask_move(&self, from: usize, to: usize) {
-        self.0.moves[from].store(to, Ordering::Relaxed);
+    pub(crate) fn ask_move(&self, from: usize, to: Option<usize>) {
+        self.0.moves[from].store(to.unwrap_or(NO_MOVE), Ordering::Relaxed);
     }
 }
 
@@ -298,6 +298,9 @@ impl DataPlaneThreads {
         if let Some((stop, thread)) = self.balancer {
             drop(stop);
             let _ = thread.join();
+        }
+        for request in &self.plane.0.moves {
+            request.store(NO_MOVE, Ordering::Relaxed);
         }
         for stop in self.stops {
             let _ = stop.send(grace);
@@ -379,9 +382,14 @@ fn run_balancer(shards: &Shards, stopped: &mpsc::Receiver<()>) {
             )
             .collect();
         before = now;
-        // A request no connection could take in a window is stale.
+        // A request no connection took in its window is withdrawn: the
+        // load it was made for has changed.
+        let mut untaken = false;
         for request in &shards.moves {
-            request.store(NO_MOVE, Ordering::Relaxed);
+            untaken |= request.swap(NO_MOVE, Ordering::Relaxed) != NO_MOVE;
+        }
+        if untaken {
+            balancer.not_taken();
         }
         if let Some(chosen) = balancer.next(&samples) {
             tracing::debug!(?chosen, ?samples, "moving a connection between workers");
