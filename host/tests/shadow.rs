@@ -187,12 +187,20 @@ fn a_deterministic_shadow_answers_a_message_the_same_in_every_agent() {
         assert!(eventually(Duration::from_secs(10), || {
             shadow_series(metrics, "differ") == 1.0
         }));
-        let log = agent.log_text();
-        let line = log
-            .lines()
-            .find(|line| line.contains("shadow answered differently"))
-            .expect("the difference is logged")
-            .to_owned();
+        // The counter moves before the line is logged, and the log reaches
+        // the test through a pipe: wait for the line too.
+        let logged_line = || {
+            let log = agent.log_text();
+            let line = log
+                .lines()
+                .find(|line| line.contains("shadow answered differently"));
+            line.map(str::to_owned)
+        };
+        assert!(
+            eventually(Duration::from_secs(10), || logged_line().is_some()),
+            "the difference is logged"
+        );
+        let line = logged_line().expect("the difference is logged");
         line[line.find("shadow_answer").expect("the shadow's answer")..].to_owned()
     };
     let first = shadow_answer();
